@@ -1,0 +1,55 @@
+# The efficient-attention course. `make lab` and `make test` set up everything
+# they need; the other targets are for instructors.
+
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# nbgrader runs some of its tools (alembic) as commands: they must be on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
+NBGRADER = cd autograde && ../$(BIN)/nbgrader
+ASSIGNMENTS := $(notdir $(wildcard solutions/[0-9][0-9]_*))
+# Extra arguments for JupyterLab and pytest, e.g. make lab LAB_ARGS=--no-browser
+LAB_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help env lab test notebooks release grade clean-grading
+
+help:
+	@echo "make lab      set up the environment if needed, then open the course in JupyterLab"
+	@echo "make test     set up the environment if needed, then run the whole test suite"
+	@echo "make release  rebuild solutions/*.ipynb from their .py sources and course/ from solutions/"
+	@echo "make grade    autograde everything in autograde/submitted, write feedback and grades.csv"
+
+# The virtual environment, rebuilt when a pin changes.
+$(STAMP): requirements.txt constraints.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@# Build matplotlib's font cache now: the first import otherwise warns on stderr inside a notebook.
+	MPLBACKEND=Agg $(BIN)/python -c "import matplotlib.pyplot"
+	touch $(STAMP)
+
+env: $(STAMP)
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --ServerApp.root_dir=course $(LAB_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+notebooks: $(STAMP)
+	$(BIN)/python -m attnlab.notebooks
+
+release: notebooks
+	@for a in $(ASSIGNMENTS); do ($(NBGRADER) generate_assignment "$$a" --force --log-level=WARN) || exit 1; done
+
+grade: $(STAMP)
+	@for a in $(ASSIGNMENTS); do \
+	  ($(NBGRADER) autograde "$$a" --log-level=WARN && $(NBGRADER) generate_feedback "$$a" --log-level=WARN) || exit 1; \
+	done
+	$(NBGRADER) export --to grades.csv --log-level=WARN
+	@echo "grades: autograde/grades.csv; feedback: autograde/feedback/"
+
+clean-grading:
+	rm -rf autograde/submitted autograde/autograded autograde/feedback autograde/gradebook.db autograde/grades.csv

@@ -1,0 +1,84 @@
+"""KV-cache arithmetic and the real model dimensions behind it.
+
+Elements cached per token, summed over layers (DeepSeek-V2, arXiv 2405.04434,
+Table 1):
+
+    MHA  2 * n_h * d_h * l        (a key and a value per head)
+    GQA  2 * n_g * d_h * l        (a key and a value per K/V group)
+    MQA  2 * d_h * l              (one shared key and value)
+    MLA  (d_c + d_h^R) * l        (the latent and the one shared RoPE key)
+
+Bytes are elements times the bytes of the cache's dtype.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import validate
+from .guard import guarded
+
+GiB = 2**30
+
+_BYTES = {"fp32": 4, "float32": 4, "bf16": 2, "bfloat16": 2, "fp16": 2, "float16": 2, "fp8": 1}
+
+
+def dtype_bytes(dtype) -> int:
+    """Bytes per element for a torch dtype or a name: 'fp32', 'bf16', 'fp16', 'fp8'."""
+    if isinstance(dtype, torch.dtype):
+        return torch.empty((), dtype=dtype).element_size()
+    if isinstance(dtype, str) and dtype.lower() in _BYTES:
+        return _BYTES[dtype.lower()]
+    raise ValueError(f"dtype must be a torch.dtype or one of {sorted(_BYTES)}, got {dtype!r}")
+
+
+@guarded
+def mha_elements_per_token(n_layers: int, n_heads: int, d_head: int) -> int:
+    """2 * n_heads * d_head * n_layers: a key and a value per head and layer."""
+    for name, value in (("n_layers", n_layers), ("n_heads", n_heads), ("d_head", d_head)):
+        validate.positive_int(name, value)
+    return 2 * n_heads * d_head * n_layers
+
+
+@guarded
+def cache_bytes(elements_per_token: int, seq_len: int, batch: int = 1, dtype="bf16") -> int:
+    """Bytes of a cache holding ``seq_len`` tokens for each of ``batch`` sequences."""
+    for name, value in (("elements_per_token", elements_per_token), ("seq_len", seq_len), ("batch", batch)):
+        validate.positive_int(name, value)
+    return elements_per_token * seq_len * batch * dtype_bytes(dtype)
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Attention dimensions of a released model, with where they come from."""
+
+    name: str
+    n_layers: int
+    n_heads: int
+    d_head: int
+    n_params: float  # parameters, to compare the cache with the weights
+    source: str
+
+
+PRESETS = {
+    p.name: p
+    for p in [
+        ModelPreset("Llama-2-7B", 32, 32, 128, 6.74e9, "Touvron et al. 2023, arXiv 2307.09288 (plain MHA)"),
+        ModelPreset("Llama-2-13B", 40, 40, 128, 13.0e9, "Touvron et al. 2023, arXiv 2307.09288 (plain MHA)"),
+        ModelPreset(
+            "DeepSeek-V3 dims as MHA", 61, 128, 128, 671e9,
+            "DeepSeek-V3 inference/configs/config_671B.json: 61 layers, 128 heads; "
+            "K and V of 128 dims each, as a plain MHA model would cache them",
+        ),
+    ]
+}
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.50 KiB'; powers of two, as memory is sold and allocated."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

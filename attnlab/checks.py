@@ -1,0 +1,152 @@
+"""Checks that turn a wrong tensor into a sentence a learner can act on.
+
+Visible tests call :func:`expect_close`, which compares shape, dtype and values
+and, when the values are wrong, compares them with the results of common
+mistakes ("suspects") to name the likely cause. :func:`exercise` is the context
+every graded test runs the learner's code in.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+from . import reference
+from .guard import ReferenceForbidden, forbidden, trusted
+
+
+def _shape(t) -> tuple:
+    return tuple(t.shape)
+
+
+def expect_tensor(got, what: str) -> torch.Tensor:
+    """Fail unless ``got`` is a tensor (not None, a list, a numpy array...)."""
+    if got is None:
+        raise AssertionError(f"{what} is None: did you forget to `return` it?")
+    if not isinstance(got, torch.Tensor):
+        raise AssertionError(f"{what} is a {type(got).__name__}; expected a torch.Tensor")
+    return got
+
+
+def expect_shape(got, shape, what: str, hint: str = "") -> None:
+    """Fail with both shapes when ``got`` has the wrong shape."""
+    expect_tensor(got, what)
+    if _shape(got) != tuple(shape):
+        msg = f"{what} has shape {_shape(got)}; expected {tuple(shape)}."
+        raise AssertionError(f"{msg} {hint}".strip())
+
+
+def _close(a, b, atol, rtol) -> bool:
+    if _shape(a) != _shape(b):
+        return False
+    return torch.allclose(a.detach().to(b.dtype), b.detach(), atol=atol, rtol=rtol, equal_nan=True)
+
+
+def default_tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    """(atol, rtol) for comparing two reasonable implementations in ``dtype``."""
+    return {torch.float64: (1e-10, 1e-8), torch.float32: (1e-5, 1e-4)}.get(dtype, (2e-2, 2e-2))
+
+
+def expect_close(got, want, what: str, suspects: dict | None = None, hint: str = "", atol=None, rtol=None) -> None:
+    """Fail with a useful message unless ``got`` matches ``want``.
+
+    ``suspects`` maps a description of a mistake ("the 1/sqrt(d) scale is
+    missing") to what that mistake would have produced; when ``got`` matches
+    one of them, the message names it.
+    """
+    expect_shape(got, _shape(want), what, hint)
+    if got.dtype != want.dtype:
+        raise AssertionError(f"{what} has dtype {got.dtype}; expected {want.dtype}.")
+    d_atol, d_rtol = default_tolerance(want.dtype)
+    atol, rtol = atol if atol is not None else d_atol, rtol if rtol is not None else d_rtol
+    if _close(got, want, atol, rtol):
+        return
+    if not torch.isfinite(got).all() and torch.isfinite(want).all():
+        raise AssertionError(f"{what} contains NaN or inf where the expected values are finite. {hint}".strip())
+    for mistake, wrong in (suspects or {}).items():
+        if _close(got, wrong, atol, rtol):
+            raise AssertionError(f"{what} is wrong: it matches what you get when {mistake}.")
+    err = (got.detach().to(want.dtype) - want).abs()
+    idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
+    raise AssertionError(
+        f"{what} is wrong: the largest difference is {err.max().item():.3g} at index {idx} "
+        f"(allowed: {atol:g} + {rtol:g} * |expected|). {hint}".strip()
+    )
+
+
+# Torch functions that would answer an exercise outright. They are switched
+# off, like the course's own reference, while a learner's function is graded.
+_TORCH_ANSWERS = [
+    (torch.nn.functional, "scaled_dot_product_attention"),
+    (torch.nn.functional, "multi_head_attention_forward"),
+    (torch.nn.MultiheadAttention, "forward"),
+]
+
+
+def _switched_off(name):
+    def raiser(*args, **kwargs):
+        raise ReferenceForbidden(f"{name} is switched off while your own code is graded: write this part yourself.")
+
+    return raiser
+
+
+@contextlib.contextmanager
+def exercise(namespace: dict, stand_ins=()):
+    """Run a learner's exercise on its own.
+
+    Inside the block the course's reference answers and the torch functions
+    that would solve the exercise raise, and every name in ``stand_ins`` (a
+    function from an earlier exercise, say ``"attention"``) is replaced in the
+    learner's ``namespace`` by the course's correct version, so that a mistake
+    in an earlier exercise costs that exercise's points and no others.
+    """
+    saved = {name: namespace.get(name) for name in stand_ins}
+    patched = [(obj, attr, getattr(obj, attr)) for obj, attr in _TORCH_ANSWERS]
+    try:
+        for name in stand_ins:
+            namespace[name] = trusted(getattr(reference, name))
+        for obj, attr, _ in patched:
+            setattr(obj, attr, _switched_off(f"{getattr(obj, '__name__', obj)}.{attr}"))
+        with forbidden():
+            yield
+    finally:
+        for obj, attr, original in patched:
+            setattr(obj, attr, original)
+        for name, value in saved.items():
+            if value is None:
+                namespace.pop(name, None)
+            else:
+                namespace[name] = value
+
+
+def attention_suspects(q, k, v, causal: bool) -> dict:
+    """What common attention mistakes produce for these inputs."""
+    d = q.shape[-1]
+    scores = q @ k.transpose(-2, -1)  # (B, H, Tq, Tk)
+    Tq, Tk = scores.shape[-2:]
+
+    def finish(s, mask_diag=None, dim=-1):
+        if mask_diag is not None:
+            allowed = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(mask_diag)
+            s = s.masked_fill(~allowed, float("-inf"))
+        return torch.softmax(s, dim=dim) @ v
+
+    diag = Tk - Tq if causal else None
+    out = {
+        "the 1/sqrt(d) scale is missing": finish(scores, diag),
+        "the scores are divided by d instead of sqrt(d)": finish(scores / d, diag),
+        "the softmax runs over the query axis (dim=-2) instead of the key axis (dim=-1)": finish(
+            scores / math.sqrt(d), diag, dim=-2
+        ),
+    }
+    if causal:
+        s = scores / math.sqrt(d)
+        out["the causal mask is not applied"] = finish(s)
+        out["the causal mask also hides each token from itself (off by one)"] = finish(s, diag - 1)
+        out["the causal mask lets each token see one token ahead (off by one)"] = finish(s, diag + 1)
+        if Tq != Tk:
+            out["the causal mask is aligned top-left (queries are the *last* Tq positions)"] = finish(s, 0)
+    else:
+        out["a causal mask is applied although causal=False"] = finish(scores / math.sqrt(d), Tk - Tq)
+    return out

@@ -1,0 +1,70 @@
+"""Switch the course's own answers off while a learner's code is graded.
+
+The reference implementations in :mod:`attnlab.reference` (and the cache
+arithmetic in :mod:`attnlab.cache`) are public: the benchmark and later
+workbooks build on them. A graded exercise must still be the learner's own
+work, so the tests run the learner's function inside :func:`forbidden`, where
+every guarded function raises instead of answering. The tests themselves get
+correct building blocks through :func:`trusted`, which lifts the ban for the
+duration of one call.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+
+_state = threading.local()
+
+
+class ReferenceForbidden(RuntimeError):
+    """Raised when graded code calls the course's reference answer."""
+
+
+def _forbidden() -> bool:
+    return getattr(_state, "forbidden", 0) > 0 and getattr(_state, "trusted", 0) == 0
+
+
+def guarded(fn):
+    """Mark ``fn`` as a reference answer that graded code may not call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if _forbidden():
+            raise ReferenceForbidden(
+                f"{fn.__module__}.{fn.__qualname__} is switched off while your own "
+                "code is graded: write this part yourself instead of calling the "
+                "course's reference answer."
+            )
+        return fn(*args, **kwargs)
+
+    wrapper.__guarded__ = True
+    return wrapper
+
+
+@contextlib.contextmanager
+def forbidden():
+    """Inside this block, guarded reference functions raise ReferenceForbidden."""
+    _state.forbidden = getattr(_state, "forbidden", 0) + 1
+    try:
+        yield
+    finally:
+        _state.forbidden -= 1
+
+
+def trusted(fn):
+    """Wrap ``fn`` so that it may call reference code even inside :func:`forbidden`.
+
+    The tests use this to hand a learner's later exercise correct versions of
+    the earlier ones, so that one mistake costs the points of one exercise.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _state.trusted = getattr(_state, "trusted", 0) + 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _state.trusted -= 1
+
+    return wrapper

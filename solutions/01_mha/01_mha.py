@@ -1,0 +1,661 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · Multi-head attention: forward, backward and the KV cache
+#
+# Every idea in this course (grouped-query attention, rotary embeddings,
+# DeepSeek's multi-head latent attention) is a change to one module: multi-head
+# attention (MHA). This workbook builds that module from nothing, takes its
+# gradient by hand, and runs it the way a language model runs at inference
+# time: one token at a time, reading every earlier token's keys and values from
+# a **KV cache**. The size of that cache is the number the rest of the course
+# tries to shrink, so we end by computing it.
+#
+# **You will build**
+# 1. scaled dot-product attention with a causal mask;
+# 2. the split of a vector into heads and the merge back;
+# 3. an MHA module, checked against PyTorch's own;
+# 4. the backward pass through the softmax, by hand, as a `torch.autograd.Function`;
+# 5. incremental decoding with a KV cache that gives exactly the full forward;
+# 6. the cache size of a real model.
+#
+# **You need** Python, and matrix products in PyTorch (`@`, `transpose`,
+# `view`, `softmax`). Nothing from earlier workbooks: this is the first.
+#
+# **Time** about 90 minutes. Each exercise is a function whose body reads
+# `raise NotImplementedError()`; replace it with your code, then run the cell
+# below it. The check there tells you what is wrong in words; more checks that
+# you cannot see run when the notebook is graded.
+
+# %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false, "task": false}
+import math
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import attnlab
+from attnlab import reference
+from attnlab.checks import attention_suspects, exercise, expect_close, expect_shape
+
+torch.manual_seed(0)
+device = attnlab.pick_device()
+print(f"torch {torch.__version__}, running on {device}")
+
+# %% [markdown]
+# ## 1 · Scaled dot-product attention
+#
+# A query asks "which earlier tokens matter to me?"; each key answers with how
+# well it matches; the values are what gets mixed. For queries $Q$, keys $K$
+# and values $V$ (Vaswani et al. 2017, *Attention Is All You Need*,
+# arXiv 1706.03762, eq. 1):
+#
+# $$\mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt{d_k}}\right) V .$$
+#
+# - The softmax runs over the **keys** (the last axis of $QK^\top$), so each
+#   query's weights sum to one.
+# - The $1/\sqrt{d_k}$ keeps the scores' variance near one: a dot product of
+#   two vectors with $d_k$ independent unit-variance entries has variance $d_k$
+#   (the paper's footnote 4), and large scores push the softmax into a
+#   one-hot corner where its gradient vanishes.
+# - A language model must not look ahead. The **causal mask** sets the score
+#   of query $i$ against key $j$ to $-\infty$ when key $j$ comes later.
+#
+# Here the tensors carry a batch and a head axis in front:
+# `q` is `(B, H, Tq, D)`, `k` is `(B, H, Tk, D)`, `v` is `(B, H, Tk, Dv)`.
+# Usually `Tq == Tk`. With a KV cache (section 5) there are fewer queries than
+# keys: the queries are the *last* `Tq` positions, so query `i` sits at
+# position `Tk - Tq + i` and may see keys `0 … Tk - Tq + i`. The mask is
+# aligned to the bottom-right corner:
+#
+# ```
+# Tq = 2, Tk = 5        keys →  0 1 2 3 4
+#   query 0 (position 3)        ■ ■ ■ ■ ·
+#   query 1 (position 4)        ■ ■ ■ ■ ■
+# ```
+#
+# PyTorch's `F.scaled_dot_product_attention(..., is_causal=True)` aligns the
+# mask to the **top-left** instead (its documentation says so); the two agree
+# only when `Tq == Tk`. `torch.tril(..., diagonal=...)` builds either.
+
+# %% nbgrader={"grade": false, "grade_id": "attention", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def attention(q, k, v, causal=False):
+    """Scaled dot-product attention.
+
+    q: (B, H, Tq, D), k: (B, H, Tk, D), v: (B, H, Tk, Dv), with Tq <= Tk.
+    causal: if True, query i (at position Tk - Tq + i) sees keys 0 .. Tk - Tq + i.
+    Returns (B, H, Tq, Dv).
+    """
+    ### BEGIN SOLUTION
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
+    if causal:
+        allowed = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v  # (B, H, Tq, Dv)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_attention", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+# Your attention against PyTorch's, without and with the causal mask.
+q, k, v = (torch.randn(2, 3, 5, 8, device=device) for _ in range(3))
+for causal in (False, True):
+    with exercise(globals()):
+        out = attention(q, k, v, causal=causal)
+    expect_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=causal),
+                 f"attention(q, k, v, causal={causal})", suspects=attention_suspects(q, k, v, causal))
+
+# Fewer queries than keys, as in decoding: the mask is aligned bottom-right.
+q2 = q[:, :, -2:]  # (B, H, 2, D): the queries at positions 3 and 4
+with exercise(globals()):
+    out = attention(q2, k, v, causal=True)
+expect_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True)[:, :, -2:],
+             "attention(q, k, v, causal=True) with 2 queries and 5 keys",
+             suspects=attention_suspects(q2, k, v, True))
+print("attention: correct")
+
+### BEGIN HIDDEN TESTS
+g = torch.Generator().manual_seed(101)
+for shape_q, shape_k, dv, dtype, causal in [
+    ((3, 2, 7, 16), (3, 2, 7, 16), 16, torch.float64, True),
+    ((1, 4, 3, 6), (1, 4, 9, 6), 10, torch.float64, True),
+    ((2, 1, 4, 5), (2, 1, 11, 5), 3, torch.float32, False),
+    ((2, 3, 1, 12), (2, 3, 13, 12), 12, torch.float64, True),
+]:
+    hq = torch.randn(shape_q, generator=g, dtype=dtype).to(device)
+    hk = torch.randn(shape_k, generator=g, dtype=dtype).to(device)
+    hv = torch.randn(shape_k[:-1] + (dv,), generator=g, dtype=dtype).to(device)
+    with exercise(globals()):
+        got = attention(hq, hk, hv, causal=causal)
+    expect_close(got, reference.attention(hq, hk, hv, causal=causal), "attention (hidden test)",
+                 suspects=attention_suspects(hq, hk, hv, causal))
+### END HIDDEN TESTS
+
+# %% [markdown]
+# **See it.** Your function also hands you the attention weights themselves:
+# with the identity matrix as `v`, the output *is* the weight matrix
+# ($P\,I = P$). Each row is a query, each column a key; the causal mask leaves
+# the upper triangle empty.
+
+# %%
+T = 8
+q, k = torch.randn(2, 1, 1, T, 16, device=device).unbind(0)  # (1, 1, T, 16) each
+identity = torch.eye(T, device=device).expand(1, 1, T, T)  # (1, 1, T, T)
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
+for ax, causal in zip(axes, (False, True)):
+    weights = attention(q, k, identity, causal=causal)[0, 0].cpu()  # (T, T)
+    ax.imshow(weights, cmap="viridis", vmin=0, vmax=1)
+    ax.set(title=f"causal={causal}", xlabel="key position", ylabel="query position")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 2 · Heads
+#
+# One attention over the whole width $C$ can only mix tokens in one way. MHA
+# runs $H$ attentions side by side, each on its own slice of $D = C / H$
+# features, so that different heads can attend to different things. Head $h$
+# takes the features $hD \ldots (h+1)D - 1$ of every token:
+#
+# ```
+# x       (B, T, C)            one row per token, C = H·D features
+# view    (B, T, H, D)         cut each row into H pieces of D
+# transpose(1, 2) → (B, H, T, D)   heads become a batch axis
+# ```
+#
+# Merging is the exact inverse. The order matters: `x.view(B, H, T, D)`
+# straight from `(B, T, C)` also has the right shape, but it cuts the
+# *sequence* into pieces and mixes tokens into heads.
+# After a `transpose` the tensor is no longer contiguous in memory, so use
+# `reshape` (or `.contiguous().view`) on the way back.
+
+# %% nbgrader={"grade": false, "grade_id": "heads", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def split_heads(x, n_heads):
+    """(B, T, C) -> (B, H, T, C // H); head h takes features h*D .. (h+1)*D - 1."""
+    ### BEGIN SOLUTION
+    B, T, C = x.shape
+    return x.view(B, T, n_heads, C // n_heads).transpose(1, 2)  # (B, H, T, D)
+    ### END SOLUTION
+
+
+def merge_heads(x):
+    """(B, H, T, D) -> (B, T, H * D), the inverse of split_heads."""
+    ### BEGIN SOLUTION
+    B, H, T, D = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * D)  # (B, T, C)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_heads", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+x = torch.arange(2 * 3 * 8, dtype=torch.float32, device=device).view(2, 3, 8)  # (B=2, T=3, C=8)
+with exercise(globals()):
+    heads = split_heads(x, 4)
+expect_close(heads, x.view(2, 3, 4, 2).transpose(1, 2), "split_heads(x, 4) of a (2, 3, 8) tensor",
+             suspects={"x is viewed as (B, H, T, D) without the transpose: tokens end up mixed into heads":
+                       x.view(2, 4, 3, 2),
+                       "the features of a head are taken with a stride instead of contiguously":
+                       x.view(2, 3, 2, 4).permute(0, 3, 1, 2)})
+with exercise(globals()):
+    merged = merge_heads(heads.contiguous())
+expect_close(merged, x, "merge_heads(split_heads(x, 4))",
+             suspects={"the heads are flattened without first moving T in front of H":
+                       heads.contiguous().reshape(2, 3, 8)})
+print("split_heads and merge_heads: correct")
+
+### BEGIN HIDDEN TESTS
+g = torch.Generator().manual_seed(202)
+for B, T, H, D in [(3, 5, 6, 4), (1, 7, 2, 9), (4, 1, 3, 5)]:
+    hx = torch.randn(B, T, H * D, generator=g, dtype=torch.float64).to(device)
+    with exercise(globals()):
+        got = split_heads(hx, H)
+    expect_close(got, reference.split_heads(hx, H), "split_heads (hidden test)")
+    hh = torch.randn(B, H, T, D, generator=g, dtype=torch.float64).to(device)
+    with exercise(globals()):
+        got = merge_heads(hh)
+    expect_close(got, reference.merge_heads(hh), "merge_heads (hidden test)")
+    with exercise(globals()):
+        got = merge_heads(hh.transpose(1, 2).contiguous().transpose(1, 2))  # a non-contiguous input
+    expect_close(got, reference.merge_heads(hh), "merge_heads of a non-contiguous tensor (hidden test)")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 3 · The multi-head attention module
+#
+# Each head projects the tokens with its own $W_i^Q, W_i^K, W_i^V$; the heads'
+# outputs are concatenated and mixed by $W^O$ (Vaswani et al. 2017, §3.2.2):
+#
+# $$\mathrm{MultiHead}(X) = \mathrm{Concat}(\mathrm{head}_1, \ldots, \mathrm{head}_H)\,W^O,\qquad
+# \mathrm{head}_i = \mathrm{Attention}(XW_i^Q, XW_i^K, XW_i^V).$$
+#
+# All heads' $W_i^Q$ side by side form one $C \times C$ matrix, so one
+# `nn.Linear(C, C)` projects every head at once, and `split_heads` hands each
+# head its slice. The constructor is written for you; write `forward` with your
+# `attention`, `split_heads` and `merge_heads`.
+#
+# ```mermaid
+# flowchart LR
+#   x["x (B, T, C)"] --> Wq[W_q] --> sq[split_heads] --> A["attention (B, H, T, D)"]
+#   x --> Wk[W_k] --> sk[split_heads] --> A
+#   x --> Wv[W_v] --> sv[split_heads] --> A
+#   A --> m[merge_heads] --> Wo[W_o] --> y["y (B, T, C)"]
+# ```
+
+# %% nbgrader={"grade": false, "grade_id": "mha", "locked": false, "schema_version": 3, "solution": true, "task": false}
+class MultiHeadAttention(nn.Module):
+    """Causal multi-head self-attention without biases: (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, d_model, n_heads):
+        super().__init__()
+        assert d_model % n_heads == 0, "d_model must be divisible by n_heads"
+        self.n_heads = n_heads
+        self.W_q = nn.Linear(d_model, d_model, bias=False)
+        self.W_k = nn.Linear(d_model, d_model, bias=False)
+        self.W_v = nn.Linear(d_model, d_model, bias=False)
+        self.W_o = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x, causal=True):
+        ### BEGIN SOLUTION
+        q = split_heads(self.W_q(x), self.n_heads)  # (B, H, T, D)
+        k = split_heads(self.W_k(x), self.n_heads)  # (B, H, T, D)
+        v = split_heads(self.W_v(x), self.n_heads)  # (B, H, T, D)
+        return self.W_o(merge_heads(attention(q, k, v, causal=causal)))  # (B, T, C)
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_mha", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+# Your module against torch.nn.MultiheadAttention holding the same weights.
+# (Tests run your module with the course's attention, split_heads and
+# merge_heads, so a mistake in those costs points above, not here.)
+mha = MultiHeadAttention(d_model=32, n_heads=4).to(device)
+torch_mha = nn.MultiheadAttention(32, 4, bias=False, batch_first=True).to(device)
+with torch.no_grad():
+    torch_mha.in_proj_weight.copy_(torch.cat([mha.W_q.weight, mha.W_k.weight, mha.W_v.weight]))
+    torch_mha.out_proj.weight.copy_(mha.W_o.weight)
+x = torch.randn(2, 6, 32, device=device)
+future = torch.ones(6, 6, dtype=torch.bool, device=device).triu(1)  # True = may not attend
+for causal in (False, True):
+    with torch.no_grad():
+        want, _ = torch_mha(x, x, x, attn_mask=future if causal else None, need_weights=False)
+        with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"]):
+            got = mha(x, causal=causal)
+    expect_close(got, want, f"MultiHeadAttention(x, causal={causal})",
+                 suspects={"W_o is not applied to the merged heads": reference.merge_heads(
+                               reference.attention(*(reference.split_heads(W(x), 4) for W in (mha.W_q, mha.W_k, mha.W_v)),
+                                                   causal=causal))})
+print("MultiHeadAttention: correct")
+
+### BEGIN HIDDEN TESTS
+g = torch.Generator().manual_seed(303)
+for B, T, C, H in [(3, 9, 24, 3), (1, 4, 20, 5), (2, 1, 16, 8)]:
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+    hm = MultiHeadAttention(C, H).to(device).double()
+    hx = torch.randn(B, T, C, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    weights = [hm.W_q.weight, hm.W_k.weight, hm.W_v.weight, hm.W_o.weight]
+    want = reference.mha_forward(hx, *weights, n_heads=H, causal=True)
+    want_grads = torch.autograd.grad(want.square().sum(), [hx] + weights)
+    with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"]):
+        got = hm(hx)
+    expect_close(got, want.detach(), "MultiHeadAttention (hidden test)")
+    got_grads = torch.autograd.grad(got.square().sum(), [hx] + weights)
+    for name, gg, wg in zip(["x", "W_q", "W_k", "W_v", "W_o"], got_grads, want_grads):
+        expect_close(gg, wg, f"the gradient of MultiHeadAttention with respect to {name} (hidden test)")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 4 · The backward pass, by hand
+#
+# Autograd computes gradients for you, but every fast attention kernel
+# (FlashAttention and DeepSeek's FlashMLA among them) writes its backward pass by
+# hand, and so will you. Name the steps of the forward pass, with
+# $s = 1/\sqrt{D}$:
+#
+# $$S = s\,QK^\top,\qquad P = \mathrm{softmax}_{\text{row}}(S),\qquad O = PV.$$
+#
+# Given $dO = \partial L/\partial O$, walk back one step at a time:
+#
+# - $O = PV$ is a matrix product, so $dV = P^\top dO$ and $dP = dO\,V^\top$.
+# - The softmax of one row $p = \mathrm{softmax}(s)$ has the Jacobian
+#   $\partial p_i/\partial s_j = p_i(\delta_{ij} - p_j)$. Applied to a row of
+#   $dP$ it gives $dS_{ij} = P_{ij}\,\big(dP_{ij} - \sum_k dP_{ik} P_{ik}\big)$.
+#   The subtracted sum is one number per query row.
+# - $S = s\,QK^\top$ gives $dQ = s\,dS\,K$ and $dK = s\,dS^\top Q$.
+#
+# Masked entries have $P_{ij} = 0$, so $dS_{ij} = 0$ there: the mask needs no
+# extra work in the backward pass. (FlashAttention computes the row sum
+# $\sum_k dP_{ik}P_{ik}$ more cheaply as $\sum_k dO_{ik} O_{ik}$; they are equal,
+# as you can check.)
+#
+# Then wrap forward and backward in a `torch.autograd.Function`, the way you
+# would plug a hand-written kernel into PyTorch. `forward` saves what
+# `backward` needs with `ctx.save_for_backward`; `backward` returns one
+# gradient per input of `forward` (`None` for `causal`, which is not a tensor).
+# `torch.autograd.gradcheck` then compares your backward with finite
+# differences, in float64 where they are accurate.
+
+# %% nbgrader={"grade": false, "grade_id": "backward", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def attention_backward(q, k, v, dout, causal=False):
+    """Gradients of attention(q, k, v, causal) with respect to q, k and v.
+
+    q: (B, H, Tq, D), k: (B, H, Tk, D), v: (B, H, Tk, Dv), dout: (B, H, Tq, Dv).
+    Returns (dq, dk, dv) with the shapes of q, k and v.
+    """
+    ### BEGIN SOLUTION
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = q @ k.transpose(-2, -1) * scale  # (B, H, Tq, Tk)
+    if causal:
+        allowed = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - Tq)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    P = torch.softmax(scores, dim=-1)  # (B, H, Tq, Tk)
+    dv = P.transpose(-2, -1) @ dout  # (B, H, Tk, Dv)
+    dP = dout @ v.transpose(-2, -1)  # (B, H, Tq, Tk)
+    dS = P * (dP - (dP * P).sum(dim=-1, keepdim=True))  # (B, H, Tq, Tk)
+    dq = dS @ k * scale  # (B, H, Tq, D)
+    dk = dS.transpose(-2, -1) @ q * scale  # (B, H, Tk, D)
+    return dq, dk, dv
+    ### END SOLUTION
+
+
+class AttentionFunction(torch.autograd.Function):
+    """attention(q, k, v, causal) with your hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal=False):
+        ### BEGIN SOLUTION
+        ctx.save_for_backward(q, k, v)
+        ctx.causal = causal
+        return attention(q, k, v, causal=causal)
+        ### END SOLUTION
+
+    @staticmethod
+    def backward(ctx, dout):
+        ### BEGIN SOLUTION
+        q, k, v = ctx.saved_tensors
+        dq, dk, dv = attention_backward(q, k, v, dout, causal=ctx.causal)
+        return dq, dk, dv, None
+        ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_backward", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+# Your gradients against autograd's, for a weighted sum of the outputs.
+q, k, v = (torch.randn(2, 2, 5, 4, device=device, requires_grad=True) for _ in range(3))
+dout = torch.randn(2, 2, 5, 4, device=device)
+for causal in (False, True):
+    want = torch.autograd.grad(reference.attention(q, k, v, causal=causal), (q, k, v), dout)
+    with exercise(globals()):
+        got = attention_backward(q.detach(), k.detach(), v.detach(), dout, causal=causal)
+    assert isinstance(got, (tuple, list)) and len(got) == 3, "attention_backward must return (dq, dk, dv)"
+    for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
+        expect_close(g_, w_, f"{name} (causal={causal})")
+print("attention_backward: correct")
+
+### BEGIN HIDDEN TESTS
+g = torch.Generator().manual_seed(404)
+for shape_q, shape_k, dv_, causal in [((3, 2, 6, 8), (3, 2, 6, 8), 5, True),
+                                      ((1, 3, 2, 4), (1, 3, 7, 4), 6, True),
+                                      ((2, 1, 4, 3), (2, 1, 4, 3), 3, False)]:
+    hq = torch.randn(shape_q, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    hk = torch.randn(shape_k, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    hv = torch.randn(shape_k[:-1] + (dv_,), generator=g, dtype=torch.float64).to(device).requires_grad_()
+    hd = torch.randn(shape_q[:-1] + (dv_,), generator=g, dtype=torch.float64).to(device)
+    want = torch.autograd.grad(reference.attention(hq, hk, hv, causal=causal), (hq, hk, hv), hd)
+    with exercise(globals()):
+        got = attention_backward(hq.detach(), hk.detach(), hv.detach(), hd, causal=causal)
+    for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
+        expect_close(g_, w_, f"{name} (hidden test)")
+### END HIDDEN TESTS
+
+# %% nbgrader={"grade": true, "grade_id": "test_autograd_function", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+# gradcheck compares your backward with finite differences, in float64.
+q, k, v = (torch.randn(1, 2, 4, 3, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3))
+for causal in (False, True):
+    want = reference.attention(q, k, v, causal=causal).detach()
+    with exercise(globals(), stand_ins=["attention"]):
+        out = AttentionFunction.apply(q, k, v, causal)
+        passed = torch.autograd.gradcheck(AttentionFunction.apply, (q, k, v, causal), raise_exception=False)
+    expect_close(out.detach(), want, f"AttentionFunction.apply(q, k, v, {causal}), the forward value")
+    assert passed, f"gradcheck failed for causal={causal}: your backward does not match finite differences"
+print("AttentionFunction: passes gradcheck")
+
+### BEGIN HIDDEN TESTS
+g = torch.Generator().manual_seed(505)
+hq = torch.randn(2, 1, 3, 5, generator=g, dtype=torch.float64).to(device).requires_grad_()
+hk = torch.randn(2, 1, 6, 5, generator=g, dtype=torch.float64).to(device).requires_grad_()
+hv = torch.randn(2, 1, 6, 2, generator=g, dtype=torch.float64).to(device).requires_grad_()
+with exercise(globals(), stand_ins=["attention"]):
+    passed = torch.autograd.gradcheck(AttentionFunction.apply, (hq, hk, hv, True), raise_exception=False)
+assert passed, "gradcheck failed (hidden test)"
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 5 · Decoding with a KV cache
+#
+# A language model writes one token at a time. Token $t$'s query must meet
+# the keys and values of tokens $0 \ldots t$, and with a causal mask those
+# never change once computed: token 3's key is the same at step 10 as at
+# step 4. So we keep them, in a **KV cache**, and each step computes the key
+# and value of the one new token only:
+#
+# 1. **prefill**: run the whole prompt at once, store its keys and values;
+# 2. **decode**: for each new token, project it, append its key and value to
+#    the cache, and attend from its one query to every cached key.
+#
+# The result must be *exactly* the full causal forward pass over the whole
+# sequence; that equality is the test. The cache tensors are `(B, H, T, D)`,
+# so the time axis along which they grow is `dim=2`, and the single new query
+# sits at the last position: your bottom-right causal mask from section 1 is
+# what makes a multi-token step (or the prefill of a prompt that follows
+# earlier context) correct.
+
+# %% nbgrader={"grade": false, "grade_id": "kv_cache", "locked": false, "schema_version": 3, "solution": true, "task": false}
+class KVCache:
+    """The keys and values of every token seen so far, (B, H, T, D) each."""
+
+    def __init__(self):
+        self.k = None
+        self.v = None
+
+    def __len__(self):
+        return 0 if self.k is None else self.k.shape[2]
+
+    def update(self, k_new, v_new):
+        """Append k_new, v_new (B, H, T_new, D) to the cache; return all keys and values."""
+        ### BEGIN SOLUTION
+        if self.k is None:
+            self.k, self.v = k_new, v_new
+        else:
+            self.k = torch.cat([self.k, k_new], dim=2)  # (B, H, T + T_new, D)
+            self.v = torch.cat([self.v, v_new], dim=2)  # (B, H, T + T_new, D)
+        return self.k, self.v
+        ### END SOLUTION
+
+
+def mha_step(mha, x, cache):
+    """Causal attention of mha for the new tokens x (B, T_new, C), using and extending cache.
+
+    A prefill is one call with the whole prompt; a decode step is a call with T_new = 1.
+    Returns (B, T_new, C), equal to the last T_new positions of mha's full forward pass.
+    """
+    ### BEGIN SOLUTION
+    q = split_heads(mha.W_q(x), mha.n_heads)  # (B, H, T_new, D)
+    k, v = cache.update(split_heads(mha.W_k(x), mha.n_heads), split_heads(mha.W_v(x), mha.n_heads))
+    return mha.W_o(merge_heads(attention(q, k, v, causal=True)))  # (B, T_new, C)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_kv_cache", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+# Prefill 5 tokens, then decode 3 one at a time: the outputs must equal the full forward.
+mha = MultiHeadAttention(d_model=32, n_heads=4).to(device)
+x = torch.randn(2, 8, 32, device=device)
+weights = [mha.W_q.weight, mha.W_k.weight, mha.W_v.weight, mha.W_o.weight]
+with torch.no_grad():
+    want = reference.mha_forward(x, *weights, n_heads=4, causal=True)  # (2, 8, 32)
+    cache = KVCache()
+    with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"]):
+        outs = [mha_step(mha, x[:, :5], cache)] + [mha_step(mha, x[:, t:t + 1], cache) for t in range(5, 8)]
+expect_shape(cache.k, (2, 4, 8, 8), "cache.k after 8 tokens",
+             hint="The cache is (B, H, T, D): did you concatenate along the time axis, dim=2?")
+expect_close(outs[0], want[:, :5], "the prefill output")
+for t, out in zip(range(5, 8), outs[1:]):
+    expect_close(out, want[:, t:t + 1], f"the decode step at position {t}",
+                 hint="Does the new token attend to every cached key, including its own?")
+print("KV-cache decoding equals the full forward")
+
+### BEGIN HIDDEN TESTS
+g = torch.Generator().manual_seed(606)
+for B, C, H, chunks in [(3, 24, 6, [4, 1, 1, 3, 1]), (1, 12, 2, [1, 1, 1, 1]), (2, 40, 5, [7, 2, 1])]:
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+    hm = MultiHeadAttention(C, H).to(device).double()
+    T = sum(chunks)
+    hx = torch.randn(B, T, C, generator=g, dtype=torch.float64).to(device)
+    hw = [hm.W_q.weight, hm.W_k.weight, hm.W_v.weight, hm.W_o.weight]
+    with torch.no_grad():
+        want = reference.mha_forward(hx, *hw, n_heads=H, causal=True)
+        cache, start = KVCache(), 0
+        for n in chunks:
+            with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"]):
+                got = mha_step(hm, hx[:, start:start + n], cache)
+            expect_close(got, want[:, start:start + n], "a cached step (hidden test)")
+            start += n
+    assert len(cache) == T, "the cache length is wrong (hidden test)"
+    expect_shape(cache.v, (B, H, T, C // H), "cache.v (hidden test)")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 6 · How big is the cache?
+#
+# Every layer caches, for every token, one key and one value for each head:
+#
+# $$\text{elements per token} = 2 \cdot n_h \cdot d_h \cdot l$$
+#
+# for $n_h$ heads of width $d_h$ and $l$ layers (DeepSeek-V2, arXiv 2405.04434,
+# Table 1). Multiply by the tokens in the context, the sequences in the batch
+# and the bytes per element (2 for bf16 or fp16, 4 for fp32) to get bytes.
+#
+# Llama-2-7B is plain MHA with 32 layers of 32 heads of 128 dims (Touvron et al.
+# 2023, arXiv 2307.09288): $2 \cdot 32 \cdot 128 \cdot 32 = 262{,}144$ elements,
+# 512 KiB per token in fp16, **2 GiB for one 4,096-token sequence**, beside
+# 13.5 GB of weights (6.7 billion parameters in fp16). Give DeepSeek-V3's 61
+# layers and 128 heads of 128 dims the same plain MHA cache and one sequence of
+# 131,072 tokens in bf16 needs **488.0 GiB**. (The brief this course started from says "~488 GB": the
+# figure is in GiB, 2³⁰ bytes, and 524 GB in powers of ten.) Workbooks 02 and 04
+# are about shrinking that number.
+
+# %% nbgrader={"grade": false, "grade_id": "cache_size", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def kv_cache_elements_per_token(n_layers, n_heads, d_head):
+    """Elements an MHA model caches for each token, over all its layers."""
+    ### BEGIN SOLUTION
+    return 2 * n_heads * d_head * n_layers
+    ### END SOLUTION
+
+
+def kv_cache_bytes(n_layers, n_heads, d_head, seq_len, batch=1, bytes_per_element=2):
+    """Bytes of an MHA model's cache for `batch` sequences of `seq_len` tokens."""
+    ### BEGIN SOLUTION
+    return kv_cache_elements_per_token(n_layers, n_heads, d_head) * seq_len * batch * bytes_per_element
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_cache_size", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+with exercise(globals()):
+    per_token = kv_cache_elements_per_token(n_layers=32, n_heads=32, d_head=128)
+    llama_4k = kv_cache_bytes(32, 32, 128, seq_len=4096)
+    dsv3_128k = kv_cache_bytes(61, 128, 128, seq_len=131_072, batch=1, bytes_per_element=2)
+assert per_token == 262_144, (
+    f"Llama-2-7B caches 2 * 32 heads * 128 dims * 32 layers = 262,144 elements per token; you have {per_token}."
+    + (" Did you forget that both K and V are cached?" if per_token == 131_072 else ""))
+assert llama_4k == 2 * 2**30, f"2 GiB for 4,096 tokens in fp16 expected; you have {llama_4k / 2**30:.3g} GiB"
+assert round(dsv3_128k / 2**30, 1) == 488.0, f"488.0 GiB expected; you have {dsv3_128k / 2**30:.1f} GiB"
+print("cache sizes: correct")
+
+### BEGIN HIDDEN TESTS
+g = torch.Generator().manual_seed(707)
+for _ in range(5):
+    l, h, d, t, b = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (100, 200, 300, 10**6, 64))
+    with exercise(globals()):
+        got_e = kv_cache_elements_per_token(l, h, d)
+        got_b = kv_cache_bytes(l, h, d, t, b, 4)
+    assert got_e == 2 * h * d * l, "kv_cache_elements_per_token (hidden test)"
+    assert got_b == 2 * h * d * l * t * b * 4, "kv_cache_bytes (hidden test)"
+### END HIDDEN TESTS
+
+# %% [markdown]
+# **Measure it.** The formula should agree with what a real cache holds. Here
+# is one layer of the small module above after a 40-token prefill and 24
+# decode steps: the number of elements your `KVCache` stores, against
+# `kv_cache_elements_per_token(1, ...)` times tokens times batch.
+
+# %%
+mha = MultiHeadAttention(d_model=64, n_heads=8).to(device)
+cache, x = KVCache(), torch.randn(3, 64, 64, device=device)  # (B=3, T=64, C=64)
+with torch.no_grad():
+    mha_step(mha, x[:, :40], cache)
+    for t in range(40, 64):
+        mha_step(mha, x[:, t:t + 1], cache)
+stored = cache.k.numel() + cache.v.numel()
+formula = kv_cache_elements_per_token(1, 8, 8) * len(cache) * 3
+print(f"elements stored: {stored:,}; formula: {formula:,}; "
+      f"bytes: {stored * cache.k.element_size():,} in {cache.k.dtype}")
+
+# %% [markdown]
+# **Play with it.** The widget below computes the same formula for any model.
+# Pick a preset, move the sliders, and watch how the cache grows with the
+# context: it is a straight line, one copy of every head's key and value per
+# token and layer. At which context does Llama-2-7B's cache outgrow its own
+# 13.5 GB of weights? And a batch of 8 sequences?
+
+# %%
+from attnlab.widgets import CacheGrowth
+
+CacheGrowth()
+
+# %% [markdown]
+# ## Recap
+#
+# **What to remember**
+# - `softmax(q kᵀ / √D) v`, softmax over the keys; the scale keeps the scores'
+#   variance near one.
+# - With a cache the queries are the *last* positions: align the causal mask
+#   bottom-right. `F.scaled_dot_product_attention(is_causal=True)` aligns it
+#   top-left.
+# - Heads are a reshape: `(B, T, C) → (B, T, H, D) → (B, H, T, D)`, and back in
+#   the same order.
+# - Backward through the softmax: `dS = P ⊙ (dP − rowsum(dP ⊙ P))`; masked
+#   entries get zero gradient by themselves.
+# - Prefill plus one-token decode steps with a KV cache give exactly the full
+#   forward pass; the cache grows along the time axis.
+# - An MHA cache holds `2 · n_h · d_h · l` elements per token: 512 KiB per token
+#   for Llama-2-7B in fp16, 488 GiB for one 128K-token sequence at DeepSeek-V3's
+#   size.
+#
+# **What breaks if you get this wrong**
+# - A missing or wrong scale trains, but worse, and silently: the softmax
+#   saturates and gradients vanish.
+# - A mask off by one either leaks the next token (training loss looks
+#   wonderful, generation is garbage) or hides a token from itself.
+# - Splitting heads with a bare `view` mixes tokens into heads; the shapes are
+#   all right and the model quietly learns nothing useful.
+# - A cache appended on the wrong axis, or a decode step whose mask is aligned
+#   top-left, makes generation differ from training: the model you evaluated is
+#   not the model you serve.
+#
+# **Sources**
+# - Vaswani et al. 2017, *Attention Is All You Need*, arXiv 1706.03762: eq. 1,
+#   §3.2.2 and footnote 4.
+# - Dao et al. 2022, *FlashAttention*, arXiv 2205.14135: the recomputing
+#   backward pass and the `rowsum(dO ⊙ O)` identity.
+# - Touvron et al. 2023, *Llama 2*, arXiv 2307.09288: the 7B model's dimensions.
+# - DeepSeek-AI 2024, *DeepSeek-V2*, arXiv 2405.04434, Table 1: cache per token;
+#   DeepSeek-V3's `inference/configs/config_671B.json`: 61 layers, 128 heads.
+# - PyTorch documentation of `torch.nn.functional.scaled_dot_product_attention`:
+#   the top-left alignment of `is_causal`.
+#
+# **Next:** workbook 02 shares each key and value among a group of query heads
+# and divides this cache by the group size.
