@@ -32,8 +32,12 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 
 env: $(STAMP)
 
+# JupyterLab refuses to run as root (containers, Binder-like hosts) without --allow-root.
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+# The nbgrader extensions find the course's config through JUPYTER_CONFIG_PATH.
 lab: $(STAMP)
-	$(BIN)/jupyter lab --ServerApp.root_dir=course $(LAB_ARGS)
+	JUPYTER_CONFIG_PATH=$(CURDIR)/autograde $(BIN)/jupyter lab --ServerApp.root_dir=course $(ALLOW_ROOT) $(LAB_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -20,6 +20,6 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def grading() -> bool:
+def is_grading() -> bool:
     """True while nbgrader executes the notebook (heavy cells shrink then)."""
     return "NBGRADER_EXECUTION" in os.environ

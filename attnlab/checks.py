@@ -62,11 +62,14 @@ def expect_close(got, want, what: str, suspects: dict | None = None, hint: str =
     atol, rtol = atol if atol is not None else d_atol, rtol if rtol is not None else d_rtol
     if _close(got, want, atol, rtol):
         return
-    if not torch.isfinite(got).all() and torch.isfinite(want).all():
-        raise AssertionError(f"{what} contains NaN or inf where the expected values are finite. {hint}".strip())
     for mistake, wrong in (suspects or {}).items():
         if _close(got, wrong, atol, rtol):
             raise AssertionError(f"{what} is wrong: it matches what you get when {mistake}.")
+    if not torch.isfinite(got).all() and torch.isfinite(want).all():
+        raise AssertionError(
+            f"{what} contains NaN or inf where the expected values are finite (a softmax over a row "
+            f"that is all -inf gives NaN: can every query see at least one key?). {hint}".strip()
+        )
     err = (got.detach().to(want.dtype) - want).abs()
     idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
     raise AssertionError(

@@ -1,0 +1,113 @@
+"""Grading through nbgrader's own API, for the tests and the instructor scripts.
+
+A grading "workspace" is a copy of the course (solutions/, course/ and the
+nbgrader config) in a folder of its own, with its own gradebook, so that the
+test suite never touches the instructor's autograde/ folder.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import pathlib
+import re
+import shutil
+import sys
+
+import nbformat
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+_MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
+
+
+def _nbgrader_on_path() -> None:
+    # nbgrader runs alembic as a command: it must be found beside this Python.
+    bindir = str(pathlib.Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
+def workspace(dest: pathlib.Path, assignments=None) -> pathlib.Path:
+    """Copy the course into ``dest`` (solutions/, course/, autograde config)."""
+    dest = pathlib.Path(dest)
+    (dest / "autograde").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "autograde" / "nbgrader_config.py", dest / "autograde")
+    for folder in ("solutions", "course"):
+        for src in sorted((ROOT / folder).iterdir()):
+            if src.is_dir() and (assignments is None or src.name in assignments):
+                shutil.copytree(src, dest / folder / src.name, dirs_exist_ok=True)
+    return dest
+
+
+def api(root: pathlib.Path):
+    """An NbGraderAPI on the course copy at ``root``, configured by its own config file."""
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+    from traitlets.config.loader import PyFileConfigLoader
+
+    _nbgrader_on_path()
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(pathlib.Path(root) / "autograde")).load_config()
+    coursedir = CourseDirectory(config=config)
+    return NbGraderAPI(coursedir=coursedir, config=config)
+
+
+def solution_cells(source: nbformat.NotebookNode) -> dict[str, str]:
+    """grade_id -> the source cell's code with the solution markers removed."""
+    out = {}
+    for cell in source.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            out[meta["grade_id"]] = "\n".join(line for line in cell.source.splitlines() if not _MARKER.match(line))
+    return out
+
+
+def filled(release: nbformat.NotebookNode, source: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The release notebook as a learner who wrote the model answers hands it in."""
+    answers = solution_cells(source)
+    nb = copy.deepcopy(release)
+    for cell in nb.cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        if grade_id in answers:
+            cell.source = answers[grade_id]
+    return nb
+
+
+def edit_cell(nb: nbformat.NotebookNode, grade_id: str, old: str, new: str) -> nbformat.NotebookNode:
+    """A copy of ``nb`` with ``old`` replaced by ``new`` in the cell ``grade_id``."""
+    nb = copy.deepcopy(nb)
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
+            if old not in cell.source:
+                raise ValueError(f"{old!r} is not in cell {grade_id!r}")
+            cell.source = cell.source.replace(old, new)
+            return nb
+    raise ValueError(f"no cell with grade_id {grade_id!r}")
+
+
+def submit(root: pathlib.Path, student: str, assignment: str, nb: nbformat.NotebookNode) -> pathlib.Path:
+    """Place ``nb`` where nbgrader expects ``student``'s submission."""
+    path = pathlib.Path(root) / "autograde" / "submitted" / student / assignment / f"{assignment}.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def scores(root: pathlib.Path, assignment: str, student: str) -> dict[str, tuple[float, float]]:
+    """grade_id -> (score, max_score) for every autograded cell, from the gradebook."""
+    from nbgrader.api import Gradebook
+
+    db = f"sqlite:///{pathlib.Path(root) / 'autograde' / 'gradebook.db'}"
+    with Gradebook(db) as gb:
+        nb = gb.find_submission_notebook(assignment, assignment, student)
+        return {g.name: (g.score, g.max_score) for g in nb.grades if g.cell.cell_type == "code"}
+
+
+def autograded_errors(root: pathlib.Path, assignment: str, student: str) -> dict[str, str]:
+    """grade_id -> the error a graded cell printed in the autograded notebook."""
+    path = pathlib.Path(root) / "autograde" / "autograded" / student / assignment / f"{assignment}.ipynb"
+    out = {}
+    for cell in nbformat.read(path, as_version=4).cells:
+        grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
+        for o in cell.get("outputs", []):
+            if o.output_type == "error":
+                out[grade_id] = f"{o.ename}: {o.evalue}"
+    return out

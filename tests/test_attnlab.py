@@ -1,0 +1,152 @@
+"""The helper package: reference implementations, bad input, the guard, the checks."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnlab import cache, checks, guard, reference
+
+
+def rand(*shape, dtype=torch.float64):
+    return torch.randn(*shape, dtype=dtype)
+
+
+# ------------------------------------------------------------- reference code
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_matches_torch(causal):
+    q, k, v = rand(2, 3, 6, 8), rand(2, 3, 6, 8), rand(2, 3, 6, 5)
+    torch.testing.assert_close(reference.attention(q, k, v, causal), F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+
+
+def test_causal_mask_is_bottom_right_aligned():
+    assert reference.causal_mask(2, 5).tolist() == [[True] * 4 + [False], [True] * 5]
+
+
+def test_heads_round_trip_and_layout():
+    x = rand(2, 4, 12)
+    h = reference.split_heads(x, 3)
+    assert h.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(h[:, 1], x[..., 4:8])  # head 1 takes features 4..7
+    torch.testing.assert_close(reference.merge_heads(h), x)
+
+
+def test_attention_backward_matches_autograd():
+    q, k, v = (rand(2, 2, 5, 4).requires_grad_() for _ in range(3))
+    dout = rand(2, 2, 3, 4)
+    qq = q[:, :, -3:].detach().requires_grad_()
+    want = torch.autograd.grad(reference.attention(qq, k, v, True), (qq, k, v), dout)
+    got = reference.attention_backward(qq.detach(), k.detach(), v.detach(), dout, True)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_mha_step_with_cache_equals_full_forward():
+    x = rand(2, 7, 12)
+    W = [rand(12, 12) for _ in range(4)]
+    want = reference.mha_forward(x, *W, n_heads=3)
+    c = reference.KVCache()
+    outs = [reference.mha_step(x[:, :4], *W, n_heads=3, cache=c)]
+    outs += [reference.mha_step(x[:, t:t + 1], *W, n_heads=3, cache=c) for t in range(4, 7)]
+    torch.testing.assert_close(torch.cat(outs, dim=1), want)
+    assert len(c) == 7
+
+
+# ------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda: reference.attention(rand(2, 5, 8), rand(2, 5, 8), rand(2, 5, 8)), ["q", "4 dimensions", "(B, H, Tq, D)"]),
+        (lambda: reference.attention(rand(1, 2, 3, 8), rand(1, 2, 3, 4), rand(1, 2, 3, 4)), ["q.shape[-1]", "k.shape[-1]"]),
+        (lambda: reference.attention(rand(1, 2, 3, 4), rand(1, 3, 3, 4), rand(1, 3, 3, 4)), ["(B, H)"]),
+        (lambda: reference.attention(torch.ones(1, 1, 2, 2, dtype=torch.long), rand(1, 1, 2, 2), rand(1, 1, 2, 2)), ["q", "floating-point"]),
+        (lambda: reference.attention([[1.0]], rand(1, 1, 2, 2), rand(1, 1, 2, 2)), ["q", "torch.Tensor", "list"]),
+        (lambda: reference.split_heads(rand(2, 3, 10), 4), ["n_heads=4", "divisible"]),
+        (lambda: reference.split_heads(rand(2, 3, 8), 0), ["n_heads", "positive int"]),
+        (lambda: reference.merge_heads(rand(2, 3, 8)), ["x", "(B, H, T, D)"]),
+        (lambda: reference.causal_mask(5, 2), ["Tq", "Tk"]),
+        (lambda: reference.mha_forward(rand(1, 2, 8), rand(8, 6), rand(8, 8), rand(8, 8), rand(8, 8), 2), ["W_q.shape[1]"]),
+        (lambda: cache.mha_elements_per_token(0, 1, 1), ["n_layers", "positive int"]),
+        (lambda: cache.mha_elements_per_token(2, 2.5, 1), ["n_heads"]),
+        (lambda: cache.cache_bytes(10, -1), ["seq_len"]),
+        (lambda: cache.dtype_bytes("fp64"), ["dtype", "bf16"]),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_argument(call, words):
+    with pytest.raises(ValueError) as info:
+        call()
+    for word in words:
+        assert word in str(info.value)
+
+
+# ------------------------------------------------------------- cache arithmetic
+def test_cache_arithmetic_matches_the_papers():
+    assert cache.mha_elements_per_token(32, 32, 128) == 262_144  # Llama-2-7B
+    dsv3 = cache.cache_bytes(cache.mha_elements_per_token(61, 128, 128), 131_072, 1, "bf16")
+    assert round(dsv3 / cache.GiB, 1) == 488.0
+    assert cache.dtype_bytes(torch.bfloat16) == 2 and cache.dtype_bytes("fp8") == 1
+    assert cache.format_bytes(1536) == "1.50 KiB" and cache.format_bytes(12) == "12 B"
+
+
+# ------------------------------------------------------------- the guard
+def test_forbidden_reference_raises_and_trusted_gets_through():
+    q = rand(1, 1, 2, 2)
+    with guard.forbidden():
+        with pytest.raises(guard.ReferenceForbidden, match="switched off"):
+            reference.attention(q, q, q)
+        torch.testing.assert_close(guard.trusted(reference.attention)(q, q, q), F.scaled_dot_product_attention(q, q, q))
+    reference.attention(q, q, q)  # allowed again outside
+
+
+def test_exercise_swaps_stand_ins_and_restores_everything():
+    sdpa = F.scaled_dot_product_attention
+
+    def mine(*args):
+        return "learner's"
+
+    ns = {"attention": mine}
+    with checks.exercise(ns, stand_ins=["attention", "split_heads"]):
+        assert ns["attention"] is not mine and "split_heads" in ns
+        with pytest.raises(guard.ReferenceForbidden):
+            F.scaled_dot_product_attention(rand(1, 1, 2, 2), rand(1, 1, 2, 2), rand(1, 1, 2, 2))
+        with pytest.raises(guard.ReferenceForbidden):
+            torch.nn.MultiheadAttention(4, 2)(rand(1, 2, 4, dtype=torch.float32), rand(1, 2, 4, dtype=torch.float32), rand(1, 2, 4, dtype=torch.float32))
+    assert ns == {"attention": mine}
+    assert F.scaled_dot_product_attention is sdpa
+
+
+def test_exercise_restores_after_an_exception():
+    sdpa = F.scaled_dot_product_attention
+    with pytest.raises(KeyError):
+        with checks.exercise({}):
+            raise KeyError
+    assert F.scaled_dot_product_attention is sdpa
+    reference.attention(rand(1, 1, 2, 2), rand(1, 1, 2, 2), rand(1, 1, 2, 2))
+
+
+# ------------------------------------------------------------- the checks
+def test_expect_close_names_the_mistake():
+    q, k, v = rand(1, 2, 4, 8), rand(1, 2, 4, 8), rand(1, 2, 4, 8)
+    want = reference.attention(q, k, v, True)
+    no_scale = torch.softmax((q @ k.transpose(-2, -1)).masked_fill(~reference.causal_mask(4, 4), -math.inf), -1) @ v
+    with pytest.raises(AssertionError, match="scale is missing"):
+        checks.expect_close(no_scale, want, "out", suspects=checks.attention_suspects(q, k, v, True))
+
+
+@pytest.mark.parametrize(
+    "got, message",
+    [
+        (None, "did you forget to `return`"),
+        ([1.0], "is a list"),
+        (torch.zeros(2, 3), "has shape (2, 3); expected (2, 4)"),
+        (torch.zeros(2, 4, dtype=torch.float32), "dtype torch.float32"),
+        (torch.full((2, 4), float("nan"), dtype=torch.float64), "NaN"),
+        (torch.ones(2, 4, dtype=torch.float64), "largest difference is 1"),
+    ],
+)
+def test_expect_close_messages(got, message):
+    with pytest.raises(AssertionError) as info:
+        checks.expect_close(got, torch.zeros(2, 4, dtype=torch.float64), "your output")
+    assert message in str(info.value)

@@ -1,0 +1,75 @@
+"""The grading round trip, through nbgrader's API and gradebook.
+
+For every workbook: the model answers score full marks on every autograded
+cell, the blank release scores zero on every one, and each planted mistake
+loses exactly the points of its own exercise.
+"""
+from __future__ import annotations
+
+import nbformat
+import pytest
+
+from attnlab import grading
+from conftest import ROOT, assignments
+from planted_mistakes import MISTAKES
+
+CASES = [(a, m) for a in assignments() for m in MISTAKES.get(a, [])]
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """Grade the solution, the blank release and every planted mistake once."""
+    ws = grading.workspace(tmp_path_factory.mktemp("course"))
+    api = grading.api(ws)
+    results = {}
+    for assignment in assignments():
+        assert api.generate_assignment(assignment)["success"]
+        release = nbformat.read(ws / "course" / assignment / f"{assignment}.ipynb", as_version=4)
+        source = nbformat.read(ws / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+        answers = grading.filled(release, source)
+        submissions = {"solution": answers, "blank": release}
+        for m in MISTAKES.get(assignment, []):
+            submissions[m.name] = grading.edit_cell(answers, m.cell, m.old, m.new)
+        for student, nb in submissions.items():
+            grading.submit(ws, student, assignment, nb)
+            result = api.autograde(assignment, student)
+            assert result["success"], result.get("log")
+            results[assignment, student] = (
+                grading.scores(ws, assignment, student),
+                grading.autograded_errors(ws, assignment, student),
+            )
+    return results
+
+
+@pytest.mark.parametrize("assignment", assignments())
+def test_solution_scores_full_marks(graded, assignment):
+    scores, errors = graded[assignment, "solution"]
+    assert scores, "no autograded cells found"
+    lost = {cell: s for cell, s in scores.items() if s[0] != s[1]}
+    assert not lost, f"the model answers lose points: {lost}; errors: {errors}"
+
+
+@pytest.mark.parametrize("assignment", assignments())
+def test_blank_release_scores_zero(graded, assignment):
+    scores, _ = graded[assignment, "blank"]
+    assert scores and all(max_ > 0 for _, max_ in scores.values())
+    scored = {cell: s for cell, s in scores.items() if s[0] != 0}
+    assert not scored, f"the blank release scores points: {scored}"
+
+
+@pytest.mark.parametrize("assignment,mistake", CASES, ids=[f"{a}-{m.name}" for a, m in CASES])
+def test_planted_mistake_loses_exactly_its_exercise(graded, assignment, mistake):
+    scores, errors = graded[assignment, mistake.name]
+    for cell, (score, max_score) in scores.items():
+        if cell in mistake.loses:
+            assert score == 0, f"{mistake.name}: {cell} should score 0, scored {score}/{max_score}"
+        else:
+            assert score == max_score, f"{mistake.name}: {cell} should keep {max_score}, scored {score}: {errors.get(cell)}"
+    if mistake.says:
+        said = " ".join(errors.get(cell, "") for cell in mistake.loses)
+        assert mistake.says in said, f"{mistake.name}: expected the message to say {mistake.says!r}; it said {said!r}"
+
+
+def test_every_workbook_has_enough_planted_mistakes():
+    for assignment in assignments():
+        assert len(MISTAKES.get(assignment, [])) >= 8, f"{assignment} needs at least 8 planted mistakes"

@@ -1,0 +1,38 @@
+"""The widgets, driven from Python as a test or a script would drive them."""
+from __future__ import annotations
+
+import pytest
+
+from attnlab import cache
+from attnlab.widgets import CacheGrowth
+
+
+def test_cache_growth_follows_its_controls():
+    w = CacheGrowth()
+    assert w.preset.value == "Llama-2-7B"
+    assert w.bytes_per_token == 262_144 * 2  # bf16
+    assert "512.00 KiB" in w.summary.value
+    first_png = w.plot.value
+    assert first_png[:8] == b"\x89PNG\r\n\x1a\n"
+
+    w.context.value = 2**17
+    w.batch.value = 8
+    assert w.total_bytes == 262_144 * 2 * 2**17 * 8
+    assert "8 × 131,072 tokens" in w.summary.value and cache.format_bytes(w.total_bytes) in w.summary.value
+    assert w.plot.value != first_png
+
+    w.preset.value = "DeepSeek-V3 dims as MHA"
+    assert (w.n_layers.value, w.n_heads.value, w.d_head.value) == (61, 128, 128)
+    w.batch.value = 1
+    assert "488.00 GiB" in w.summary.value
+
+    w.n_heads.value = 8  # a hand-made model is no longer the preset
+    assert w.preset.value == "custom"
+    assert w.bytes_per_token == cache.mha_elements_per_token(61, 8, 128) * 2
+    w.dtype.value = "fp32"
+    assert w.bytes_per_token == cache.mha_elements_per_token(61, 8, 128) * 4
+
+
+def test_cache_growth_refuses_an_unknown_preset():
+    with pytest.raises(ValueError, match="preset"):
+        CacheGrowth(preset="GPT-5")
