@@ -7,7 +7,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # nbgrader runs some of its tools (alembic) as commands: they must be on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
-NBGRADER = cd autograde && ../$(BIN)/nbgrader
+# nbgrader reads autograde/nbgrader_config.py from its working directory.
+NBGRADER := ../$(BIN)/nbgrader
 ASSIGNMENTS := $(notdir $(wildcard solutions/[0-9][0-9]_*))
 # Extra arguments for JupyterLab and pytest, e.g. make lab LAB_ARGS=--no-browser
 LAB_ARGS ?=
@@ -46,13 +47,14 @@ notebooks: $(STAMP)
 	$(BIN)/python -m attnlab.notebooks
 
 release: notebooks
-	@for a in $(ASSIGNMENTS); do ($(NBGRADER) generate_assignment "$$a" --force --log-level=WARN) || exit 1; done
+	@cd autograde && for a in $(ASSIGNMENTS); do $(NBGRADER) generate_assignment "$$a" --force --log-level=WARN || exit 1; done
 
 grade: $(STAMP)
-	@for a in $(ASSIGNMENTS); do \
-	  ($(NBGRADER) autograde "$$a" --log-level=WARN && $(NBGRADER) generate_feedback "$$a" --log-level=WARN) || exit 1; \
-	done
-	$(NBGRADER) export --to grades.csv --log-level=WARN
+	@# Hidden tests change the test cells' checksums, which nbgrader reports as a
+	@# warning for every submission: only errors are shown.
+	@cd autograde && for a in $(ASSIGNMENTS); do \
+	  $(NBGRADER) autograde "$$a" --log-level=ERROR && $(NBGRADER) generate_feedback "$$a" --log-level=ERROR || exit 1; \
+	done && $(NBGRADER) export --to grades.csv --log-level=ERROR
 	@echo "grades: autograde/grades.csv; feedback: autograde/feedback/"
 
 clean-grading:
