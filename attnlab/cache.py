@@ -42,6 +42,17 @@ def mha_elements_per_token(n_layers: int, n_heads: int, d_head: int) -> int:
 
 
 @guarded
+def gqa_elements_per_token(n_layers: int, n_kv_heads: int, d_head: int) -> int:
+    """2 * n_kv_heads * d_head * n_layers: a key and a value per K/V head and layer.
+
+    MHA is the case n_kv_heads = n_heads, MQA the case n_kv_heads = 1.
+    """
+    for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("d_head", d_head)):
+        validate.positive_int(name, value)
+    return 2 * n_kv_heads * d_head * n_layers
+
+
+@guarded
 def cache_bytes(elements_per_token: int, seq_len: int, batch: int = 1, dtype="bf16") -> int:
     """Bytes of a cache holding ``seq_len`` tokens for each of ``batch`` sequences."""
     for name, value in (("elements_per_token", elements_per_token), ("seq_len", seq_len), ("batch", batch)):
@@ -59,6 +70,15 @@ class ModelPreset:
     d_head: int
     n_params: float  # parameters, to compare the cache with the weights
     source: str
+    n_kv_heads: int | None = None  # None: as many as query heads (MHA)
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def is_mha(self) -> bool:
+        return self.kv_heads == self.n_heads
 
 
 PRESETS = {
@@ -71,6 +91,8 @@ PRESETS = {
             "DeepSeek-V3 inference/configs/config_671B.json: 61 layers, 128 heads; "
             "K and V of 128 dims each, as a plain MHA model would cache them",
         ),
+        ModelPreset("Llama-3-8B", 32, 32, 128, 8.03e9, "Meta Llama 3 model card: GQA with 8 KV heads", n_kv_heads=8),
+        ModelPreset("Llama-3-70B", 80, 64, 128, 70.6e9, "Meta Llama 3 model card: GQA with 8 KV heads", n_kv_heads=8),
     ]
 }
 

@@ -95,7 +95,7 @@ def _switched_off(name):
 
 
 @contextlib.contextmanager
-def exercise(namespace: dict, stand_ins=()):
+def exercise(namespace: dict, stand_ins=(), allow=()):
     """Run a learner's exercise on its own.
 
     Inside the block the course's reference answers and the torch functions
@@ -103,6 +103,8 @@ def exercise(namespace: dict, stand_ins=()):
     function from an earlier exercise, say ``"attention"``) is replaced in the
     learner's ``namespace`` by the course's correct version, so that a mistake
     in an earlier exercise costs that exercise's points and no others.
+    ``allow`` names reference functions of earlier workbooks that this
+    workbook gives its learners as building blocks (see :func:`guard.forbidden`).
     """
     saved = {name: namespace.get(name) for name in stand_ins}
     patched = [(obj, attr, getattr(obj, attr)) for obj, attr in _TORCH_ANSWERS]
@@ -111,7 +113,7 @@ def exercise(namespace: dict, stand_ins=()):
             namespace[name] = trusted(getattr(reference, name))
         for obj, attr, _ in patched:
             setattr(obj, attr, _switched_off(f"{getattr(obj, '__name__', obj)}.{attr}"))
-        with forbidden():
+        with forbidden(allow):
             yield
     finally:
         for obj, attr, original in patched:
@@ -153,3 +155,29 @@ def attention_suspects(q, k, v, causal: bool) -> dict:
     else:
         out["a causal mask is applied although causal=False"] = finish(scores / math.sqrt(d), Tk - Tq)
     return out
+
+
+class _StorageWatch(torch.overrides.TorchFunctionMode):
+    """Records the largest storage behind any tensor a torch call returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+@contextlib.contextmanager
+def storage_watch():
+    """``with storage_watch() as w: ...``; then ``w.largest`` is the largest
+    storage (in bytes) of any tensor produced inside the block. A view such as
+    ``expand`` shares its input's storage; a real copy has a storage of its own,
+    so this tells whether code materialised a large tensor."""
+    watch = _StorageWatch()
+    with watch:
+        yield watch

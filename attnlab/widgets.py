@@ -31,10 +31,12 @@ class CacheGrowth(widgets.VBox):
     """
 
     def __init__(self, preset: str = "Llama-2-7B"):
-        if preset not in cache.PRESETS:
-            raise ValueError(f"preset must be one of {sorted(cache.PRESETS)}, got {preset!r}")
+        if preset not in cache.PRESETS or not cache.PRESETS[preset].is_mha:
+            mha = sorted(name for name, p in cache.PRESETS.items() if p.is_mha)
+            raise ValueError(f"preset must be one of the MHA models {mha}, got {preset!r}")
         style = {"description_width": "8em"}
-        self.preset = widgets.Dropdown(options=[*cache.PRESETS, CUSTOM], value=preset, description="model", style=style)
+        mha = [name for name, p in cache.PRESETS.items() if p.is_mha]
+        self.preset = widgets.Dropdown(options=[*mha, CUSTOM], value=preset, description="model", style=style)
         self.n_layers = widgets.IntSlider(value=1, min=1, max=128, description="layers", style=style)
         self.n_heads = widgets.IntSlider(value=1, min=1, max=128, description="heads", style=style)
         self.d_head = widgets.IntSlider(value=128, min=8, max=256, step=8, description="head dim", style=style)

@@ -150,3 +150,57 @@ def test_expect_close_messages(got, message):
     with pytest.raises(AssertionError) as info:
         checks.expect_close(got, torch.zeros(2, 4, dtype=torch.float64), "your output")
     assert message in str(info.value)
+
+
+def test_forbidden_allows_building_blocks_and_what_they_use():
+    q = rand(1, 2, 3, 4)
+    with guard.forbidden(allow=["attention"]):
+        reference.attention(q, q, q, True)  # uses causal_mask and attention_weights inside
+        with pytest.raises(guard.ReferenceForbidden):
+            reference.causal_mask(3, 3)
+        with pytest.raises(guard.ReferenceForbidden):
+            reference.split_heads(rand(1, 3, 4), 2)
+
+
+def test_repeat_kv_interleaves_heads():
+    x = torch.arange(3.0).view(1, 3, 1, 1).expand(2, 3, 4, 5)  # K/V head g holds the value g
+    out = reference.repeat_kv(x, 2)
+    assert out.shape == (2, 6, 4, 5)
+    assert out[0, :, 0, 0].tolist() == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_gqa_attention_equals_attention_on_repeated_heads(causal):
+    q, k, v = rand(2, 6, 3, 4), rand(2, 2, 5, 4), rand(2, 2, 5, 7)
+    want = reference.attention(q, reference.repeat_kv(k, 3), reference.repeat_kv(v, 3), causal)
+    torch.testing.assert_close(reference.gqa_attention(q, k, v, causal), want)
+
+
+def test_gqa_forward_special_cases_and_cache():
+    x = rand(2, 6, 16)
+    Wq, Wo = rand(16, 16), rand(16, 16)
+    Wk, Wv = rand(16, 16), rand(16, 16)
+    # n_kv_heads = n_heads is MHA
+    torch.testing.assert_close(reference.gqa_forward(x, Wq, Wk, Wv, Wo, 4, 4), reference.mha_forward(x, Wq, Wk, Wv, Wo, 4))
+    # mean-pooled projections and a cache: prefill + decode equal the full pass
+    Wk2, Wv2 = reference.mean_pool_heads(Wk, 4, 2), reference.mean_pool_heads(Wv, 4, 2)
+    assert Wk2.shape == (8, 16)
+    torch.testing.assert_close(Wk2[:4], (Wk[:4] + Wk[4:8]) / 2)
+    full = reference.gqa_forward(x, Wq, Wk2, Wv2, Wo, 4, 2)
+    c = reference.KVCache()
+    steps = [reference.gqa_forward(x[:, :3], Wq, Wk2, Wv2, Wo, 4, 2, cache=c)]
+    steps += [reference.gqa_forward(x[:, t:t + 1], Wq, Wk2, Wv2, Wo, 4, 2, cache=c) for t in range(3, 6)]
+    torch.testing.assert_close(torch.cat(steps, 1), full)
+    assert cache.gqa_elements_per_token(32, 8, 128) == 65_536  # Llama-3-8B
+
+
+def test_storage_watch_sees_copies_not_views():
+    from attnlab.checks import storage_watch
+
+    k = rand(1, 2, 64, 8)
+    with storage_watch() as w:
+        k[:, :, None].expand(1, 2, 4, 64, 8)
+    assert w.largest == k.untyped_storage().nbytes()
+    with storage_watch() as w:
+        reference.repeat_kv(k, 4)
+    assert w.largest == 4 * k.untyped_storage().nbytes()

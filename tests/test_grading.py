@@ -30,6 +30,8 @@ def graded(tmp_path_factory):
         submissions = {"solution": answers, "blank": release}
         for m in MISTAKES.get(assignment, []):
             submissions[m.name] = grading.edit_cell(answers, m.cell, m.old, m.new)
+            if m.also:
+                submissions[m.name] = grading.edit_cell(submissions[m.name], m.cell, *m.also)
         for student, nb in submissions.items():
             grading.submit(ws, student, assignment, nb)
             result = api.autograde(assignment, student)
