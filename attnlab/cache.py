@@ -53,6 +53,14 @@ def gqa_elements_per_token(n_layers: int, n_kv_heads: int, d_head: int) -> int:
 
 
 @guarded
+def mla_elements_per_token(n_layers: int, d_latent: int, d_rope: int) -> int:
+    """(d_c + d_h^R) * n_layers: the KV latent and the one shared RoPE key, per layer."""
+    for name, value in (("n_layers", n_layers), ("d_latent", d_latent), ("d_rope", d_rope)):
+        validate.positive_int(name, value)
+    return (d_latent + d_rope) * n_layers
+
+
+@guarded
 def cache_bytes(elements_per_token: int, seq_len: int, batch: int = 1, dtype="bf16") -> int:
     """Bytes of a cache holding ``seq_len`` tokens for each of ``batch`` sequences."""
     for name, value in (("elements_per_token", elements_per_token), ("seq_len", seq_len), ("batch", batch)):
@@ -84,15 +92,15 @@ class ModelPreset:
 PRESETS = {
     p.name: p
     for p in [
-        ModelPreset("Llama-2-7B", 32, 32, 128, 6.74e9, "Touvron et al. 2023, arXiv 2307.09288 (plain MHA)"),
-        ModelPreset("Llama-2-13B", 40, 40, 128, 13.0e9, "Touvron et al. 2023, arXiv 2307.09288 (plain MHA)"),
+        ModelPreset("Llama-2-7B", 32, 32, 128, 6.74e9, "LLaMA, arXiv 2302.13971, Table 2 (plain MHA)"),
+        ModelPreset("Llama-2-13B", 40, 40, 128, 13.0e9, "LLaMA, arXiv 2302.13971, Table 2 (plain MHA)"),
         ModelPreset(
             "DeepSeek-V3 dims as MHA", 61, 128, 128, 671e9,
             "DeepSeek-V3 inference/configs/config_671B.json: 61 layers, 128 heads; "
             "K and V of 128 dims each, as a plain MHA model would cache them",
         ),
-        ModelPreset("Llama-3-8B", 32, 32, 128, 8.03e9, "Meta Llama 3 model card: GQA with 8 KV heads", n_kv_heads=8),
-        ModelPreset("Llama-3-70B", 80, 64, 128, 70.6e9, "Meta Llama 3 model card: GQA with 8 KV heads", n_kv_heads=8),
+        ModelPreset("Llama-3-8B", 32, 32, 128, 8.03e9, "Llama 3 Herd, arXiv 2407.21783, Table 3", n_kv_heads=8),
+        ModelPreset("Llama-3-70B", 80, 64, 128, 70.6e9, "Llama 3 Herd, arXiv 2407.21783, Table 3", n_kv_heads=8),
     ]
 }
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import reference
 from .guard import ReferenceForbidden, forbidden, trusted
@@ -23,7 +25,7 @@ def _shape(t) -> tuple:
 def expect_tensor(got, what: str) -> torch.Tensor:
     """Fail unless ``got`` is a tensor (not None, a list, a numpy array...)."""
     if got is None:
-        raise AssertionError(f"{what} is None: did you forget to `return` it?")
+        raise AssertionError(f"{what} is None: is it ever computed, stored or returned?")
     if not isinstance(got, torch.Tensor):
         raise AssertionError(f"{what} is a {type(got).__name__}; expected a torch.Tensor")
     return got
@@ -78,24 +80,26 @@ def expect_close(got, want, what: str, suspects: dict | None = None, hint: str =
     )
 
 
-# Torch functions that would answer an exercise outright. They are switched
-# off, like the course's own reference, while a learner's function is graded.
-_TORCH_ANSWERS = [
-    (torch.nn.functional, "scaled_dot_product_attention"),
-    (torch.nn.functional, "multi_head_attention_forward"),
-    (torch.nn.MultiheadAttention, "forward"),
-]
+# Torch functions that would answer an exercise outright. Like the course's
+# own reference, they are switched off while a learner's function is graded.
+# A TorchFunctionMode sees every call, also through a name bound early with
+# `from torch.nn.functional import scaled_dot_product_attention`.
+_TORCH_ANSWERS = {
+    torch.nn.functional.scaled_dot_product_attention: "torch.nn.functional.scaled_dot_product_attention",
+    torch.nn.functional.multi_head_attention_forward: "torch.nn.MultiheadAttention",
+}
 
 
-def _switched_off(name):
-    def raiser(*args, **kwargs):
-        raise ReferenceForbidden(f"{name} is switched off while your own code is graded: write this part yourself.")
-
-    return raiser
+class _TorchAnswersOff(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = _TORCH_ANSWERS.get(func)
+        if name is not None:
+            raise ReferenceForbidden(f"{name} is switched off while your own code is graded: write this part yourself.")
+        return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
-def exercise(namespace: dict, stand_ins=(), allow=()):
+def exercise(namespace: dict, stand_ins=(), allow=(), no_autograd=False):
     """Run a learner's exercise on its own.
 
     Inside the block the course's reference answers and the torch functions
@@ -105,19 +109,25 @@ def exercise(namespace: dict, stand_ins=(), allow=()):
     in an earlier exercise costs that exercise's points and no others.
     ``allow`` names reference functions of earlier workbooks that this
     workbook gives its learners as building blocks (see :func:`guard.forbidden`).
+    ``no_autograd`` runs the block in inference mode, so that a backward pass
+    "by hand" cannot be autograd in disguise.
+
+    Warnings raised by the learner's code are silenced: nbgrader gives zero to
+    a test cell that writes anything to stderr, even for a right answer.
     """
     saved = {name: namespace.get(name) for name in stand_ins}
-    patched = [(obj, attr, getattr(obj, attr)) for obj, attr in _TORCH_ANSWERS]
     try:
         for name in stand_ins:
             namespace[name] = trusted(getattr(reference, name))
-        for obj, attr, _ in patched:
-            setattr(obj, attr, _switched_off(f"{getattr(obj, '__name__', obj)}.{attr}"))
-        with forbidden(allow):
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+            stack.enter_context(forbidden(allow))
+            stack.enter_context(_TorchAnswersOff())
+            if no_autograd:
+                stack.enter_context(torch.inference_mode())
             yield
     finally:
-        for obj, attr, original in patched:
-            setattr(obj, attr, original)
         for name, value in saved.items():
             if value is None:
                 namespace.pop(name, None)
@@ -157,14 +167,15 @@ def attention_suspects(q, k, v, causal: bool) -> dict:
     return out
 
 
-class _StorageWatch(torch.overrides.TorchFunctionMode):
-    """Records the largest storage behind any tensor a torch call returns."""
+class _StorageWatch(TorchDispatchMode):
+    """Records the largest storage behind any tensor an ATen operation returns,
+    including the copies torch makes inside a call (a broadcasting matmul, say)."""
 
     def __init__(self):
         super().__init__()
         self.largest = 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else (out,):
             if isinstance(t, torch.Tensor):

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
+import types
 
-_state = threading.local()
+# Module-wide, not thread-local: on CUDA, autograd runs backward() on a worker
+# thread, and the ban must hold there too.
+_state = types.SimpleNamespace(forbidden=0, trusted=0, allowed=frozenset())
 
 
 class ReferenceForbidden(RuntimeError):
@@ -22,9 +24,9 @@ class ReferenceForbidden(RuntimeError):
 
 
 def _forbidden(name: str) -> bool:
-    if getattr(_state, "forbidden", 0) == 0 or getattr(_state, "trusted", 0) > 0:
+    if _state.forbidden == 0 or _state.trusted > 0:
         return False
-    return name not in getattr(_state, "allowed", frozenset())
+    return name not in _state.allowed
 
 
 def guarded(fn):
@@ -39,7 +41,7 @@ def guarded(fn):
                 "course's reference answer."
             )
         # An allowed reference function may use the others it is built from.
-        _state.trusted = getattr(_state, "trusted", 0) + 1
+        _state.trusted += 1
         try:
             return fn(*args, **kwargs)
         finally:
@@ -57,8 +59,8 @@ def forbidden(allow=()):
     ``"KVCache.update"``) the answers of *earlier* workbooks that a later
     workbook hands its learners as building blocks.
     """
-    saved = getattr(_state, "allowed", frozenset())
-    _state.forbidden = getattr(_state, "forbidden", 0) + 1
+    saved = _state.allowed
+    _state.forbidden += 1
     _state.allowed = frozenset(allow)
     try:
         yield
@@ -76,7 +78,7 @@ def trusted(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        _state.trusted = getattr(_state, "trusted", 0) + 1
+        _state.trusted += 1
         try:
             return fn(*args, **kwargs)
         finally:

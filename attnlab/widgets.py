@@ -119,3 +119,95 @@ class CacheGrowth(widgets.VBox):
         ax.legend(loc="upper left", fontsize=8)
         fig.tight_layout()
         self.plot.value = _png(fig)
+
+
+class RopeRotation(widgets.VBox):
+    """One pair of coordinates, rotated by RoPE at position ``position``, for
+    several frequencies: the fast pairs spin, the slow ones barely move.
+
+    Controls: ``position``, ``d`` (head width), ``base``. ``angles`` holds the
+    rotation angle (radians, modulo 2 pi) of each pair drawn.
+    """
+
+    def __init__(self, d: int = 64, base: float = 10000.0):
+        style = {"description_width": "6em"}
+        self.position = widgets.IntSlider(value=1, min=0, max=256, description="position m", style=style)
+        self.d = widgets.IntSlider(value=d, min=8, max=256, step=8, description="head dim d", style=style)
+        self.base = widgets.FloatLogSlider(value=base, base=10, min=2, max=6, step=0.25, description="base", style=style)
+        self.summary = widgets.HTML()
+        self.plot = widgets.Image(format="png")
+        for control in (self.position, self.d, self.base):
+            control.observe(lambda change: self._redraw(), names="value")
+        super().__init__([widgets.HBox([widgets.VBox([self.position, self.d, self.base, self.summary]), self.plot])])
+        self._redraw()
+
+    def pairs(self) -> list[int]:
+        """The frequency indices drawn: the fastest, two in between, the slowest."""
+        half = self.d.value // 2
+        return sorted({0, half // 8, half // 2, half - 1})
+
+    def _redraw(self):
+        from . import reference
+
+        theta = reference.rope_frequencies(self.d.value, self.base.value).double()
+        m = self.position.value
+        self.angles = {i: float((m * theta[i]) % (2 * np.pi)) for i in self.pairs()}
+        fig = Figure(figsize=(4, 4))
+        ax = fig.subplots()
+        circle = np.linspace(0, 2 * np.pi, 200)
+        ax.plot(np.cos(circle), np.sin(circle), color="0.85")
+        for n, (i, angle) in enumerate(self.angles.items()):
+            ax.annotate("", xy=(np.cos(angle), np.sin(angle)), xytext=(0, 0),
+                        arrowprops=dict(arrowstyle="->", color=f"C{n}", lw=2))
+            ax.plot([], [], color=f"C{n}", label=f"pair {i}: θ = {float(theta[i]):.2g}")
+        ax.plot([1], [0], "k.", label="position 0")
+        ax.set(xlim=(-1.2, 1.2), ylim=(-1.2, 1.2), aspect="equal", xticks=[], yticks=[], title=f"RoPE at position {m}")
+        ax.legend(loc="lower left", fontsize=7)
+        fig.tight_layout()
+        self.plot.value = _png(fig)
+        wavelengths = [2 * np.pi / float(theta[i]) for i in self.angles]
+        self.summary.value = "wavelength (positions per turn): " + ", ".join(
+            f"pair {i}: {w:,.0f}" for i, w in zip(self.angles, wavelengths))
+
+
+class RopeScores(widgets.VBox):
+    """q · k for one query and one key placed at every pair of positions (m, n).
+
+    With RoPE the score depends on m - n alone, so the heat map is constant
+    along its diagonals. ``scores`` holds the (T, T) matrix drawn.
+    """
+
+    def __init__(self, d: int = 64, length: int = 64, seed: int = 0):
+        style = {"description_width": "6em"}
+        self.d = widgets.IntSlider(value=d, min=8, max=256, step=8, description="head dim d", style=style)
+        self.base = widgets.FloatLogSlider(value=10000, base=10, min=2, max=6, step=0.25, description="base", style=style)
+        self.length = widgets.IntSlider(value=length, min=8, max=256, step=8, description="positions", style=style)
+        self.similar = widgets.Checkbox(value=True, description="k = q (a key that matches the query)")
+        self.plot = widgets.Image(format="png")
+        self._seed = seed
+        for control in (self.d, self.base, self.length, self.similar):
+            control.observe(lambda change: self._redraw(), names="value")
+        controls = widgets.VBox([self.d, self.base, self.length, self.similar])
+        super().__init__([widgets.HBox([controls, self.plot])])
+        self._redraw()
+
+    def _redraw(self):
+        import torch
+
+        from . import reference
+
+        d, T = self.d.value, self.length.value
+        gen = torch.Generator().manual_seed(self._seed)
+        q = torch.randn(d, generator=gen, dtype=torch.float64)
+        k = q.clone() if self.similar.value else torch.randn(d, generator=gen, dtype=torch.float64)
+        cos, sin = reference.rope_tables(torch.arange(T), d, self.base.value)
+        rq = reference.rope_interleaved(q.expand(T, d), cos, sin)  # (T, d): q at every position
+        rk = reference.rope_interleaved(k.expand(T, d), cos, sin)  # (T, d): k at every position
+        self.scores = (rq @ rk.T / np.sqrt(d)).numpy()  # (T, T): [m, n]
+        fig = Figure(figsize=(4.4, 3.6))
+        ax = fig.subplots()
+        image = ax.imshow(self.scores, cmap="RdBu_r")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+        ax.set(xlabel="key position n", ylabel="query position m", title="q·k/√d after RoPE")
+        fig.tight_layout()
+        self.plot.value = _png(fig)

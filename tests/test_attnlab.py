@@ -21,6 +21,12 @@ def test_attention_matches_torch(causal):
     torch.testing.assert_close(reference.attention(q, k, v, causal), F.scaled_dot_product_attention(q, k, v, is_causal=causal))
 
 
+def test_attention_broadcasts_a_single_kv_head():
+    q, k, v = rand(2, 4, 3, 8), rand(2, 1, 5, 8), rand(2, 1, 5, 6)
+    want = reference.attention(q, k.expand(2, 4, 5, 8), v.expand(2, 4, 5, 6), True)
+    torch.testing.assert_close(reference.attention(q, k, v, True), want)
+
+
 def test_causal_mask_is_bottom_right_aligned():
     assert reference.causal_mask(2, 5).tolist() == [[True] * 4 + [False], [True] * 5]
 
@@ -58,9 +64,10 @@ def test_mha_step_with_cache_equals_full_forward():
 @pytest.mark.parametrize(
     "call, words",
     [
-        (lambda: reference.attention(rand(2, 5, 8), rand(2, 5, 8), rand(2, 5, 8)), ["q", "4 dimensions", "(B, H, Tq, D)"]),
+        (lambda: reference.attention(rand(5, 8), rand(5, 8), rand(5, 8)), ["at least 3", "(B, H, T, D)"]),
+        (lambda: reference.attention(rand(2, 3, 5, 8), rand(3, 5, 8), rand(3, 5, 8)), ["same number of dimensions"]),
         (lambda: reference.attention(rand(1, 2, 3, 8), rand(1, 2, 3, 4), rand(1, 2, 3, 4)), ["q.shape[-1]", "k.shape[-1]"]),
-        (lambda: reference.attention(rand(1, 2, 3, 4), rand(1, 3, 3, 4), rand(1, 3, 3, 4)), ["(B, H)"]),
+        (lambda: reference.attention(rand(1, 2, 3, 4), rand(1, 3, 3, 4), rand(1, 3, 3, 4)), ["(B, H, ...)", "equal or 1"]),
         (lambda: reference.attention(torch.ones(1, 1, 2, 2, dtype=torch.long), rand(1, 1, 2, 2), rand(1, 1, 2, 2)), ["q", "floating-point"]),
         (lambda: reference.attention([[1.0]], rand(1, 1, 2, 2), rand(1, 1, 2, 2)), ["q", "torch.Tensor", "list"]),
         (lambda: reference.split_heads(rand(2, 3, 10), 4), ["n_heads=4", "divisible"]),
@@ -113,8 +120,23 @@ def test_exercise_swaps_stand_ins_and_restores_everything():
             F.scaled_dot_product_attention(rand(1, 1, 2, 2), rand(1, 1, 2, 2), rand(1, 1, 2, 2))
         with pytest.raises(guard.ReferenceForbidden):
             torch.nn.MultiheadAttention(4, 2)(rand(1, 2, 4, dtype=torch.float32), rand(1, 2, 4, dtype=torch.float32), rand(1, 2, 4, dtype=torch.float32))
+        with pytest.raises(guard.ReferenceForbidden):  # also through a name bound before the test
+            sdpa(rand(1, 1, 2, 2), rand(1, 1, 2, 2), rand(1, 1, 2, 2))
     assert ns == {"attention": mine}
     assert F.scaled_dot_product_attention is sdpa
+    sdpa(rand(1, 1, 2, 2), rand(1, 1, 2, 2), rand(1, 1, 2, 2))  # on again
+
+
+def test_exercise_silences_warnings_and_can_switch_autograd_off(recwarn):
+    import warnings
+
+    x = rand(3).requires_grad_()
+    with checks.exercise({}, no_autograd=True):
+        warnings.warn("a learner's harmless warning")
+        with torch.enable_grad():
+            with pytest.raises(RuntimeError):
+                torch.autograd.grad((x * 2).sum(), x)
+    assert not recwarn.list
 
 
 def test_exercise_restores_after_an_exception():
@@ -138,7 +160,7 @@ def test_expect_close_names_the_mistake():
 @pytest.mark.parametrize(
     "got, message",
     [
-        (None, "did you forget to `return`"),
+        (None, "is it ever computed, stored or returned?"),
         ([1.0], "is a list"),
         (torch.zeros(2, 3), "has shape (2, 3); expected (2, 4)"),
         (torch.zeros(2, 4, dtype=torch.float32), "dtype torch.float32"),
@@ -201,6 +223,9 @@ def test_storage_watch_sees_copies_not_views():
     with storage_watch() as w:
         k[:, :, None].expand(1, 2, 4, 64, 8)
     assert w.largest == k.untyped_storage().nbytes()
+    with storage_watch() as w:  # a broadcasting matmul copies K inside torch
+        rand(1, 2, 4, 1, 8) @ k[:, :, None].transpose(-2, -1)
+    assert w.largest >= 4 * k.untyped_storage().nbytes()
     with storage_watch() as w:
         reference.repeat_kv(k, 4)
     assert w.largest == 4 * k.untyped_storage().nbytes()

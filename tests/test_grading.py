@@ -17,12 +17,17 @@ CASES = [(a, m) for a in assignments() for m in MISTAKES.get(a, [])]
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    """Grade the solution, the blank release and every planted mistake once."""
+def grader(tmp_path_factory):
+    """grade(assignment) -> {student: (scores, errors)}: the solution, the blank
+    release and every planted mistake, graded once per assignment on first use
+    (so `pytest -k 02_gqa` grades workbook 02 alone)."""
     ws = grading.workspace(tmp_path_factory.mktemp("course"))
     api = grading.api(ws)
-    results = {}
-    for assignment in assignments():
+    done = {}
+
+    def grade(assignment):
+        if assignment in done:
+            return done[assignment]
         assert api.generate_assignment(assignment)["success"]
         release = nbformat.read(ws / "course" / assignment / f"{assignment}.ipynb", as_version=4)
         source = nbformat.read(ws / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
@@ -32,36 +37,37 @@ def graded(tmp_path_factory):
             submissions[m.name] = grading.edit_cell(answers, m.cell, m.old, m.new)
             if m.also:
                 submissions[m.name] = grading.edit_cell(submissions[m.name], m.cell, *m.also)
+        results = {}
         for student, nb in submissions.items():
             grading.submit(ws, student, assignment, nb)
             result = api.autograde(assignment, student)
             assert result["success"], result.get("log")
-            results[assignment, student] = (
-                grading.scores(ws, assignment, student),
-                grading.autograded_errors(ws, assignment, student),
-            )
-    return results
+            results[student] = (grading.scores(ws, assignment, student), grading.autograded_errors(ws, assignment, student))
+        done[assignment] = results
+        return results
+
+    return grade
 
 
 @pytest.mark.parametrize("assignment", assignments())
-def test_solution_scores_full_marks(graded, assignment):
-    scores, errors = graded[assignment, "solution"]
+def test_solution_scores_full_marks(grader, assignment):
+    scores, errors = grader(assignment)["solution"]
     assert scores, "no autograded cells found"
     lost = {cell: s for cell, s in scores.items() if s[0] != s[1]}
     assert not lost, f"the model answers lose points: {lost}; errors: {errors}"
 
 
 @pytest.mark.parametrize("assignment", assignments())
-def test_blank_release_scores_zero(graded, assignment):
-    scores, _ = graded[assignment, "blank"]
+def test_blank_release_scores_zero(grader, assignment):
+    scores, _ = grader(assignment)["blank"]
     assert scores and all(max_ > 0 for _, max_ in scores.values())
     scored = {cell: s for cell, s in scores.items() if s[0] != 0}
     assert not scored, f"the blank release scores points: {scored}"
 
 
 @pytest.mark.parametrize("assignment,mistake", CASES, ids=[f"{a}-{m.name}" for a, m in CASES])
-def test_planted_mistake_loses_exactly_its_exercise(graded, assignment, mistake):
-    scores, errors = graded[assignment, mistake.name]
+def test_planted_mistake_loses_exactly_its_exercise(grader, assignment, mistake):
+    scores, errors = grader(assignment)[mistake.name]
     for cell, (score, max_score) in scores.items():
         if cell in mistake.loses:
             assert score == 0, f"{mistake.name}: {cell} should score 0, scored {score}/{max_score}"

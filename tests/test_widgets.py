@@ -36,3 +36,33 @@ def test_cache_growth_follows_its_controls():
 def test_cache_growth_refuses_an_unknown_preset():
     with pytest.raises(ValueError, match="preset"):
         CacheGrowth(preset="GPT-5")
+
+
+def test_rope_rotation_turns_with_position():
+    from attnlab.widgets import RopeRotation
+
+    w = RopeRotation(d=64)
+    assert w.pairs() == [0, 4, 16, 31]
+    assert abs(w.angles[0] - 1.0) < 1e-9  # pair 0 turns 1 radian per position
+    png = w.plot.value
+    w.position.value = 3
+    assert abs(w.angles[0] - 3.0) < 1e-9 and w.plot.value != png
+    assert "pair 0: 6," in w.summary.value  # a wavelength of 2 pi positions
+    w.d.value = 16
+    assert w.pairs() == [0, 1, 4, 7]
+
+
+def test_rope_scores_depend_only_on_distance():
+    import numpy as np
+
+    from attnlab.widgets import RopeScores
+
+    w = RopeScores(d=32, length=24)
+    s = w.scores
+    assert s.shape == (24, 24)
+    for offset in (-5, 0, 7):  # constant along each diagonal
+        diag = np.diagonal(s, offset)
+        assert np.allclose(diag, diag[0])
+    png = w.plot.value
+    w.length.value = 40
+    assert w.scores.shape == (40, 40) and w.plot.value != png

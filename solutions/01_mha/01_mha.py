@@ -62,8 +62,8 @@ print(f"torch {torch.__version__}, running on {device}")
 # - The softmax runs over the **keys** (the last axis of $QK^\top$), so each
 #   query's weights sum to one.
 # - The $1/\sqrt{d_k}$ keeps the scores' variance near one: a dot product of
-#   two vectors with $d_k$ independent unit-variance entries has variance $d_k$
-#   (the paper's footnote 4), and large scores push the softmax into a
+#   two vectors with $d_k$ independent zero-mean, unit-variance entries has
+#   variance $d_k$ (the paper's footnote 4), and large scores push the softmax into a
 #   one-hot corner where its gradient vanishes.
 # - A language model must not look ahead. The **causal mask** sets the score
 #   of query $i$ against key $j$ to $-\infty$ when key $j$ comes later.
@@ -119,6 +119,13 @@ with exercise(globals()):
 expect_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True)[:, :, -2:],
              "attention(q, k, v, causal=True) with 2 queries and 5 keys",
              suspects=attention_suspects(q2, k, v, True))
+
+# float64 in, float64 out, to float64 precision (the hidden tests use float64 too).
+q64, k64, v64 = (t.double() for t in (q, k, v))
+with exercise(globals()):
+    out = attention(q64, k64, v64, causal=True)
+expect_close(out, F.scaled_dot_product_attention(q64, k64, v64, is_causal=True), "attention in float64",
+             hint="Keep the input's dtype throughout: no float32 softmax for float64 inputs.")
 print("attention: correct")
 
 ### BEGIN HIDDEN TESTS
@@ -389,7 +396,7 @@ q, k, v = (torch.randn(2, 2, 5, 4, device=device, requires_grad=True) for _ in r
 dout = torch.randn(2, 2, 5, 4, device=device)
 for causal in (False, True):
     want = torch.autograd.grad(reference.attention(q, k, v, causal=causal), (q, k, v), dout)
-    with exercise(globals()):
+    with exercise(globals(), no_autograd=True):  # by hand: autograd is switched off here
         got = attention_backward(q.detach(), k.detach(), v.detach(), dout, causal=causal)
     assert isinstance(got, (tuple, list)) and len(got) == 3, "attention_backward must return (dq, dk, dv)"
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
@@ -406,7 +413,7 @@ for shape_q, shape_k, dv_, causal in [((3, 2, 6, 8), (3, 2, 6, 8), 5, True),
     hv = torch.randn(shape_k[:-1] + (dv_,), generator=g, dtype=torch.float64).to(device).requires_grad_()
     hd = torch.randn(shape_q[:-1] + (dv_,), generator=g, dtype=torch.float64).to(device)
     want = torch.autograd.grad(reference.attention(hq, hk, hv, causal=causal), (hq, hk, hv), hd)
-    with exercise(globals()):
+    with exercise(globals(), no_autograd=True):
         got = attention_backward(hq.detach(), hk.detach(), hv.detach(), hd, causal=causal)
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
         expect_close(g_, w_, f"{name} (hidden test)")
@@ -539,10 +546,11 @@ for B, C, H, chunks in [(3, 24, 6, [4, 1, 1, 3, 1]), (1, 12, 2, [1, 1, 1, 1]), (
 # Table 1). Multiply by the tokens in the context, the sequences in the batch
 # and the bytes per element (2 for bf16 or fp16, 4 for fp32) to get bytes.
 #
-# Llama-2-7B is plain MHA with 32 layers of 32 heads of 128 dims (Touvron et al.
-# 2023, arXiv 2307.09288): $2 \cdot 32 \cdot 128 \cdot 32 = 262{,}144$ elements,
-# 512 KiB per token in fp16, **2 GiB for one 4,096-token sequence**, beside
-# 13.5 GB of weights (6.7 billion parameters in fp16). Give DeepSeek-V3's 61
+# Llama-2-7B is plain MHA with 32 layers of 32 heads of 128 dims (the shape of
+# LLaMA-7B, Touvron et al. 2023, arXiv 2302.13971, Table 2, which Llama 2 keeps):
+# $2 \cdot 32 \cdot 128 \cdot 32 = 262{,}144$ elements, 512 KiB per token in
+# fp16, **2 GiB for one 4,096-token sequence** (Llama 2's context length),
+# beside 13.5 GB (12.6 GiB) of weights: 6.7 billion parameters in fp16. Give DeepSeek-V3's 61
 # layers and 128 heads of 128 dims the same plain MHA cache and one sequence of
 # 131,072 tokens in bf16 needs **488.0 GiB**. (The brief this course started from says "~488 GB": the
 # figure is in GiB, 2³⁰ bytes, and 524 GB in powers of ten.) Workbooks 02 and 04
@@ -609,7 +617,7 @@ print(f"elements stored: {stored:,}; formula: {formula:,}; "
 # Pick a preset, move the sliders, and watch how the cache grows with the
 # context: it is a straight line, one copy of every head's key and value per
 # token and layer. At which context does Llama-2-7B's cache outgrow its own
-# 13.5 GB of weights? And a batch of 8 sequences?
+# 12.6 GiB of weights? And a batch of 8 sequences?
 
 # %%
 from attnlab.widgets import CacheGrowth
@@ -641,7 +649,8 @@ CacheGrowth()
 # - A mask off by one either leaks the next token (training loss looks
 #   wonderful, generation is garbage) or hides a token from itself.
 # - Splitting heads with a bare `view` mixes tokens into heads; the shapes are
-#   all right and the model quietly learns nothing useful.
+#   all right, and in a causal model later tokens' features leak into earlier
+#   rows, so training "works" and generation does not.
 # - A cache appended on the wrong axis, or a decode step whose mask is aligned
 #   top-left, makes generation differ from training: the model you evaluated is
 #   not the model you serve.
@@ -651,7 +660,8 @@ CacheGrowth()
 #   §3.2.2 and footnote 4.
 # - Dao et al. 2022, *FlashAttention*, arXiv 2205.14135: the recomputing
 #   backward pass and the `rowsum(dO ⊙ O)` identity.
-# - Touvron et al. 2023, *Llama 2*, arXiv 2307.09288: the 7B model's dimensions.
+# - Touvron et al. 2023, *LLaMA*, arXiv 2302.13971, Table 2: the 7B shape; *Llama 2*,
+#   arXiv 2307.09288: 4,096-token context.
 # - DeepSeek-AI 2024, *DeepSeek-V2*, arXiv 2405.04434, Table 1: cache per token;
 #   DeepSeek-V3's `inference/configs/config_671B.json`: 61 layers, 128 heads.
 # - PyTorch documentation of `torch.nn.functional.scaled_dot_product_attention`:

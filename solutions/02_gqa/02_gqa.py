@@ -143,8 +143,9 @@ for B, G, n_rep, Tq, Tk, D, causal in [(3, 3, 2, 4, 9, 6, True), (1, 1, 5, 2, 2,
 # scores = q @ kᵀ                 (B, G, n_rep·Tq, Tk)
 # ```
 #
-# The reshape needs no copy because the heads of a group are already adjacent
-# (that is why the interleaved order is the natural one). Row $r \cdot T_q + i$
+# The reshape copies neither K nor V, and none of `q` when `q` is contiguous,
+# because the heads of a group are already adjacent (that is why the
+# interleaved order is the natural one). Row $r \cdot T_q + i$
 # of a group's scores belongs to query position $i$, so the causal mask is the
 # `(Tq, Tk)` mask of workbook 01 stacked $n_{rep}$ times. Then softmax, multiply
 # by the group's values, and reshape back to `(B, H, Tq, Dv)`. Inference kernels
@@ -152,7 +153,10 @@ for B, G, n_rep, Tq, Tk, D, causal in [(3, 3, 2, 4, 9, 6, True), (1, 1, 5, 2, 2,
 # same way.
 #
 # The check below watches every tensor your function creates and fails if one
-# of them is as large as the repeated keys.
+# of them is as large as the repeated keys, including copies that torch makes
+# inside a call (a matmul that broadcasts K over the heads of a group copies
+# it). Workbook 01's `attention`, given here, broadcasts its leading axes, so
+# it also accepts K and V with a head axis of size 1.
 
 # %% nbgrader={"grade": false, "grade_id": "grouped", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def gqa_attention(q, k, v, causal=False):
@@ -279,7 +283,9 @@ with torch.no_grad():
     kv = KVCache()
     with exercise(globals(), stand_ins=stand_ins, allow=WORKBOOK_01):
         steps = [gqa(x[:, :4], cache=kv)] + [gqa(x[:, t:t + 1], cache=kv) for t in range(4, 7)]
-    expect_shape(kv.k, (2, 2, 7, 4), "the cache's keys after 7 tokens", hint="The cache holds n_kv_heads heads.")
+    expect_shape(kv.k, (2, 2, 7, 4), "the cache's keys after 7 tokens",
+                 hint="The cache holds n_kv_heads heads. (An empty KVCache has length 0, so `if cache:` is "
+                      "False: test `if cache is not None:`.)")
     for t, step in zip([slice(0, 4), slice(4, 5), slice(5, 6), slice(6, 7)], steps):
         expect_close(step, want[:, t], f"the cached step for positions {t.start}..{t.stop - 1}")
 print("GroupedQueryAttention: correct; it is MHA with n_kv_heads = n_heads and MQA with n_kv_heads = 1")
@@ -346,7 +352,7 @@ v = torch.randn(2, 2, 4, 8, device=device, requires_grad=True)
 dout = torch.randn(2, 6, 4, 8, device=device)
 for causal in (False, True):
     want = torch.autograd.grad(reference.gqa_attention(q, k, v, causal), (q, k, v), dout)
-    with exercise(globals(), stand_ins=["repeat_kv"], allow=WORKBOOK_01):
+    with exercise(globals(), stand_ins=["repeat_kv"], allow=WORKBOOK_01, no_autograd=True):
         got = gqa_attention_backward(q.detach(), k.detach(), v.detach(), dout, causal=causal)
     assert isinstance(got, (tuple, list)) and len(got) == 3, "gqa_attention_backward must return (dq, dk, dv)"
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
@@ -362,7 +368,7 @@ for B, G, n_rep, Tq, Tk, D, causal in [(3, 2, 4, 3, 5, 6, True), (1, 3, 2, 4, 4,
     hv = torch.randn(B, G, Tk, D, generator=g, dtype=torch.float64).to(device).requires_grad_()
     hd = torch.randn(B, G * n_rep, Tq, D, generator=g, dtype=torch.float64).to(device)
     want = torch.autograd.grad(reference.gqa_attention(hq, hk, hv, causal), (hq, hk, hv), hd)
-    with exercise(globals(), stand_ins=["repeat_kv"], allow=WORKBOOK_01):
+    with exercise(globals(), stand_ins=["repeat_kv"], allow=WORKBOOK_01, no_autograd=True):
         got = gqa_attention_backward(hq.detach(), hk.detach(), hv.detach(), hd, causal=causal)
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
         expect_close(g_, w_, f"{name} (hidden test)")
@@ -403,7 +409,13 @@ def mean_pool_heads(W, n_heads, n_kv_heads):
 
 
 def conversion_error(W_q, W_k, W_v, W_o, n_heads, n_kv_heads, x):
-    """Relative output error of the mean-pooled GQA layer against the MHA layer, on x (B, T, C)."""
+    """Relative output error of the mean-pooled GQA layer against the MHA layer, on x (B, T, C).
+
+    Both layers are causal: reference.mha_forward(x, W_q, W_k, W_v, W_o, n_heads) and
+    reference.gqa_forward(x, W_q, W_k2, W_v2, W_o, n_heads, n_kv_heads) with the pooled W_k2, W_v2.
+    Returns a Python float: the Frobenius norm of the difference of the (B, T, C) outputs over
+    the norm of the MHA output.
+    """
     ### BEGIN SOLUTION
     y_mha = reference.mha_forward(x, W_q, W_k, W_v, W_o, n_heads)
     W_k2, W_v2 = mean_pool_heads(W_k, n_heads, n_kv_heads), mean_pool_heads(W_v, n_heads, n_kv_heads)
@@ -458,7 +470,7 @@ for H, G, D, C in [(6, 3, 4, 5), (4, 1, 3, 12), (10, 5, 2, 7)]:
 
 # %%
 def layer_weights(C, n_heads, similarity, seed):
-    """W_q, W_k, W_v, W_o of a layer whose K/V heads are `similarity` parts one common head."""
+    """W_q, W_k, W_v, W_o of a layer whose K/V heads mix one common head (weight `similarity`) with their own."""
     gen = torch.Generator().manual_seed(seed)
     W_q, W_o = (torch.randn(C, C, generator=gen) / math.sqrt(C) for _ in range(2))
 
@@ -590,8 +602,9 @@ plt.show()
 # **What breaks if you get this wrong**
 # - Tiled instead of interleaved heads: a converted or downloaded checkpoint
 #   runs without an error and produces nonsense.
-# - A mean instead of a sum in the backward: shared heads learn $n_{rep}$
-#   times too slowly.
+# - A mean instead of a sum in the backward: the gradients of $W_K$ and $W_V$
+#   come out $n_{rep}$ times too small (plain SGD then learns them that much
+#   more slowly; Adam hides a constant scale, but not a wrong direction).
 # - Repeating K/V at every decode step: the cache is small, the step is as slow
 #   as MHA's.
 #
@@ -600,7 +613,8 @@ plt.show()
 # - Ainslie et al. 2023, *GQA: Training Generalized Multi-Query Transformer Models from Multi-Head
 #   Checkpoints*, arXiv 2305.13245: §2.1 uptraining, §2.2 grouping, and the ablation of conversion methods.
 # - DeepSeek-AI 2024, *DeepSeek-V2*, arXiv 2405.04434, Table 1.
-# - Meta Llama 3 model card: Llama-3-8B and 70B dimensions (8 K/V heads).
+# - Llama Team 2024, *The Llama 3 Herd of Models*, arXiv 2407.21783, Table 3: the 8B and 70B
+#   dimensions (8 K/V heads).
 #
 # **Next:** workbook 03 adds rotary position embeddings, and shows why they
 # get in the way of the trick that makes MLA's cache small *and* fast.

@@ -1,0 +1,570 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Rotary position embedding (RoPE)
+#
+# Attention by itself does not know where a token is: shuffle the keys and
+# values together and every output stays the same. Rotary position embedding
+# (RoPE; Su et al., *RoFormer*, arXiv 2104.09864) injects position by
+# **rotating** each query and key by an angle proportional to its position.
+# Because rotations compose, the score of a query at position $m$ with a key at
+# position $n$ then depends only on the distance $m - n$. Llama, Mistral, Qwen
+# and DeepSeek all use it.
+#
+# RoPE matters for this course for a second reason: it is what stops the
+# simplest version of DeepSeek's latent attention from being fast. The last
+# section shows why, in numbers, and workbook 04 shows DeepSeek's fix.
+#
+# **You will build**
+# 1. the rotation frequencies and the cos/sin tables for any positions;
+# 2. RoPE in its two layouts: interleaved pairs and rotate-half;
+# 3. the weight permutation that makes the two layouts give the same scores;
+# 4. a check of the relative-position property, and a test of your check;
+# 5. RoPE inside GQA with a KV cache, every token at its true position;
+# 6. the weight absorption that works without RoPE, and fails with it.
+#
+# **You need** workbooks 01 and 02 (attention, heads, the KV cache, GQA). Their
+# answers come with the course package.
+#
+# **Time** about 75 minutes.
+
+# %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false, "task": false}
+import math
+
+import matplotlib.pyplot as plt
+import torch
+
+import attnlab
+from attnlab import reference
+from attnlab.checks import exercise, expect_close, expect_shape
+from attnlab.guard import trusted
+# Workbooks 01 and 02's answers, as building blocks for this one.
+from attnlab.reference import KVCache, gqa_attention, merge_heads, split_heads
+
+EARLIER = ["attention", "split_heads", "merge_heads", "KVCache.update", "gqa_attention", "repeat_kv", "gqa_forward"]
+
+torch.manual_seed(0)
+device = attnlab.pick_device()
+print(f"torch {torch.__version__}, running on {device}")
+
+# %% [markdown]
+# ## 1 · Frequencies and tables
+#
+# RoPE splits a head's $d$ features into $d/2$ pairs and turns pair $i$ of the
+# vector at position $m$ by the angle $m\,\theta_i$, with (RoFormer §3.2)
+#
+# $$\theta_i = \text{base}^{-2i/d}, \qquad i = 0, 1, \ldots, d/2 - 1, \qquad \text{base} = 10000.$$
+#
+# Pair 0 turns by one radian per position, a full turn every $2\pi \approx 6.3$
+# positions; the last pair turns so slowly that a turn takes tens of thousands
+# of positions. Fast pairs resolve nearby positions, slow pairs far ones, like
+# the hands of a clock. (Llama 3 uses base 500,000 to stretch the slow hands
+# for long contexts.)
+#
+# A model needs $\cos(m\theta_i)$ and $\sin(m\theta_i)$ for each position $m$
+# it processes, as two `(T, d/2)` tables. During decoding the positions do not
+# start at 0: the tokens of a step sit at `offset, offset + 1, ...`, so the
+# tables take the positions themselves.
+#
+# Precision matters here: at position 100,000 a float32 angle is off by
+# several thousandths of a radian, so form the angles in float64 and return
+# float32 tables.
+
+# %% nbgrader={"grade": false, "grade_id": "tables", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def rope_frequencies(d, base=10000.0):
+    """theta_i = base ** (-2i / d) for i = 0 .. d/2 - 1: a (d/2,) float32 tensor."""
+    ### BEGIN SOLUTION
+    i = torch.arange(d // 2, dtype=torch.float64)
+    return (base ** (-2 * i / d)).float()
+    ### END SOLUTION
+
+
+def rope_tables(positions, d, base=10000.0):
+    """(cos, sin): two (T, d/2) float32 tables of m * theta_i for each position m in positions (a 1-D int tensor)."""
+    ### BEGIN SOLUTION
+    theta = rope_frequencies(d, base).double().to(positions.device)
+    angles = positions.double()[:, None] * theta[None, :]  # (T, d/2)
+    return angles.cos().float(), angles.sin().float()
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_tables", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+with exercise(globals(), allow=EARLIER):
+    theta = rope_frequencies(8)
+expect_close(theta, torch.tensor([1.0, 0.1, 0.01, 0.001]), "rope_frequencies(8)",
+             suspects={"the exponent is -i/d instead of -2i/d": torch.tensor([1.0, 10**-0.5, 0.1, 10**-1.5])})
+with exercise(globals(), allow=EARLIER):
+    cos, sin = rope_tables(torch.arange(5, 8, device=device), 8)
+angles = torch.arange(5.0, 8.0)[:, None] * torch.tensor([1.0, 0.1, 0.01, 0.001])  # (3, 4)
+expect_close(cos.cpu(), angles.cos(), "cos of rope_tables(torch.arange(5, 8), 8)", atol=1e-6,
+             suspects={"the positions are ignored (0, 1, 2 instead of 5, 6, 7)":
+                       (torch.arange(3.0)[:, None] * torch.tensor([1.0, 0.1, 0.01, 0.001])).cos()})
+expect_close(sin.cpu(), angles.sin(), "sin of rope_tables(torch.arange(5, 8), 8)", atol=1e-6)
+print("rope_frequencies and rope_tables: correct")
+
+### BEGIN HIDDEN TESTS
+for d, base, positions in [(16, 10000.0, torch.arange(100, 107)), (6, 500000.0, torch.tensor([0, 3, 511])),
+                           (32, 100.0, torch.arange(0, 40))]:
+    with exercise(globals(), allow=EARLIER):
+        got_theta = rope_frequencies(d, base)
+        got_cos, got_sin = rope_tables(positions.to(device), d, base)
+    expect_close(got_theta, reference.rope_frequencies(d, base), "rope_frequencies (hidden test)", atol=1e-7)
+    want_cos, want_sin = reference.rope_tables(positions, d, base)
+    expect_close(got_cos.cpu(), want_cos, "rope_tables cos (hidden test)", atol=1e-4)
+    expect_close(got_sin.cpu(), want_sin, "rope_tables sin (hidden test)", atol=1e-4)
+### END HIDDEN TESTS
+
+# %% [markdown]
+# **See it.** Move the position: each arrow is one pair of coordinates of the
+# same vector, rotated by RoPE. The fast pair spins; the slow pairs barely move.
+
+# %%
+from attnlab.widgets import RopeRotation
+
+RopeRotation(d=64)
+
+# %% [markdown]
+# ## 2 · Two layouts of the same idea
+#
+# *Which* features form a pair is a convention, and two are in use:
+#
+# - **interleaved pairs**: $(x_0, x_1), (x_2, x_3), \ldots$, as in the RoFormer
+#   paper, Meta's Llama code (which views the pairs as complex numbers) and
+#   DeepSeek-V3's inference code;
+# - **rotate-half**: $(x_0, x_{d/2}), (x_1, x_{d/2+1}), \ldots$, as in Hugging
+#   Face's `transformers` (its `rotate_half`) and GPT-NeoX.
+#
+# Either way, pair $i$ with coordinates $(a, b)$ becomes
+#
+# $$(a\cos m\theta_i - b\sin m\theta_i,\; a\sin m\theta_i + b\cos m\theta_i).$$
+#
+# `x` is `(..., T, d)`, with one row of the tables per position `T`; the
+# tables broadcast over any leading batch and head axes.
+
+# %% nbgrader={"grade": false, "grade_id": "layouts", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def rope_interleaved(x, cos, sin):
+    """Rotate the pairs (x[2i], x[2i+1]). x (..., T, d); cos, sin (T, d/2). Returns (..., T, d)."""
+    ### BEGIN SOLUTION
+    x1, x2 = x[..., 0::2], x[..., 1::2]  # (..., T, d/2) each
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (..., T, d/2, 2)
+    return out.flatten(-2)  # (..., T, d)
+    ### END SOLUTION
+
+
+def rope_half(x, cos, sin):
+    """Rotate the pairs (x[i], x[i + d/2]). x (..., T, d); cos, sin (T, d/2). Returns (..., T, d)."""
+    ### BEGIN SOLUTION
+    h = x.shape[-1] // 2
+    x1, x2 = x[..., :h], x[..., h:]  # (..., T, d/2) each
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (..., T, d)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_layouts", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+x = torch.tensor([[1.0, 0.0, 0.0, 1.0]], device=device).expand(3, 4)  # (T=3, d=4): the same vector at 3 positions
+cos, sin = reference.rope_tables(torch.arange(3, device=device), 4)
+with exercise(globals(), allow=EARLIER):
+    got = rope_interleaved(x, cos, sin)
+# pair 0 = (1, 0) turns by m radians; pair 1 = (0, 1) by m/100 radians
+want = torch.stack([torch.cos(torch.arange(3.0)), torch.sin(torch.arange(3.0)),
+                    -torch.sin(torch.arange(3.0) / 100), torch.cos(torch.arange(3.0) / 100)], dim=-1).to(device)
+expect_close(got, want, "rope_interleaved of (1, 0, 0, 1) at positions 0, 1, 2",
+             suspects={"the rotation goes the wrong way (the sign of sin is flipped)":
+                       reference.rope_interleaved(x, cos, -sin),
+                       "the pairs are (x[i], x[i + d/2]): that is the rotate-half layout":
+                       reference.rope_half(x, cos, sin)})
+with exercise(globals(), allow=EARLIER):
+    got = rope_half(x, cos, sin)
+expect_close(got, reference.rope_half(x, cos, sin), "rope_half of (1, 0, 0, 1) at positions 0, 1, 2",
+             suspects={"the rotation goes the wrong way (the sign of sin is flipped)": reference.rope_half(x, cos, -sin),
+                       "the pairs are (x[2i], x[2i+1]): that is the interleaved layout":
+                       reference.rope_interleaved(x, cos, sin)})
+q = torch.randn(2, 4, 6, 16, device=device)  # (B, H, T, D)
+cos, sin = reference.rope_tables(torch.arange(10, 16, device=device), 16)
+with exercise(globals(), allow=EARLIER):
+    got_i, got_h = rope_interleaved(q, cos, sin), rope_half(q, cos, sin)
+expect_close(got_i, reference.rope_interleaved(q, cos, sin), "rope_interleaved on a (2, 4, 6, 16) tensor",
+             hint="The tables are (T, d/2): they broadcast over the batch and head axes.")
+expect_close(got_h, reference.rope_half(q, cos, sin), "rope_half on a (2, 4, 6, 16) tensor")
+print("rope_interleaved and rope_half: correct")
+
+### BEGIN HIDDEN TESTS
+g = torch.Generator().manual_seed(311)
+for shape, offset in [((3, 2, 5, 8), 7), ((4, 6), 1000), ((1, 3, 1, 2), 0), ((2, 1, 9, 32), 123)]:
+    hx = torch.randn(shape, generator=g, dtype=torch.float64).to(device)
+    hc, hs = reference.rope_tables(torch.arange(offset, offset + shape[-2], device=device), shape[-1])
+    with exercise(globals(), allow=EARLIER):
+        got_i, got_h = rope_interleaved(hx, hc, hs), rope_half(hx, hc, hs)
+    expect_close(got_i, reference.rope_interleaved(hx, hc, hs), "rope_interleaved (hidden test)")
+    expect_close(got_h, reference.rope_half(hx, hc, hs), "rope_half (hidden test)")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 3 · One model, two layouts: a permutation of the weights
+#
+# The layouts differ only in which features are paired. Let $P$ be the
+# permutation that lists the even features of a head first and the odd ones
+# after: $P x = (x_0, x_2, \ldots, x_{d-2}, x_1, x_3, \ldots, x_{d-1})$. It
+# moves pair $(x_{2i}, x_{2i+1})$ to positions $(i, i + d/2)$, so
+#
+# $$\text{rope\_half}(P x) = P\,\text{rope\_interleaved}(x),$$
+#
+# and since a permutation does not change a dot product,
+# $(P a) \cdot (P b) = a \cdot b$: the attention scores are the same. So a
+# checkpoint trained with interleaved RoPE runs under rotate-half code once the
+# output rows of $W_Q$ and $W_K$ are permuted **within each head**; $W_V$ and
+# $W_O$ stay as they are. Hugging Face's script that converts Meta's Llama
+# checkpoints does exactly this. Forget it and the model loads, runs, and
+# writes nonsense.
+#
+# `W` is stored as `nn.Linear` stores it, `(H·D, C)`: rows `h·D … (h+1)·D − 1`
+# produce head `h`.
+
+# %% nbgrader={"grade": false, "grade_id": "permutation", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def permute_for_rotate_half(W, n_heads):
+    """Reorder each head's rows of W (H * D, C): row 2i of a head goes to i, row 2i + 1 to i + D/2."""
+    ### BEGIN SOLUTION
+    HD, C = W.shape
+    D = HD // n_heads
+    return W.view(n_heads, D // 2, 2, C).transpose(1, 2).reshape(HD, C)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_permutation", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+W = torch.arange(12.0, device=device)[:, None].expand(12, 3)  # (H*D = 2*6, C = 3): row r is filled with r
+with exercise(globals(), allow=EARLIER):
+    got = permute_for_rotate_half(W, n_heads=2)
+rows = [int(r) for r in got[:, 0].tolist()]
+assert rows == [0, 2, 4, 1, 3, 5, 6, 8, 10, 7, 9, 11], (
+    f"the rows come out in the order {rows}; expected [0, 2, 4, 1, 3, 5, 6, 8, 10, 7, 9, 11] (per head: evens, then odds)."
+    + (" You permuted across heads instead of within each head." if rows[:6] == [0, 2, 4, 6, 8, 10] else "")
+    + (" That is the inverse permutation (halves back to pairs)." if rows[:6] == [0, 3, 1, 4, 2, 5] else ""))
+# The whole point: interleaved RoPE with W and rotate-half RoPE with the permuted W give the same scores.
+H, D, C, T = 4, 8, 32, 6
+W_q, W_k = torch.randn(H * D, C, device=device), torch.randn(H * D, C, device=device)
+x = torch.randn(1, T, C, device=device)
+cos, sin = reference.rope_tables(torch.arange(T, device=device), D)
+with exercise(globals(), allow=EARLIER):
+    W_q2, W_k2 = permute_for_rotate_half(W_q, H), permute_for_rotate_half(W_k, H)
+
+
+def scores(rope, Wq, Wk):
+    q, k = (rope(split_heads(x @ W.T, H), cos, sin) for W in (Wq, Wk))  # (1, H, T, D)
+    return q @ k.transpose(-2, -1)
+
+
+expect_close(scores(reference.rope_half, W_q2, W_k2), scores(reference.rope_interleaved, W_q, W_k),
+             "the scores of rotate-half RoPE with your permuted weights", atol=1e-4)
+print("permute_for_rotate_half: correct; both layouts give the same scores")
+
+### BEGIN HIDDEN TESTS
+g = torch.Generator().manual_seed(322)
+for H, D, C in [(3, 4, 5), (1, 16, 2), (6, 2, 7)]:
+    hW = torch.randn(H * D, C, generator=g, dtype=torch.float64).to(device)
+    with exercise(globals(), allow=EARLIER):
+        got = permute_for_rotate_half(hW, H)
+    expect_close(got, reference.permute_for_rotate_half(hW, H), "permute_for_rotate_half (hidden test)")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 4 · Only the distance counts
+#
+# Write $R_m$ for the rotation at position $m$ (block-diagonal, one $2\times2$
+# rotation by $m\theta_i$ per pair). Rotations compose, $R_m^\top R_n = R_{n-m}$,
+# so
+#
+# $$(R_m q)^\top (R_n k) = q^\top R_m^\top R_n k = q^\top R_{n-m}\, k:$$
+#
+# the score depends on $q$, $k$ and the distance, not on where the pair sits in
+# the sequence (RoFormer §3.4.2 gives the general proof). This is RoPE's central
+# claim, and you can check it numerically. Write `is_relative(rope_fn, d)`: it
+# takes any position encoding `rope_fn(x, positions)` (with `x` a `(T, d)`
+# tensor and `positions` a `(T,)` integer tensor) and returns `True` when the
+# score of a query at $m$ with a key at $n$ equals the score at $m + s$, $n + s$
+# for random $q, k$ and several $m$, $n$ and shifts $s$, `False` otherwise.
+# The test hands your check real RoPE (both layouts) and encodings that are
+# *not* relative; it must tell them apart. Work in float64 and compare with a
+# tolerance around `1e-6`.
+
+# %% nbgrader={"grade": false, "grade_id": "relative", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def is_relative(rope_fn, d):
+    """True if scores under rope_fn depend only on the distance between query and key positions."""
+    ### BEGIN SOLUTION
+    gen = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, d, generator=gen, dtype=torch.float64)
+
+    def score(m, n):
+        rq = rope_fn(q[None], torch.tensor([m]))  # (1, d)
+        rk = rope_fn(k[None], torch.tensor([n]))  # (1, d)
+        return (rq * rk).sum()
+
+    for m, n in [(0, 0), (3, 1), (1, 7), (20, 5)]:
+        for s in (1, 9, 250):
+            if not torch.isclose(score(m, n), score(m + s, n + s), atol=1e-6, rtol=1e-6):
+                return False
+    return True
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_relative", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+def real_rope(layout):
+    return trusted(lambda x, positions: layout(x, *reference.rope_tables(positions, x.shape[-1])))
+
+
+def absolute_sinusoid(x, positions):  # the original Transformer's encoding, added instead of rotated
+    cos, sin = reference.rope_tables(positions, x.shape[-1])
+    return x + torch.cat([sin, cos], dim=-1).to(x.dtype)
+
+
+def squared_angles(x, positions):  # rotations by m^2 * theta: position-dependent, not relative
+    return reference.rope_interleaved(x, *reference.rope_tables(positions**2, x.shape[-1]))
+
+
+cases = {"interleaved RoPE": (real_rope(reference.rope_interleaved), True),
+         "rotate-half RoPE": (real_rope(reference.rope_half), True),
+         "an added sinusoidal (absolute) encoding": (trusted(absolute_sinusoid), False),
+         "a rotation by m^2 * theta": (trusted(squared_angles), False)}
+for name, (fn, relative) in cases.items():
+    with exercise(globals(), allow=EARLIER):
+        verdict = is_relative(fn, 8)
+    assert verdict in (True, False), f"is_relative must return True or False, not {verdict!r}"
+    assert bool(verdict) == relative, (
+        f"is_relative says {bool(verdict)} for {name}; it should say {relative}."
+        + (" Does your check compare scores at (m, n) with scores at (m + s, n + s) for some s != 0?" if not relative else
+           " Are you comparing in float64 with a tolerance, rather than with ==?"))
+print("is_relative tells relative encodings from absolute ones")
+
+### BEGIN HIDDEN TESTS
+def log_angles(x, positions):  # rotations by log(1 + m) * theta
+    theta = reference.rope_frequencies(x.shape[-1]).double()
+    a = torch.log1p(positions.double())[:, None] * theta
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack([x1 * a.cos() - x2 * a.sin(), x1 * a.sin() + x2 * a.cos()], -1).flatten(-2)
+
+
+def rope_base_500k(x, positions):
+    return reference.rope_half(x, *reference.rope_tables(positions, x.shape[-1], 500000.0))
+
+
+for d in (6, 32):
+    for name, fn, relative in [("log angles", log_angles, False), ("base 500k RoPE", rope_base_500k, True),
+                               ("absolute sinusoid", absolute_sinusoid, False)]:
+        with exercise(globals(), allow=EARLIER):
+            verdict = is_relative(trusted(fn), d)
+        assert bool(verdict) == relative, f"is_relative gives the wrong verdict for {name}, d={d} (hidden test)"
+### END HIDDEN TESTS
+
+# %% [markdown]
+# **See it.** One query and one key, placed at every pair of positions: the
+# score is constant along each diagonal ($m - n$ fixed). Untick the box to use
+# an unrelated key: still constant along the diagonals.
+
+# %%
+from attnlab.widgets import RopeScores
+
+RopeScores(d=64, length=64)
+
+# %% [markdown]
+# ## 5 · RoPE with a KV cache
+#
+# Two rules make RoPE and the cache agree:
+#
+# 1. **Rotate keys before caching them.** A key's position never changes once
+#    it is written, so its rotation is done once; the cache holds rotated keys
+#    (values are not rotated at all).
+# 2. **Rotate the new tokens at their true positions.** When the cache already
+#    holds `len(cache)` tokens, the new tokens sit at positions
+#    `len(cache), len(cache) + 1, …`. Rotating each decode step at position 0
+#    (the classic bug: the tables are built for `range(T_new)`) makes every new
+#    token look as if it stood at the start, and the model forgets word order
+#    while still producing fluent-looking text.
+#
+# Write one GQA step with interleaved RoPE: project, split into heads
+# (`split_heads` from workbook 01), rotate `q` and `k` at their positions
+# with your `rope_tables` and `rope_interleaved`, update the cache with the
+# rotated keys, attend with `gqa_attention` from workbook 02 (causal), merge,
+# project with `W_o`. Weights are `nn.Linear`-style `(out, in)` matrices.
+
+# %% nbgrader={"grade": false, "grade_id": "rope_cache", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def rope_gqa_step(x, W_q, W_k, W_v, W_o, n_heads, n_kv_heads, cache, base=10000.0):
+    """GQA with interleaved RoPE for new tokens x (B, T_new, C); extends cache. Returns (B, T_new, C)."""
+    ### BEGIN SOLUTION
+    q = split_heads(x @ W_q.T, n_heads)  # (B, H, T_new, D)
+    k = split_heads(x @ W_k.T, n_kv_heads)  # (B, G, T_new, D)
+    v = split_heads(x @ W_v.T, n_kv_heads)  # (B, G, T_new, D)
+    positions = torch.arange(len(cache), len(cache) + x.shape[1], device=x.device)
+    cos, sin = rope_tables(positions, q.shape[-1], base)
+    k, v = cache.update(rope_interleaved(k, cos, sin), v)  # (B, G, T_cached, D)
+    return merge_heads(gqa_attention(rope_interleaved(q, cos, sin), k, v, causal=True)) @ W_o.T  # (B, T_new, C)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_rope_cache", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+# Prefill 5 tokens, decode 3 one by one: equal to one pass over all 8 tokens.
+C, H, G = 32, 8, 2
+Ws = [torch.randn(C, C, device=device) / C**0.5, torch.randn(G * C // H, C, device=device) / C**0.5,
+      torch.randn(G * C // H, C, device=device) / C**0.5, torch.randn(C, C, device=device) / C**0.5]
+x = torch.randn(2, 8, C, device=device)
+want = reference.rope_gqa_step(x, *Ws, H, G, KVCache())  # (2, 8, C): all 8 tokens at once
+at_zero, zero_cache = [], KVCache()  # what the position-0 bug produces
+for t0, t1 in [(0, 5), (5, 6), (6, 7), (7, 8)]:
+    at_zero.append(reference.rope_gqa_step(x[:, t0:t1], *Ws, H, G, zero_cache, start=0))
+kv, got = KVCache(), []
+with exercise(globals(), stand_ins=["rope_tables", "rope_interleaved"], allow=EARLIER):
+    for t0, t1 in [(0, 5), (5, 6), (6, 7), (7, 8)]:
+        got.append(rope_gqa_step(x[:, t0:t1], *Ws, H, G, kv))
+expect_shape(kv.k, (2, G, 8, C // H), "the cache's keys after 8 tokens")
+for (t0, t1), step, bug in zip([(0, 5), (5, 6), (6, 7), (7, 8)], got, at_zero):
+    expect_close(step, want[:, t0:t1], f"the step for positions {t0}..{t1 - 1}",
+                 suspects={"every step rotates its tokens as if they stood at position 0: the new tokens sit at "
+                           "positions len(cache), len(cache) + 1, ...": bug})
+print("RoPE with a KV cache: every step at its true position")
+
+### BEGIN HIDDEN TESTS
+g = torch.Generator().manual_seed(333)
+for B, C, H, G, chunks, base in [(3, 24, 6, 3, [4, 1, 2, 1], 10000.0), (1, 16, 4, 1, [1, 1, 1, 1], 500000.0),
+                                 (2, 36, 3, 3, [6, 3], 100.0)]:
+    D = C // H
+    hW = [torch.randn(n, C, generator=g, dtype=torch.float64).to(device) / C**0.5 for n in (C, G * D, G * D, C)]
+    hx = torch.randn(B, sum(chunks), C, generator=g, dtype=torch.float64).to(device)
+    want = reference.rope_gqa_step(hx, *hW, H, G, KVCache(), base=base)
+    kv, start = KVCache(), 0
+    for n in chunks:
+        with exercise(globals(), stand_ins=["rope_tables", "rope_interleaved"], allow=EARLIER):
+            got = rope_gqa_step(hx[:, start:start + n], *hW, H, G, kv, base=base)
+        expect_close(got, want[:, start:start + n], "a RoPE GQA step (hidden test)")
+        start += n
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 6 · Why RoPE blocks weight absorption
+#
+# Workbook 04's multi-head latent attention caches, for each token, a small
+# latent vector $c$ instead of its keys, and computes a head's key as
+# $k = W^{UK} c$. Materialising those keys at every decode step would throw the
+# saving away. Without RoPE it is not needed: for a query $q = W^{Q} h$,
+#
+# $$q^\top k = (W^{Q} h)^\top (W^{UK} c) = h^\top \underbrace{(W^{Q})^\top W^{UK}}_{\text{one fixed matrix}}\, c ,$$
+#
+# so $W^{UK}$ can be **absorbed** into the query side once, ahead of time, and
+# the scores computed straight against the cached latents. Now add RoPE: the
+# query is rotated by $R_m$ and the key by $R_n$:
+#
+# $$(R_m W^{Q} h)^\top (R_n W^{UK} c) = h^\top (W^{Q})^\top R_{n-m}\, W^{UK} c .$$
+#
+# A rotation that depends on the distance now sits between $W^{Q}$ and
+# $W^{UK}$, and matrix products do not commute: there is no single matrix to
+# precompute. DeepSeek-V2 (arXiv 2405.04434, §2.1.3) states this as the reason
+# for its *decoupled* RoPE.
+#
+# For one head, with `W_q` of shape `(D, C)`, `W_uk` of shape `(D, d_c)`, query
+# inputs `h` `(Tq, C)` and cached latents `c` `(Tk, d_c)`: write `absorb`,
+# which returns the fixed `(C, d_c)` matrix, and `absorbed_scores`, which
+# computes the `(Tq, Tk)` scores from `h`, `c` and that matrix alone.
+
+# %% nbgrader={"grade": false, "grade_id": "absorb", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def absorb(W_q, W_uk):
+    """The (C, d_c) matrix W_q^T W_uk, for W_q (D, C) and W_uk (D, d_c)."""
+    ### BEGIN SOLUTION
+    return W_q.T @ W_uk  # (C, d_c)
+    ### END SOLUTION
+
+
+def absorbed_scores(h, c, W_absorbed):
+    """Scores q . k of queries from h (Tq, C) against keys from latents c (Tk, d_c): a (Tq, Tk) tensor."""
+    ### BEGIN SOLUTION
+    return h @ W_absorbed @ c.T  # (Tq, Tk)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_absorb", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+D, C, d_c, T = 16, 32, 8, 10
+W_q, W_uk = torch.randn(D, C, device=device), torch.randn(D, d_c, device=device)
+h, c = torch.randn(T, C, device=device), torch.randn(T, d_c, device=device)
+with exercise(globals(), allow=EARLIER):
+    W_abs = absorb(W_q, W_uk)
+expect_shape(W_abs, (C, d_c), "absorb(W_q, W_uk)", hint="W_q is (D, C) and W_uk is (D, d_c): which one is transposed?")
+with exercise(globals(), allow=EARLIER):
+    got = absorbed_scores(h, c, W_q.T @ W_uk)
+naive = (h @ W_q.T) @ (c @ W_uk.T).T  # materialise q (T, D) and k (T, D), then q k^T
+expect_close(got, naive, "absorbed_scores", atol=1e-3)
+expect_close(W_abs, W_q.T @ W_uk, "absorb(W_q, W_uk)", atol=1e-4)
+print("absorb and absorbed_scores: correct (without RoPE)")
+
+### BEGIN HIDDEN TESTS
+g = torch.Generator().manual_seed(344)
+for D, C, d_c, Tq, Tk in [(4, 6, 3, 2, 5), (8, 3, 10, 1, 7)]:
+    hWq = torch.randn(D, C, generator=g, dtype=torch.float64).to(device)
+    hWuk = torch.randn(D, d_c, generator=g, dtype=torch.float64).to(device)
+    hh = torch.randn(Tq, C, generator=g, dtype=torch.float64).to(device)
+    hc = torch.randn(Tk, d_c, generator=g, dtype=torch.float64).to(device)
+    with exercise(globals(), allow=EARLIER):
+        got_W, got_s = absorb(hWq, hWuk), absorbed_scores(hh, hc, hWq.T @ hWuk)
+    expect_close(got_W, hWq.T @ hWuk, "absorb (hidden test)")
+    expect_close(got_s, (hh @ hWq.T) @ (hc @ hWuk.T).T, "absorbed_scores (hidden test)")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# **Measure it.** The same head with RoPE applied to its queries and keys:
+# the naive scores (materialise $q$ and $k$, rotate them, multiply) against
+# the absorbed ones (one fixed matrix, no rotation can be put anywhere), by
+# distance $m - n$ (causal attention only has $m \ge n$). The error is zero at
+# distance 0, since $R_0 = I$, and grows with the distance until it is as
+# large as the scores themselves (the far end is noisy: few pairs are that far
+# apart in 32 positions).
+
+# %%
+T = 32
+gen = torch.Generator().manual_seed(1)
+W_q, W_uk = torch.randn(D, C, generator=gen, dtype=torch.float64), torch.randn(D, d_c, generator=gen, dtype=torch.float64)
+h, c = torch.randn(T, C, generator=gen, dtype=torch.float64), torch.randn(T, d_c, generator=gen, dtype=torch.float64)
+cos, sin = reference.rope_tables(torch.arange(T), D)
+plain = (h @ W_q.T) @ (c @ W_uk.T).T  # (T, T)
+roped = rope_interleaved(h @ W_q.T, cos, sin) @ rope_interleaved(c @ W_uk.T, cos, sin).T  # (T, T)
+absorbed = absorbed_scores(h, c, absorb(W_q, W_uk))  # (T, T)
+print(f"relative error without RoPE: {(absorbed - plain).norm() / plain.norm():.1e}")
+print(f"relative error with RoPE:    {(absorbed - roped).norm() / roped.norm():.2f}")
+distance = torch.arange(T)[:, None] - torch.arange(T)[None, :]  # (T, T): m - n
+rms = lambda t: t.square().mean().sqrt().item()  # noqa: E731
+err = [rms((absorbed - roped)[distance == s]) / rms(roped) for s in range(T)]  # per distance, in units of a typical score
+fig, ax = plt.subplots(figsize=(5, 3))
+ax.plot(range(T), err, "o-", markersize=3)
+ax.set(xlabel="distance m − n", ylabel="RMS error / RMS score", title="absorbed scores against RoPE scores")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Recap
+#
+# **What to remember**
+# - RoPE turns pair $i$ at position $m$ by $m\theta_i$, $\theta_i = \text{base}^{-2i/d}$;
+#   build the angles in float64.
+# - Interleaved pairs (RoFormer, Meta Llama, DeepSeek) and rotate-half (Hugging
+#   Face) are the same model up to a per-head permutation of $W_Q$'s and $W_K$'s
+#   output rows.
+# - $(R_m q)^\top(R_n k) = q^\top R_{n-m} k$: scores depend on distance only, and
+#   you can check that numerically.
+# - Cache rotated keys; rotate new tokens at `len(cache) + i`.
+# - Without RoPE, $W^{UK}$ folds into the query side; with RoPE, $R_{n-m}$ sits
+#   in the middle and nothing can be folded. Hence DeepSeek's decoupled RoPE.
+#
+# **What breaks if you get this wrong**
+# - Loading interleaved weights into rotate-half code (or the reverse) without
+#   the permutation: no error, nonsense output.
+# - Decode steps at position 0: the model forgets word order after the prompt.
+# - float32 angles at long context: positions blur together.
+#
+# **Sources**
+# - Su et al. 2021, *RoFormer: Enhanced Transformer with Rotary Position Embedding*, arXiv 2104.09864, §3.2, §3.4.
+# - DeepSeek-AI 2024, *DeepSeek-V2*, arXiv 2405.04434, §2.1.3 (RoPE and low-rank KV compression).
+# - Hugging Face `transformers`: `rotate_half` and the Llama weight-conversion script's permutation.
+# - Llama Team 2024, *The Llama 3 Herd of Models*, arXiv 2407.21783, Table 3: RoPE base 500,000.
+#
+# **Next:** workbook 04 builds multi-head latent attention, with the decoupled
+# RoPE that gets around what you just measured.
