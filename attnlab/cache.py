@@ -112,3 +112,64 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- workbook 05: all four mechanisms
+
+
+@dataclass(frozen=True)
+class ExplorerPreset:
+    """A model for the cache explorer. d_head is the K/V head width the MHA, GQA and
+    MQA comparisons use; d_latent and d_rope the MLA dimensions (for models without
+    MLA, DeepSeek-V2's rule d_c = 4 d_h, d_h^R = d_h / 2)."""
+
+    name: str
+    ships_with: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_latent: int
+    d_rope: int
+    n_params: float
+    source: str
+
+
+EXPLORER_PRESETS = {
+    p.name: p
+    for p in [
+        ExplorerPreset("Llama-3-8B", "GQA", 32, 32, 8, 128, 512, 64, 8.03e9, "Llama 3 Herd, arXiv 2407.21783, Table 3"),
+        ExplorerPreset("Llama-3-70B", "GQA", 80, 64, 8, 128, 512, 64, 70.6e9, "Llama 3 Herd, arXiv 2407.21783, Table 3"),
+        ExplorerPreset("DeepSeek-V2", "MLA", 60, 128, 8, 128, 512, 64, 236e9, "DeepSeek-V2, arXiv 2405.04434, section 3.1.2"),
+        ExplorerPreset("DeepSeek-V3", "MLA", 61, 128, 8, 128, 512, 64, 671e9, "DeepSeek-V3 config_671B.json"),
+        ExplorerPreset("Kimi K2", "MLA", 61, 64, 8, 128, 512, 64, 1.04e12, "Kimi K2 technical report, arXiv 2507.20534"),
+    ]
+}
+
+GPUS = {"24 GB": 24e9, "80 GB": 80e9, "141 GB": 141e9}
+
+
+@guarded
+def mechanism_elements_per_token(mechanism: str, n_layers: int, n_heads: int, n_kv_heads: int, d_head: int,
+                                 d_latent: int, d_rope: int) -> int:
+    """Cached elements per token over all layers, for 'MHA', 'GQA', 'MQA' or 'MLA'."""
+    if mechanism == "MHA":
+        return mha_elements_per_token(n_layers, n_heads, d_head)
+    if mechanism == "GQA":
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads})")
+        return gqa_elements_per_token(n_layers, n_kv_heads, d_head)
+    if mechanism == "MQA":
+        return gqa_elements_per_token(n_layers, 1, d_head)
+    if mechanism == "MLA":
+        return mla_elements_per_token(n_layers, d_latent, d_rope)
+    raise ValueError(f"mechanism must be one of 'MHA', 'GQA', 'MQA', 'MLA', got {mechanism!r}")
+
+
+@guarded
+def longest_context(gpu_bytes: float, weight_bytes: float, bytes_per_token: int, batch: int = 1) -> int:
+    """The most tokens per sequence whose cache fits beside the weights (0 if the weights alone do not fit)."""
+    validate.positive_int("bytes_per_token", bytes_per_token)
+    validate.positive_int("batch", batch)
+    free = gpu_bytes - weight_bytes
+    return max(0, int(free // (bytes_per_token * batch)))

@@ -277,17 +277,18 @@ def rope_frequencies(d: int, base: float = 10000.0) -> torch.Tensor:
 
 
 @guarded
-def rope_tables(positions: torch.Tensor, d: int, base: float = 10000.0):
-    """cos and sin of m * theta_i for each position m: two (T, d/2) float32 tables.
+def rope_tables(positions: torch.Tensor, d: int, base: float = 10000.0, dtype: torch.dtype = torch.float32):
+    """cos and sin of m * theta_i for each position m: two (T, d/2) tables (float32 by default).
 
-    The angles are formed in float64: at position 100,000 a float32 angle is
-    already off by several thousandths of a radian.
+    theta and the angles are formed in float64: at position 100,000 a float32
+    angle is already off by a few thousandths of a radian.
     """
     if not isinstance(positions, torch.Tensor) or positions.ndim != 1 or positions.is_floating_point():
         raise ValueError("positions must be a 1-D integer tensor, e.g. torch.arange(offset, offset + T)")
-    theta = rope_frequencies(d, base).double().to(positions.device)
-    angles = positions.double()[:, None] * theta[None, :]  # (T, d/2)
-    return angles.cos().float(), angles.sin().float()
+    rope_frequencies(d, base)  # validates d and base
+    i = torch.arange(d // 2, dtype=torch.float64, device=positions.device)
+    angles = positions.double()[:, None] * base ** (-2 * i / d)[None, :]  # (T, d/2)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 def _check_rope(x, cos, sin):
@@ -515,11 +516,13 @@ def mla_absorbed_step(m: MLAWeights, h: torch.Tensor, cache: LatentCache) -> tor
     W_uk = m.W_uk.weight.view(H, cfg.d_nope, cfg.d_latent)  # (H, d_nope, d_c)
     W_uv = m.W_uv.weight.view(H, cfg.d_v, cfg.d_latent)  # (H, d_v, d_c)
     q_lat = torch.einsum("bhtn,hnc->bhtc", q_c, W_uk)  # (B, H, T, d_c): W_UK absorbed into the query
-    scores = (torch.einsum("bhtc,bsc->bhts", q_lat, c_kv)
-              + torch.einsum("bhtr,bsr->bhts", q_r, k_r)) * cfg.softmax_scale  # (B, H, T, Tk)
-    scores = scores.masked_fill(~causal_mask(T, c_kv.shape[1], device=h.device), float("-inf"))
-    o_lat = torch.einsum("bhts,bsc->bhtc", torch.softmax(scores, dim=-1), c_kv)  # (B, H, T, d_c)
-    o = torch.einsum("bhtc,hvc->bhtv", o_lat, W_uv)  # (B, H, T, d_v): W_UV after the weighted sum
+    # Every head reads the same cache, so fold the heads into the query rows (as for GQA in workbook 02):
+    # one (H*T, d_c) x (d_c, Tk) product per sequence, and the cache is never copied per head.
+    scores = (q_lat.reshape(B, H * T, -1) @ c_kv.transpose(1, 2)
+              + q_r.reshape(B, H * T, -1) @ k_r.transpose(1, 2)) * cfg.softmax_scale  # (B, H*T, Tk)
+    allowed = causal_mask(T, c_kv.shape[1], device=h.device).repeat(H, 1)  # (H*T, Tk)
+    o_lat = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1) @ c_kv  # (B, H*T, d_c)
+    o = torch.einsum("bhtc,hvc->bhtv", o_lat.view(B, H, T, -1), W_uv)  # (B, H, T, d_v): W_UV after the sum
     return m.W_o(merge_heads(o))  # (B, T, C)
 
 

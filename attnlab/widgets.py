@@ -211,3 +211,127 @@ class RopeScores(widgets.VBox):
         ax.set(xlabel="key position n", ylabel="query position m", title="q·k/√d after RoPE")
         fig.tight_layout()
         self.plot.value = _png(fig)
+
+
+class CacheExplorer(widgets.VBox):
+    """The KV cache of a model under MHA, GQA, MQA and MLA, against context length.
+
+    Controls: ``preset``, ``gpu``, ``context`` (log scale, 1K to 1M), ``batch``,
+    ``n_layers``, ``n_heads``, ``n_kv_heads``, ``d_head``, ``d_latent``, ``d_rope``,
+    ``dtype``. ``numbers`` holds what the summary shows: per mechanism the bytes
+    per token, the ratio to MHA, the cache at the chosen context and the longest
+    context that fits beside the weights (bf16) on the chosen GPU.
+    """
+
+    MECHANISMS = ("MHA", "GQA", "MQA", "MLA")
+
+    def __init__(self, preset: str = "DeepSeek-V3", gpu: str = "80 GB"):
+        if preset not in cache.EXPLORER_PRESETS:
+            raise ValueError(f"preset must be one of {sorted(cache.EXPLORER_PRESETS)}, got {preset!r}")
+        if gpu not in cache.GPUS:
+            raise ValueError(f"gpu must be one of {list(cache.GPUS)}, got {gpu!r}")
+        style = {"description_width": "7em"}
+        self.preset = widgets.Dropdown(options=[*cache.EXPLORER_PRESETS, CUSTOM], value=preset, description="model", style=style)
+        self.gpu = widgets.Dropdown(options=list(cache.GPUS), value=gpu, description="GPU memory", style=style)
+        self.context = widgets.FloatLogSlider(value=131072, base=2, min=10, max=20, step=1, description="context",
+                                              readout_format=".0f", style=style)
+        self.batch = widgets.IntSlider(value=1, min=1, max=64, description="batch", style=style)
+        self.n_layers = widgets.IntSlider(value=1, min=1, max=128, description="layers", style=style)
+        self.n_heads = widgets.IntSlider(value=1, min=1, max=128, description="heads", style=style)
+        self.n_kv_heads = widgets.IntSlider(value=1, min=1, max=128, description="KV heads (GQA)", style=style)
+        self.d_head = widgets.IntSlider(value=128, min=16, max=256, step=16, description="head dim", style=style)
+        self.d_latent = widgets.IntSlider(value=512, min=64, max=2048, step=64, description="latent d_c", style=style)
+        self.d_rope = widgets.IntSlider(value=64, min=0, max=256, step=16, description="RoPE dim", style=style)
+        self.dtype = widgets.Dropdown(options=["fp32", "bf16", "fp8"], value="bf16", description="cache dtype", style=style)
+        self.summary = widgets.HTML()
+        self.plot = widgets.Image(format="png")
+        self._dims = (self.n_layers, self.n_heads, self.n_kv_heads, self.d_head, self.d_latent, self.d_rope)
+        self._applying = False
+        self._apply_preset()
+        self.preset.observe(lambda change: (self._apply_preset(), self._redraw()), names="value")
+        for control in self._dims:
+            control.observe(self._on_dimension, names="value")
+        for control in (self.gpu, self.context, self.batch, self.dtype):
+            control.observe(lambda change: self._redraw(), names="value")
+        controls = widgets.VBox([self.preset, self.gpu, self.context, self.batch, *self._dims, self.dtype])
+        super().__init__([widgets.HBox([controls, self.plot]), self.summary])
+        self._redraw()
+
+    def _apply_preset(self):
+        p = cache.EXPLORER_PRESETS.get(self.preset.value)
+        if p is None:
+            return
+        self._applying = True
+        try:
+            for control, value in zip(self._dims, (p.n_layers, p.n_heads, p.n_kv_heads, p.d_head, p.d_latent, p.d_rope)):
+                control.value = value
+        finally:
+            self._applying = False
+
+    def _on_dimension(self, change):
+        if self._applying:
+            return
+        p = cache.EXPLORER_PRESETS.get(self.preset.value)
+        if p is not None and (p.n_layers, p.n_heads, p.n_kv_heads, p.d_head, p.d_latent, p.d_rope) != tuple(
+                c.value for c in self._dims):
+            self.preset.value = CUSTOM  # hand-made dimensions are no longer the preset
+        self._redraw()
+
+    def _weights_bytes(self) -> float:
+        p = cache.EXPLORER_PRESETS.get(self.preset.value)
+        return p.n_params * 2 if p else 0.0  # bf16 weights; a custom model has none counted
+
+    def _compute(self) -> dict:
+        heads, kv = self.n_heads.value, self.n_kv_heads.value
+        if heads % kv:  # GQA needs whole groups: use the largest divisor of heads not above the slider
+            kv = max(g for g in range(1, kv + 1) if heads % g == 0)
+        dims = (self.n_layers.value, heads, kv, self.d_head.value, self.d_latent.value, max(self.d_rope.value, 0))
+        es = cache.dtype_bytes(self.dtype.value)
+        context, batch = int(self.context.value), self.batch.value
+        gpu, weights = cache.GPUS[self.gpu.value], self._weights_bytes()
+        out = {}
+        for mech in self.MECHANISMS:
+            if mech == "MLA" and dims[5] == 0:
+                per_token = (dims[4]) * dims[0] * es
+            else:
+                per_token = cache.mechanism_elements_per_token(mech, *dims) * es
+            out[mech] = {
+                "bytes_per_token": per_token,
+                "cache_bytes": per_token * context * batch,
+                "longest_context": cache.longest_context(gpu, weights, per_token, batch),
+            }
+        for mech in self.MECHANISMS:
+            out[mech]["ratio_to_mha"] = out["MHA"]["bytes_per_token"] / out[mech]["bytes_per_token"]
+        out["kv_heads_used"] = kv
+        return out
+
+    def _redraw(self):
+        self.numbers = n = self._compute()
+        context, batch = int(self.context.value), self.batch.value
+        gpu, weights = cache.GPUS[self.gpu.value], self._weights_bytes()
+        p = cache.EXPLORER_PRESETS.get(self.preset.value)
+        rows = "".join(
+            f"<tr><td>{m}</td><td>{cache.format_bytes(n[m]['bytes_per_token'])}</td>"
+            f"<td>{n[m]['ratio_to_mha']:.1f}×</td><td>{cache.format_bytes(n[m]['cache_bytes'])}</td>"
+            f"<td>{n[m]['longest_context']:,}</td></tr>" for m in self.MECHANISMS)
+        head = (f"<b>{self.preset.value}</b>" + (f" (ships with {p.ships_with}; {p.source})" if p else "")
+                + f" · {self.gpu.value} GPU · weights {cache.format_bytes(weights)} in bf16"
+                + (" · <b>the weights alone do not fit</b>" if weights >= gpu else ""))
+        self.summary.value = (
+            f"{head}<table><tr><th>mechanism</th><th>per token</th><th>smaller than MHA</th>"
+            f"<th>cache, {batch} × {context:,} tokens</th><th>longest context that fits</th></tr>{rows}</table>")
+
+        contexts = np.logspace(10, 20, 41, base=2)
+        fig = Figure(figsize=(5.8, 3.4))
+        ax = fig.subplots()
+        for i, m in enumerate(self.MECHANISMS):
+            ax.plot(contexts, contexts * n[m]["bytes_per_token"] * batch / cache.GiB, color=f"C{i}", label=m)
+            ax.plot([context], [n[m]["cache_bytes"] / cache.GiB], "o", color=f"C{i}")
+        if gpu > weights:
+            ax.axhline((gpu - weights) / cache.GiB, color="k", linestyle="--", label="free beside the weights")
+        ax.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="GiB",
+               title=f"KV cache, batch {batch}, {self.dtype.value}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+        fig.tight_layout()
+        self.plot.value = _png(fig)

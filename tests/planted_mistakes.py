@@ -136,7 +136,8 @@ MISTAKES = {
                 says="for some s != 0"),
         Mistake("check_exact_equality", "relative",
                 "if not torch.isclose(score(m, n), score(m + s, n + s), atol=1e-6, rtol=1e-6):",
-                "if score(m, n).float().item() != score(m + s, n + s).float().item():", ("test_relative",)),
+                "if score(m, n).item() != score(m + s, n + s).item():", ("test_relative",),
+                says="with a tolerance, rather than with =="),
         Mistake("decode_at_position_zero", "rope_cache",
                 "positions = torch.arange(len(cache), len(cache) + x.shape[1], device=x.device)",
                 "positions = torch.arange(x.shape[1], device=x.device)", ("test_rope_cache",),
@@ -190,6 +191,14 @@ MISTAKES = {
                 "c_kv, k_r = cache.update(compress_kv(m, h), k_r_new[:, 0])\n"
                 "    cache.k_c, cache.v_c = up_project_kv(m, c_kv)  # 'to save time later'",
                 ("test_absorbed",), says="never the decompressed keys or values"),
+        Mistake("absorbed_decompresses_cache", "absorbed",
+                "q_lat = torch.einsum(\"bhtn,hnc->bhtc\", q_c, W_uk)  # (B, H, T, d_c): the absorbed query",
+                "k_all, v_all = up_project_kv(m, c_kv)\n"
+                "    q_full = torch.cat([q_c, q_r], -1)\n"
+                "    k_full = torch.cat([k_all, k_r[:, None].expand(B, H, -1, -1)], -1)\n"
+                "    return m.W_o(merge_heads(attention(q_full, k_full, v_all, causal=True)))\n"
+                "    q_lat = torch.einsum(\"bhtn,hnc->bhtc\", q_c, W_uk)",
+                ("test_absorbed",), says="instead of decompressing the cache"),
         Mistake("cache_wrong_axis", "absorbed", "self.c_kv = torch.cat([self.c_kv, c_kv], dim=1)",
                 "self.c_kv = torch.cat([self.c_kv, c_kv], dim=0)", ("test_absorbed",)),
         Mistake("k_r_grad_one_head", "backward", "dk_r.sum(dim=1)", "dk_r[:, 0]", ("test_backward",),
@@ -202,5 +211,25 @@ MISTAKES = {
         Mistake("cache_forgets_rope_key", "cache_size", "return (d_latent + d_rope) * n_layers",
                 "return d_latent * n_layers", ("test_cache_size",), says="the RoPE key is missing"),
         Mistake("cache_gib_in_gb", "cache_size", "/ 2**30", "/ 10**9", ("test_cache_size",)),
+    ],
+    "05_cache_benchmark": [
+        Mistake("bf16_as_4_bytes", "bytes_per_token", '{"fp32": 4, "bf16": 2, "fp8": 1}', '{"fp32": 4, "bf16": 4, "fp8": 1}',
+                ("test_bytes_per_token",), says="bf16 takes 2 bytes"),
+        Mistake("mla_without_rope_key", "bytes_per_token", '"MLA": d_latent + d_rope,', '"MLA": d_latent,',
+                ("test_bytes_per_token",), says="RoPE key is missing"),
+        Mistake("mqa_uses_kv_heads", "bytes_per_token", '"MQA": 2 * d_head,', '"MQA": 2 * n_kv_heads * d_head,',
+                ("test_bytes_per_token",), says="one K/V head"),
+        Mistake("context_ignores_weights", "longest_context", "free = gpu_bytes - n_params * weight_bytes_per_param",
+                "free = gpu_bytes", ("test_longest_context",), says="forget the weights"),
+        Mistake("context_ignores_batch", "longest_context", "(bytes_per_token * batch)", "bytes_per_token",
+                ("test_longest_context",), says="a batch of 8 shares"),
+        Mistake("context_negative", "longest_context", "return max(0, int(free // (bytes_per_token * batch)))",
+                "return int(free // (bytes_per_token * batch))", ("test_longest_context",), says="do not fit"),
+        Mistake("timer_no_sync", "timer", "        if sync is not None:\n            sync()\n        samples",
+                "        samples", ("test_timer",), says="call sync() before reading the clock",
+                also=("        if sync is not None:\n            sync()\n        start", "        start")),
+        Mistake("timer_times_warmup", "timer", "    for _ in range(warmup):\n        fn()\n", "", ("test_timer",)),
+        Mistake("timer_mean", "timer", "return statistics.median(samples), samples",
+                "return statistics.mean(samples), samples", ("test_timer",), says="That is the mean"),
     ],
 }

@@ -66,3 +66,44 @@ def test_rope_scores_depend_only_on_distance():
     png = w.plot.value
     w.length.value = 40
     assert w.scores.shape == (40, 40) and w.plot.value != png
+
+
+def test_cache_explorer_numbers_follow_the_formulas():
+    from attnlab.widgets import CacheExplorer
+
+    w = CacheExplorer(preset="DeepSeek-V3", gpu="80 GB")
+    n = w.numbers
+    assert n["MLA"]["bytes_per_token"] == 576 * 61 * 2
+    assert n["MHA"]["bytes_per_token"] == 2 * 128 * 128 * 61 * 2
+    assert round(n["MLA"]["ratio_to_mha"], 1) == 56.9
+    assert round(n["MHA"]["cache_bytes"] / 2**30, 1) == 488.0  # 131,072 tokens by default
+    assert all(n[m]["longest_context"] == 0 for m in w.MECHANISMS)  # 671B parameters do not fit
+    assert "do not fit" in w.summary.value
+    png = w.plot.value
+
+    w.preset.value = "Llama-3-8B"
+    assert (w.n_layers.value, w.n_heads.value, w.n_kv_heads.value) == (32, 32, 8)
+    assert w.numbers["GQA"]["bytes_per_token"] == 131_072
+    assert w.numbers["GQA"]["longest_context"] == 487_823  # (80e9 - 2 * 8.03e9) // 131,072
+    assert "487,823" in w.summary.value and w.plot.value != png
+
+    w.batch.value = 8
+    assert w.numbers["GQA"]["longest_context"] == 487_823 // 8
+    w.gpu.value = "141 GB"
+    assert w.numbers["GQA"]["longest_context"] == int((141e9 - 2 * 8.03e9) // (131_072 * 8))
+    w.context.value = 2**20
+    assert w.numbers["MQA"]["cache_bytes"] == 2 * 128 * 32 * 2 * 2**20 * 8
+    w.dtype.value = "fp8"
+    assert w.numbers["MLA"]["bytes_per_token"] == 576 * 32
+
+    w.n_kv_heads.value = 4  # a hand-made model
+    assert w.preset.value == "custom" and w.numbers["GQA"]["bytes_per_token"] == 2 * 4 * 128 * 32
+
+
+def test_cache_explorer_refuses_unknown_choices():
+    from attnlab.widgets import CacheExplorer
+
+    with pytest.raises(ValueError, match="preset"):
+        CacheExplorer(preset="GPT-5")
+    with pytest.raises(ValueError, match="gpu"):
+        CacheExplorer(gpu="40 GB")

@@ -72,9 +72,10 @@ print(f"torch {torch.__version__}, running on {device}")
 # start at 0: the tokens of a step sit at `offset, offset + 1, ...`, so the
 # tables take the positions themselves.
 #
-# Precision matters here: at position 100,000 a float32 angle is off by
-# several thousandths of a radian, so form the angles in float64 and return
-# float32 tables.
+# Precision matters here: at position 100,000 a float32 angle is off by a few
+# thousandths of a radian, so form $\theta_i$ and the angles in float64 (not
+# the float32 output of `rope_frequencies`), and return float32 tables on the
+# device of `positions`.
 
 # %% nbgrader={"grade": false, "grade_id": "tables", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def rope_frequencies(d, base=10000.0):
@@ -86,10 +87,10 @@ def rope_frequencies(d, base=10000.0):
 
 
 def rope_tables(positions, d, base=10000.0):
-    """(cos, sin): two (T, d/2) float32 tables of m * theta_i for each position m in positions (a 1-D int tensor)."""
+    """(cos, sin): two (T, d/2) float32 tables of m * theta_i for each m in positions (a 1-D int tensor), on its device."""
     ### BEGIN SOLUTION
-    theta = rope_frequencies(d, base).double().to(positions.device)
-    angles = positions.double()[:, None] * theta[None, :]  # (T, d/2)
+    i = torch.arange(d // 2, dtype=torch.float64, device=positions.device)
+    angles = positions.double()[:, None] * base ** (-2 * i / d)[None, :]  # (T, d/2), all in float64
     return angles.cos().float(), angles.sin().float()
     ### END SOLUTION
 
@@ -282,7 +283,7 @@ for H, D, C in [(3, 4, 5), (1, 16, 2), (6, 2, 7)]:
 # $$(R_m q)^\top (R_n k) = q^\top R_m^\top R_n k = q^\top R_{n-m}\, k:$$
 #
 # the score depends on $q$, $k$ and the distance, not on where the pair sits in
-# the sequence (RoFormer §3.4.2 gives the general proof). This is RoPE's central
+# the sequence (RoFormer §3 derives it in general). This is RoPE's central
 # claim, and you can check it numerically. Write `is_relative(rope_fn, d)`: it
 # takes any position encoding `rope_fn(x, positions)` (with `x` a `(T, d)`
 # tensor and `positions` a `(T,)` integer tensor) and returns `True` when the
@@ -294,7 +295,7 @@ for H, D, C in [(3, 4, 5), (1, 16, 2), (6, 2, 7)]:
 
 # %% nbgrader={"grade": false, "grade_id": "relative", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def is_relative(rope_fn, d):
-    """True if scores under rope_fn depend only on the distance between query and key positions."""
+    """True if scores under rope_fn(x (T, d), positions (T,) int) depend only on the query-key distance."""
     ### BEGIN SOLUTION
     gen = torch.Generator().manual_seed(0)
     q, k = torch.randn(2, d, generator=gen, dtype=torch.float64)
@@ -313,8 +314,8 @@ def is_relative(rope_fn, d):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_relative", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-def real_rope(layout):
-    return trusted(lambda x, positions: layout(x, *reference.rope_tables(positions, x.shape[-1])))
+def real_rope(layout):  # float64 tables, so that RoPE is relative to float64 precision
+    return trusted(lambda x, positions: layout(x, *reference.rope_tables(positions, x.shape[-1], dtype=x.dtype)))
 
 
 def absolute_sinusoid(x, positions):  # the original Transformer's encoding, added instead of rotated
@@ -349,7 +350,7 @@ def log_angles(x, positions):  # rotations by log(1 + m) * theta
 
 
 def rope_base_500k(x, positions):
-    return reference.rope_half(x, *reference.rope_tables(positions, x.shape[-1], 500000.0))
+    return reference.rope_half(x, *reference.rope_tables(positions, x.shape[-1], 500000.0, dtype=x.dtype))
 
 
 for d in (6, 32):
@@ -499,11 +500,11 @@ print("absorb and absorbed_scores: correct (without RoPE)")
 
 ### BEGIN HIDDEN TESTS
 g = torch.Generator().manual_seed(344)
-for D, C, d_c, Tq, Tk in [(4, 6, 3, 2, 5), (8, 3, 10, 1, 7)]:
-    hWq = torch.randn(D, C, generator=g, dtype=torch.float64).to(device)
-    hWuk = torch.randn(D, d_c, generator=g, dtype=torch.float64).to(device)
-    hh = torch.randn(Tq, C, generator=g, dtype=torch.float64).to(device)
-    hc = torch.randn(Tk, d_c, generator=g, dtype=torch.float64).to(device)
+for hD, hC, hdc, Tq, Tk in [(4, 6, 3, 2, 5), (8, 3, 10, 1, 7)]:
+    hWq = torch.randn(hD, hC, generator=g, dtype=torch.float64).to(device)
+    hWuk = torch.randn(hD, hdc, generator=g, dtype=torch.float64).to(device)
+    hh = torch.randn(Tq, hC, generator=g, dtype=torch.float64).to(device)
+    hc = torch.randn(Tk, hdc, generator=g, dtype=torch.float64).to(device)
     with exercise(globals(), allow=EARLIER):
         got_W, got_s = absorb(hWq, hWuk), absorbed_scores(hh, hc, hWq.T @ hWuk)
     expect_close(got_W, hWq.T @ hWuk, "absorb (hidden test)")
@@ -558,7 +559,8 @@ plt.show()
 # - Loading interleaved weights into rotate-half code (or the reverse) without
 #   the permutation: no error, nonsense output.
 # - Decode steps at position 0: the model forgets word order after the prompt.
-# - float32 angles at long context: positions blur together.
+# - float32 angles at long context: the rotation of far positions drifts by
+#   thousandths of a radian.
 #
 # **Sources**
 # - Su et al. 2021, *RoFormer: Enhanced Transformer with Rotary Position Embedding*, arXiv 2104.09864, §3.2, §3.4.

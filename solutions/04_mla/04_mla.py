@@ -47,7 +47,7 @@ import torch
 import attnlab
 from attnlab import cache as cache_math
 from attnlab import reference
-from attnlab.checks import exercise, expect_close, expect_shape
+from attnlab.checks import exercise, expect_close, expect_shape, storage_watch
 # Workbooks 01-03's answers and the MLA layer's weights, from the course package.
 from attnlab.reference import MLA_PRESETS, MLAWeights, attention, merge_heads, rope_interleaved, rope_tables, split_heads
 
@@ -75,6 +75,11 @@ print(f"torch {torch.__version__}, running on {device}")
 # | `W_qr` [`wq_b`] | `(H·d_rope, d'_c)` | each head's RoPE query part |
 # | `W_kr` [`wkv_a`] | `(d_rope, C)` | **one** RoPE key part, shared by all heads |
 # | `W_o` [`wo`] | `(C, H·d_v)` | output projection |
+#
+# The layer `m` also carries its sizes: `m.cfg.n_heads`, `m.cfg.d_nope`,
+# `m.cfg.d_rope`, `m.cfg.d_v`, `m.cfg.d_latent`, `m.cfg.d_q_latent`. Read them
+# from `m.cfg` in your functions, never from the global `cfg` below: the tests
+# use layers of other sizes.
 #
 # DeepSeek-V3 (`inference/configs/config_671B.json`): `C` = 7168, 128 heads,
 # `d_c` = 512 (`kv_lora_rank`), `d'_c` = 1536 (`q_lora_rank`), `d_nope` = 128,
@@ -132,7 +137,9 @@ for shape in [(3, 5, 16), (7,), (2, 1, 3, 9)]:
 # ## 2 · Joint KV compression
 #
 # Every token's layer input $h_t$ is compressed into **one** latent shared by
-# keys and values of all heads (DeepSeek-V2 eqs. 9–11):
+# keys and values of all heads (DeepSeek-V2 eqs. 9–11; the RMSNorm on the
+# latent is the one §3.1.2 adds after the compressed latents, `kv_norm` in
+# DeepSeek-V3's code):
 #
 # $$c^{KV}_t = \mathrm{RMSNorm}(W^{DKV} h_t) \in \mathbb{R}^{d_c}, \qquad
 # k^{C}_t = W^{UK} c^{KV}_t, \qquad v^{C}_t = W^{UV} c^{KV}_t .$$
@@ -198,7 +205,7 @@ for c in [reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), reference.MLAConf
 # ## 3 · Query compression
 #
 # The queries get a low-rank bottleneck too (DeepSeek-V2 eqs. 12–13), with its
-# own RMSNorm:
+# own RMSNorm (§3.1.2; `q_norm` in DeepSeek-V3's code):
 #
 # $$c^{Q}_t = \mathrm{RMSNorm}(W^{DQ} h_t) \in \mathbb{R}^{d'_c}, \qquad q^{C}_t = W^{UQ} c^{Q}_t .$$
 #
@@ -266,7 +273,10 @@ for c in [reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), reference.MLAConf
 
 # %% nbgrader={"grade": false, "grade_id": "decoupled_rope", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def decoupled_rope(m, h, c_q, cos, sin):
-    """q_R = RoPE(W_QR c_Q) per head (B, H, T, d_rope); k_R = RoPE(W_KR h), shared (B, 1, T, d_rope)."""
+    """q_R = RoPE(W_QR c_Q) per head (B, H, T, d_rope); k_R = RoPE(W_KR h), shared (B, 1, T, d_rope).
+
+    h (B, T, C), c_q (B, T, d'_c), cos and sin (T, d_rope / 2).
+    """
     ### BEGIN SOLUTION
     q_r = rope_interleaved(split_heads(m.W_qr(c_q), m.cfg.n_heads), cos, sin)  # (B, H, T, d_rope)
     k_r = rope_interleaved(m.W_kr(h)[:, None], cos, sin)  # (B, 1, T, d_rope)
@@ -312,7 +322,8 @@ for c, offset in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 9),
 # Put it together the way training does: decompress keys and values for every
 # head, concatenate the RoPE parts, and run causal attention (workbook 01's
 # `attention`, whose scale is $1/\sqrt{\text{last dim}}$, here
-# $1/\sqrt{d_{nope} + d_{rope}}$, as in DeepSeek-V3's code: `192 ** -0.5`). The
+# $1/\sqrt{d_{nope} + d_{rope}}$, as in DeepSeek-V3's code: `192 ** -0.5`, times
+# a YaRN factor when the context is extended beyond 4K, which we leave out). The
 # tokens sit at positions `0 … T − 1`. Then merge heads and apply `W_o`.
 
 # %% nbgrader={"grade": false, "grade_id": "mla_forward", "locked": false, "schema_version": 3, "solution": true, "task": false}
@@ -374,11 +385,21 @@ for c in [reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), reference.MLAConf
 #
 # $$o_{t,i} = \sum_s p_{t,s,i}\, W^{UV}_i c^{KV}_s = W^{UV}_i \Big(\sum_s p_{t,s,i}\, c^{KV}_s\Big).$$
 #
-# DeepSeek-V3's `inference/model.py` does exactly this in its `absorb` mode,
-# with `einsum`. `W_uk.weight` is `(H·d_nope, d_c)`: view it as
-# `(H, d_nope, d_c)` and contract the `d_nope` axis with `q_C`. Mask causally,
-# bottom-right aligned (the new tokens are the last ones), and remember the
-# RoPE positions continue from `len(cache)`.
+# DeepSeek-V3's `inference/model.py` does exactly this in its `absorb` mode.
+# `W_uk.weight` is `(H·d_nope, d_c)`: view it as `(H, d_nope, d_c)` and
+# contract the `d_nope` axis with `q_C` (an `einsum` says it best). Mask
+# causally, bottom-right aligned (the new tokens are the last ones), and
+# remember the RoPE positions continue from `len(cache)`.
+#
+# Look at what the absorbed step has become: every head attends to the *same*
+# keys $[c^{KV}_s; k^R_s]$ (576 dims at V3's size) and sums the *same* values
+# $c^{KV}_s$ (512 dims). Absorbed MLA **is multi-query attention** with one
+# wide shared head, which is why FlashMLA speaks of "576/512 head dims". So
+# compute it like workbook 02's grouped attention: fold the heads into the
+# query rows, `(B, H·T, d_c) @ (B, d_c, Tk)`, and the cache is read once and
+# never copied per head. (An `einsum` that broadcasts the cache over the heads
+# may copy it `H` times inside torch.) The test checks that no decode step
+# creates a tensor as large as the decompressed keys of every head.
 #
 # First complete `LatentCache.update`: it appends along the time axis (`dim=1`
 # of its `(B, T, ·)` tensors).
@@ -407,7 +428,10 @@ class LatentCache:
 
 
 def mla_absorbed_step(m, h, cache):
-    """MLA for new tokens h (B, T_new, C) with W_UK and W_UV absorbed, caching only c_KV and k_R."""
+    """MLA for new tokens h (B, T_new, C) with W_UK and W_UV absorbed, caching only c_KV and k_R.
+
+    The new tokens sit at positions len(cache) .. len(cache) + T_new - 1. Returns (B, T_new, C).
+    """
     ### BEGIN SOLUTION
     B, T, _ = h.shape
     cfg = m.cfg
@@ -420,12 +444,13 @@ def mla_absorbed_step(m, h, cache):
     W_uk = m.W_uk.weight.view(H, cfg.d_nope, cfg.d_latent)  # (H, d_nope, d_c)
     W_uv = m.W_uv.weight.view(H, cfg.d_v, cfg.d_latent)  # (H, d_v, d_c)
     q_lat = torch.einsum("bhtn,hnc->bhtc", q_c, W_uk)  # (B, H, T, d_c): the absorbed query
-    scores = (torch.einsum("bhtc,bsc->bhts", q_lat, c_kv)
-              + torch.einsum("bhtr,bsr->bhts", q_r, k_r)) / math.sqrt(cfg.d_nope + cfg.d_rope)  # (B, H, T, Tk)
+    # All heads read the same cache: fold them into the query rows, as for GQA in workbook 02.
+    scores = (q_lat.reshape(B, H * T, -1) @ c_kv.transpose(1, 2)
+              + q_r.reshape(B, H * T, -1) @ k_r.transpose(1, 2)) / math.sqrt(cfg.d_nope + cfg.d_rope)  # (B, H*T, Tk)
     Tk = c_kv.shape[1]
-    allowed = torch.ones(T, Tk, dtype=torch.bool, device=h.device).tril(diagonal=Tk - T)
-    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)  # (B, H, T, Tk)
-    o_lat = torch.einsum("bhts,bsc->bhtc", weights, c_kv)  # (B, H, T, d_c): a weighted sum of latents
+    allowed = torch.ones(T, Tk, dtype=torch.bool, device=h.device).tril(diagonal=Tk - T).repeat(H, 1)  # (H*T, Tk)
+    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)  # (B, H*T, Tk)
+    o_lat = (weights @ c_kv).view(B, H, T, -1)  # (B, H, T, d_c): a weighted sum of latents
     o = torch.einsum("bhtc,hvc->bhtv", o_lat, W_uv)  # (B, H, T, d_v): W_UV once, after the weights
     return m.W_o(merge_heads(o))  # (B, T, C)
     ### END SOLUTION
@@ -443,10 +468,22 @@ expect_shape(kv.c_kv, (2, 8, cfg.d_latent), "the cached latents after 8 tokens",
              hint="Cache the (B, T, d_c) latent c_KV, appended along the time axis (dim=1).")
 expect_shape(kv.k_r, (2, 8, cfg.d_rope), "the cached RoPE keys after 8 tokens",
              hint="One k_R per token, shared by all heads: (B, T, d_rope).")
-held = sum(t.numel() for t in vars(kv).values() if isinstance(t, torch.Tensor))
-assert held == kv.c_kv.numel() + kv.k_r.numel(), (
-    f"the cache holds {held - kv.c_kv.numel() - kv.k_r.numel():,} elements besides c_KV and k_R: MLA caches the "
-    "latent and the RoPE key only, never the decompressed keys or values.")
+held = {name: tuple(t.shape) for name, t in vars(kv).items() if isinstance(t, torch.Tensor)}
+assert all(shape[-1] in (cfg.d_latent, cfg.d_rope) for shape in held.values()), (
+    f"the cache holds {held}: MLA caches the latent (d_c = {cfg.d_latent}) and the RoPE key (d_rope = {cfg.d_rope}) "
+    "only, never the decompressed keys or values.")
+# A decode step after a longer prompt must not re-expand the cache: no tensor as large as the keys of every
+# head. (This layer has wide heads, d_nope = 4 d_c, so that re-expanded keys stand out by their size.)
+wide = MLAWeights(reference.MLAConfig("wide heads", 64, 4, 8, 24, 32, 4, 32, 1)).to(device)
+long_kv, x_long = LatentCache(), torch.randn(2, 65, 64, device=device)
+expanded_bytes = 2 * 4 * 65 * 32 * x_long.element_size()  # (B, H, Tk, d_nope) keys
+with torch.no_grad(), exercise(globals(), stand_ins=MLA_PARTS, allow=EARLIER):
+    mla_absorbed_step(wide, x_long[:, :64], long_kv)
+    with storage_watch() as watch:
+        mla_absorbed_step(wide, x_long[:, 64:], long_kv)
+assert watch.largest < expanded_bytes, (
+    f"a decode step created a tensor of {watch.largest:,} bytes, as large as every head's keys for the whole "
+    f"context ({expanded_bytes:,} bytes): absorb W_UK and W_UV instead of decompressing the cache.")
 for (t0, t1), step in zip([(0, 5), (5, 6), (6, 7), (7, 8)], steps):
     expect_close(step, want[:, t0:t1], f"the absorbed step for positions {t0}..{t1 - 1}", atol=1e-4,
                  hint="Is the RoPE position len(cache) + i? The scale 1/sqrt(d_nope + d_rope)? W_UV after the weights?")
@@ -493,7 +530,7 @@ for dtype in (torch.float64, torch.float32, torch.bfloat16):
 # %% [markdown]
 # The tests allow $10^{-10} + 10^{-8}|y|$ in float64 and $10^{-4}$ in float32
 # (room for the longer sums of larger layers). bf16, which real deployments
-# use, keeps only 8 bits of mantissa, about 3 significant digits, and the two
+# use, keeps only 8 bits of significand, 2 to 3 significant digits, and the two
 # orders of the same products differ at that level, as printed above: compare
 # bf16 results with a tolerance of a few $10^{-2}$, never with `==`.
 
@@ -565,7 +602,7 @@ def kv_gradients_by_autograd(mm, hh):
 mm = MLAWeights(cfg).to(device).double()
 hh = torch.randn(2, 6, cfg.d_model, device=device, dtype=torch.float64)
 inputs, want = kv_gradients_by_autograd(mm, hh)
-with torch.no_grad(), exercise(globals(), allow=EARLIER, no_autograd=True):
+with torch.no_grad(), exercise(globals(), stand_ins=MLA_PARTS, allow=EARLIER, no_autograd=True):
     got = mla_kv_backward(mm, hh, *inputs)
 assert isinstance(got, (tuple, list)) and len(got) == 4, "mla_kv_backward must return (dW_dkv, dW_uk, dW_uv, dW_kr)"
 for name, g_, w_ in zip(["dW_dkv", "dW_uk", "dW_uv", "dW_kr"], got, want):
@@ -582,7 +619,7 @@ for c in [reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), reference.MLAConf
     hm = MLAWeights(c).to(device).double()
     hx = torch.randn(3, 5, c.d_model, generator=g, dtype=torch.float64).to(device)
     h_inputs, h_want = kv_gradients_by_autograd(hm, hx)
-    with torch.no_grad(), exercise(globals(), allow=EARLIER, no_autograd=True):
+    with torch.no_grad(), exercise(globals(), stand_ins=MLA_PARTS, allow=EARLIER, no_autograd=True):
         got = mla_kv_backward(hm, hx, *h_inputs)
     for name, g_, w_ in zip(["dW_dkv", "dW_uk", "dW_uv", "dW_kr"], got, h_want):
         expect_close(g_, w_, f"{name} (hidden test)")
@@ -679,7 +716,8 @@ plt.show()
 # - RoPE lives only in the decoupled parts; the compressed parts carry no
 #   rotation, so $W^{UK}$ absorbs into the query and $W^{UV}$ goes after the
 #   weighted sum of latents.
-# - The scale is $1/\sqrt{d_{nope} + d_{rope}}$ = `192 ** -0.5` at V3's size.
+# - The scale is $1/\sqrt{d_{nope} + d_{rope}}$ = `192 ** -0.5` at V3's size
+#   (times a YaRN factor for extended contexts).
 # - Gradients: a shared $k^R$ sums its heads' gradients; RoPE's backward is the
 #   opposite rotation; RMSNorm's backward has the $-\rho^3 r\,\overline{g r}$ term.
 #

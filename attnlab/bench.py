@@ -1,0 +1,377 @@
+"""The KV-cache benchmark: cache bytes, decode latency, roofline, prefill against decode.
+
+    python -m attnlab.bench                 # picks CUDA (bf16, long contexts) or the CPU (float32, short)
+    python -m attnlab.bench --quick         # a few seconds, for a smoke test
+    python -m attnlab.bench --out results/  # writes bench.json and bench.png there
+
+One attention layer of each mechanism, at DeepSeek-V3's head dimensions on a
+GPU (128 heads, query/key 128 + 64, value 128, latent 512) and a scaled-down
+version on a CPU:
+
+- MHA: every head caches K (d_nope + d_rope) and V (d_v);
+- GQA: 8 K/V heads on the GPU (16 query heads per group, kept on the CPU);
+- MQA: one K/V head;
+- MLA naive: caches c_KV and k_R, and re-expands the whole cache through W_UK
+  and W_UV at every decode step;
+- MLA absorbed: caches c_KV and k_R, scores and sums in the latent space.
+
+For every decode step the roofline time is the larger of (bytes that must
+move) / (copy bandwidth) and FLOPs / (matmul throughput), both measured in the
+same run; efficiency is roofline time over measured time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .guard import guarded
+
+MECHANISMS = ["MHA", "GQA", "MQA", "MLA naive", "MLA absorbed"]
+
+
+@guarded
+def median_time(fn, clock=time.perf_counter, sync=None, warmup: int = 3, repeats: int = 10):
+    """Median and all samples of ``fn()``'s duration in seconds.
+
+    Runs ``fn`` ``warmup`` times untimed (caches, allocator, lazy init), then
+    ``repeats`` times, each between two readings of ``clock``. ``sync`` (e.g.
+    ``torch.cuda.synchronize``) is called before each reading, because a GPU
+    runs asynchronously: without it the clock measures the launch, not the work.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        if sync:
+            sync()
+        start = clock()
+        fn()
+        if sync:
+            sync()
+        samples.append(clock() - start)
+    return statistics.median(samples), samples
+
+
+@dataclass
+class BenchConfig:
+    device: str
+    dtype: str
+    batch: int
+    contexts: list[int]
+    prefill_tokens: int
+    n_heads: int = 128
+    gqa_kv_heads: int = 8
+    d_nope: int = 128
+    d_rope: int = 64
+    d_v: int = 128
+    d_latent: int = 512
+    warmup: int = 5
+    repeats: int = 20
+    why: str = ""
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"bf16": torch.bfloat16, "fp32": torch.float32}[self.dtype]
+
+    def elements_per_token(self, mechanism: str) -> int:
+        """Cached elements per token for one layer."""
+        kv = self.d_nope + self.d_rope + self.d_v  # one head's key and value
+        return {
+            "MHA": self.n_heads * kv,
+            "GQA": self.gqa_kv_heads * kv,
+            "MQA": kv,
+            "MLA naive": self.d_latent + self.d_rope,
+            "MLA absorbed": self.d_latent + self.d_rope,
+        }[mechanism]
+
+
+def choose(device: str | None = None, quick: bool = False) -> BenchConfig:
+    """The benchmark's sizes for this machine, and why."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' was asked for, but torch sees no GPU")
+        cfg = BenchConfig("cuda", "bf16", batch=8, contexts=[1024, 2048, 4096, 8192, 16384, 32768],
+                          prefill_tokens=4096, why="CUDA found: bf16, DeepSeek-V3's head dimensions, batch 8, "
+                          "contexts up to 32K")
+    else:
+        cfg = BenchConfig("cpu", "fp32", batch=2, contexts=[512, 1024, 2048, 4096, 8192], prefill_tokens=1024,
+                          n_heads=32, gqa_kv_heads=2, d_nope=32, d_rope=16, d_v=32, d_latent=128, warmup=2, repeats=5,
+                          why="no GPU: float32 on the CPU, dimensions a quarter of DeepSeek-V3's (32 heads, "
+                          "query/key 32 + 16, value 32, latent 128), batch 2, contexts up to 8K, so that it "
+                          "finishes in about a minute")
+    if quick:
+        cfg.contexts, cfg.prefill_tokens, cfg.warmup, cfg.repeats = cfg.contexts[:2], 256, 1, 3
+        cfg.why += " (quick run: two contexts, three repeats)"
+    return cfg
+
+
+# ------------------------------------------------------------------ layers
+
+
+class _Layer:
+    """One mechanism's cache at context T, and its decode (and prefill) step."""
+
+    def __init__(self, mechanism: str, cfg: BenchConfig, T: int, gen: torch.Generator):
+        self.m, self.cfg, self.T = mechanism, cfg, T
+        dev, dt = cfg.device, cfg.torch_dtype
+        B, H = cfg.batch, cfg.n_heads
+        dk = cfg.d_nope + cfg.d_rope
+
+        def rand(*shape):
+            return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=dev, dtype=dt)
+
+        self.scale = 1.0 / math.sqrt(dk)
+        before = torch.cuda.memory_allocated() if dev == "cuda" else 0
+        if mechanism in ("MHA", "GQA", "MQA"):
+            G = {"MHA": H, "GQA": cfg.gqa_kv_heads, "MQA": 1}[mechanism]
+            self.G = G
+            self.cache = [rand(B, G, T, dk), rand(B, G, T, cfg.d_v)]  # K, V
+        else:
+            self.cache = [rand(B, T, cfg.d_latent), rand(B, T, cfg.d_rope)]  # c_KV, k_R
+        self.cache_bytes = (torch.cuda.memory_allocated() - before if dev == "cuda"
+                            else sum(t.untyped_storage().nbytes() for t in self.cache))
+        self.q = rand(B, H, 1, dk)
+        if mechanism.startswith("MLA"):
+            self.W_uk = rand(H, cfg.d_nope, cfg.d_latent) / math.sqrt(cfg.d_latent)
+            self.W_uv = rand(H, cfg.d_v, cfg.d_latent) / math.sqrt(cfg.d_latent)
+
+    # The decode step: one new query per sequence against the whole cache.
+    def decode(self):
+        cfg, B, H = self.cfg, self.cfg.batch, self.cfg.n_heads
+        if self.m in ("MHA", "GQA", "MQA"):
+            K, V = self.cache
+            q = self.q.view(B, self.G, H // self.G, -1)  # (B, G, heads per group, dk)
+            p = torch.softmax((q @ K.transpose(-2, -1)).float() * self.scale, dim=-1).to(V.dtype)  # (B, G, r, T)
+            return p @ V  # (B, G, r, d_v)
+        c, k_r = self.cache
+        q_c, q_r = self.q[:, :, 0, :cfg.d_nope], self.q[:, :, 0, cfg.d_nope:]  # (B, H, d_nope), (B, H, d_rope)
+        if self.m == "MLA naive":  # re-expand every cached latent into per-head keys and values
+            k_c = torch.einsum("btc,hnc->bhtn", c, self.W_uk)  # (B, H, T, d_nope)
+            v = torch.einsum("btc,hvc->bhtv", c, self.W_uv)  # (B, H, T, d_v)
+            s = torch.einsum("bhn,bhtn->bht", q_c, k_c) + torch.einsum("bhr,btr->bht", q_r, k_r)
+            p = torch.softmax(s.float() * self.scale, dim=-1).to(v.dtype)  # (B, H, T)
+            return torch.einsum("bht,bhtv->bhv", p, v)
+        q_lat = torch.einsum("bhn,hnc->bhc", q_c, self.W_uk)  # (B, H, d_c): W_UK absorbed
+        s = q_lat @ c.transpose(1, 2) + q_r @ k_r.transpose(1, 2)  # (B, H, T)
+        p = torch.softmax(s.float() * self.scale, dim=-1).to(c.dtype)
+        return torch.einsum("bhc,hvc->bhv", p @ c, self.W_uv)  # (B, H, d_v): W_UV after the sum
+
+    def decode_cost(self) -> tuple[int, int]:
+        """(bytes that must move, FLOPs) of one decode step: the cache read once, plus weights."""
+        cfg, B, H, T = self.cfg, self.cfg.batch, self.cfg.n_heads, self.T
+        es = torch.empty((), dtype=cfg.torch_dtype).element_size()
+        dk = cfg.d_nope + cfg.d_rope
+        cache = self.cache_bytes
+        if self.m in ("MHA", "GQA", "MQA"):
+            return cache, 2 * B * H * T * (dk + cfg.d_v)
+        if self.m == "MLA naive":  # read the latents and weights, write and read back the expanded K and V
+            expanded = B * H * T * (cfg.d_nope + cfg.d_v) * es
+            weights = H * (cfg.d_nope + cfg.d_v) * cfg.d_latent * es
+            flops = 2 * B * T * cfg.d_latent * H * (cfg.d_nope + cfg.d_v) + 2 * B * H * T * (dk + cfg.d_v)
+            return cache + weights + 2 * expanded, flops
+        weights = H * (cfg.d_nope + cfg.d_v) * cfg.d_latent * es
+        return cache + weights, 2 * B * H * T * (cfg.d_latent + cfg.d_rope) + 2 * B * H * T * cfg.d_latent
+
+    def prefill(self):
+        """Attention for all T tokens at once (causal), naive or absorbed, from the latents."""
+        cfg, B, H, T = self.cfg, self.cfg.batch, self.cfg.n_heads, self.T
+        c, k_r = self.cache
+        q = self.q.expand(B, H, T, -1)  # (B, H, T, dk): T queries (values do not matter for timing)
+        q_c, q_r = q[..., :cfg.d_nope], q[..., cfg.d_nope:]
+        mask = torch.ones(T, T, dtype=torch.bool, device=c.device).tril()
+        if self.m == "MLA naive":  # decompress once, then ordinary attention with 192-dim keys
+            k_c = torch.einsum("btc,hnc->bhtn", c, self.W_uk)
+            v = torch.einsum("btc,hvc->bhtv", c, self.W_uv)
+            k = torch.cat([k_c, k_r[:, None].expand(B, H, T, cfg.d_rope)], dim=-1)
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        q_lat = torch.einsum("bhtn,hnc->bhtc", q_c, self.W_uk)  # (B, H, T, d_c)
+        s = q_lat @ c[:, None].transpose(-2, -1) + q_r @ k_r[:, None].transpose(-2, -1)  # (B, H, T, T)
+        p = torch.softmax((s.float() * self.scale).masked_fill(~mask, float("-inf")), dim=-1).to(c.dtype)
+        return torch.einsum("bhtc,hvc->bhtv", p @ c[:, None], self.W_uv)
+
+
+# ------------------------------------------------------------------ the run
+
+
+def _sync_for(device: str):
+    return torch.cuda.synchronize if device == "cuda" else None
+
+
+def roofline(cfg: BenchConfig) -> dict:
+    """Copy bandwidth (bytes/s) and matmul throughput (FLOP/s) of this device, measured now."""
+    dev, dt, sync = cfg.device, cfg.torch_dtype, _sync_for(cfg.device)
+    n_bytes = (1 << 30) if dev == "cuda" else (128 << 20)
+    src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device=dev).fill_(1)
+    dst = torch.empty_like(src)
+    t_copy, _ = median_time(lambda: dst.copy_(src), sync=sync, warmup=3, repeats=10)
+    N = 8192 if dev == "cuda" else 1024
+    a = torch.randn(N, N, device=dev).to(dt)
+    b = torch.randn(N, N, device=dev).to(dt)
+    t_mm, _ = median_time(lambda: a @ b, sync=sync, warmup=3, repeats=10)
+    del src, dst, a, b
+    return {"copy_bytes_per_s": 2 * n_bytes / t_copy, "matmul_flops_per_s": 2 * N**3 / t_mm,
+            "copy_buffer_bytes": n_bytes, "matmul_n": N}
+
+
+class _Progress:
+    """A one-line progress bar on stdout (stderr would zero a notebook cell under nbgrader)."""
+
+    def __init__(self, total: int, stream=sys.stdout):
+        self.total, self.done, self.stream, self.start = total, 0, stream, time.perf_counter()
+
+    def step(self, label: str):
+        self.done += 1
+        bar = "#" * (20 * self.done // self.total)
+        self.stream.write(f"\r[{bar:<20}] {self.done}/{self.total} {label:<32} {time.perf_counter() - self.start:5.1f} s")
+        if self.done == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def run(cfg: BenchConfig, progress: bool = True) -> dict:
+    """Measure everything; return a JSON-ready dict."""
+    gen = torch.Generator().manual_seed(0)
+    sync = _sync_for(cfg.device)
+    result = {
+        "device": torch.cuda.get_device_name() if cfg.device == "cuda" else platform.processor() or platform.machine(),
+        "device_kind": cfg.device,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "config": asdict(cfg),
+        "roofline": roofline(cfg),
+        "cache": [],
+        "decode": [],
+        "prefill": [],
+    }
+    bw, peak = result["roofline"]["copy_bytes_per_s"], result["roofline"]["matmul_flops_per_s"]
+    bar = _Progress(len(cfg.contexts) * len(MECHANISMS) + 4) if progress else None
+    es = torch.empty((), dtype=cfg.torch_dtype).element_size()
+    with torch.inference_mode():
+        for T in cfg.contexts:
+            for mech in MECHANISMS:
+                layer = _Layer(mech, cfg, T, gen)
+                formula = cfg.elements_per_token(mech) * T * cfg.batch * es
+                result["cache"].append({"mechanism": mech, "context": T, "measured_bytes": layer.cache_bytes,
+                                        "formula_bytes": formula})
+                med, samples = median_time(layer.decode, sync=sync, warmup=cfg.warmup, repeats=cfg.repeats)
+                moved, flops = layer.decode_cost()
+                ideal = max(moved / bw, flops / peak)
+                q1, _, q3 = statistics.quantiles(samples, n=4) if len(samples) > 1 else (med, med, med)
+                result["decode"].append({"mechanism": mech, "context": T, "median_s": med, "iqr_s": q3 - q1,
+                                         "bytes": moved, "flops": flops, "roofline_s": ideal,
+                                         "bound": "memory" if moved / bw >= flops / peak else "compute",
+                                         "efficiency": ideal / med})
+                del layer
+                if bar:
+                    bar.step(f"{mech} decode at {T}")
+            if cfg.device == "cuda":
+                torch.cuda.empty_cache()
+        P = cfg.prefill_tokens
+        for mech in ("MLA naive", "MLA absorbed"):
+            layer = _Layer(mech, cfg, P, gen)
+            t_pre, _ = median_time(layer.prefill, sync=sync, warmup=1, repeats=max(3, cfg.repeats // 4))
+            if bar:
+                bar.step(f"{mech} prefill of {P}")
+            t_dec, _ = median_time(layer.decode, sync=sync, warmup=cfg.warmup, repeats=cfg.repeats)
+            if bar:
+                bar.step(f"{mech} decode at {P}")
+            result["prefill"].append({"mechanism": mech, "tokens": P, "prefill_s": t_pre, "decode_step_s": t_dec})
+            del layer
+    return result
+
+
+def summary(result: dict) -> str:
+    """The figures in a few lines of text."""
+    r = result["roofline"]
+    lines = [f"{result['device']} ({result['device_kind']}), torch {result['torch']}: {result['config']['why']}",
+             f"roofline: copy {r['copy_bytes_per_s'] / 1e9:.1f} GB/s, matmul {r['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s"]
+    exact = all(c["measured_bytes"] == c["formula_bytes"] for c in result["cache"])
+    lines.append(f"cache bytes: measured {'equal' if exact else 'NOT equal'} to the formula for every mechanism and context")
+    T = max(d["context"] for d in result["decode"])
+    for d in (d for d in result["decode"] if d["context"] == T):
+        lines.append(f"  decode at {T:>6}: {d['mechanism']:<13} {d['median_s'] * 1e3:8.3f} ms, "
+                     f"{d['efficiency']:5.0%} of roofline ({d['bound']}-bound)")
+    for p in result["prefill"]:
+        lines.append(f"  {p['mechanism']:<13} prefill of {p['tokens']}: {p['prefill_s'] * 1e3:8.2f} ms; "
+                     f"decode step at {p['tokens']}: {p['decode_step_s'] * 1e3:7.3f} ms")
+    return "\n".join(lines)
+
+
+def plot(result: dict):
+    """A matplotlib Figure: decode latency and roofline efficiency against context, and prefill vs decode."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 3.6))
+    ax1, ax2, ax3 = fig.subplots(1, 3)
+    for i, mech in enumerate(MECHANISMS):
+        rows = [d for d in result["decode"] if d["mechanism"] == mech]
+        ctx = [d["context"] for d in rows]
+        ax1.plot(ctx, [d["median_s"] * 1e3 for d in rows], "o-", color=f"C{i}", label=mech)
+        ax2.plot(ctx, [d["efficiency"] * 100 for d in rows], "o-", color=f"C{i}", label=mech)
+    ax1.set(xscale="log", yscale="log", xlabel="context (tokens)", ylabel="ms per decode step",
+            title="decode step, one layer")
+    ax2.set(xscale="log", xlabel="context (tokens)", ylabel="% of roofline", title="efficiency against the roofline")
+    ax2.axhline(50, color="0.6", linestyle=":")
+    ax1.legend(fontsize=7)
+    names = [p["mechanism"] for p in result["prefill"]]
+    x = range(len(names))
+    ax3.bar([i - 0.2 for i in x], [p["prefill_s"] * 1e3 for p in result["prefill"]], 0.4, label="prefill")
+    ax3.bar([i + 0.2 for i in x], [p["decode_step_s"] * 1e3 for p in result["prefill"]], 0.4, label="one decode step")
+    ax3.set(xticks=list(x), xticklabels=names, yscale="log", ylabel="ms",
+            title=f"MLA at {result['prefill'][0]['tokens']} tokens" if result["prefill"] else "")
+    ax3.legend(fontsize=7)
+    fig.suptitle(f"{result['device']} · {result['config']['dtype']} · batch {result['config']['batch']}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_png(result: dict, dpi: int = 100) -> bytes:
+    """The plot as PNG bytes (for IPython.display.Image, or a file)."""
+    import io
+
+    buf = io.BytesIO()
+    plot(result).savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def write(result: dict, out: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    js, png = out / "bench.json", out / "bench.png"
+    js.write_text(json.dumps(result, indent=1) + "\n")
+    png.write_bytes(plot_png(result, dpi=110))
+    return js, png
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="The KV-cache benchmark of the efficient-attention course.")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if there is a GPU")
+    parser.add_argument("--quick", action="store_true", help="two contexts, three repeats")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("bench-results"), help="folder for bench.json and bench.png")
+    args = parser.parse_args(argv)
+    cfg = choose(args.device, args.quick)
+    print(cfg.why, flush=True)
+    result = run(cfg)
+    js, png = write(result, args.out)
+    print(summary(result))
+    print(f"wrote {js} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 05 · The KV-cache benchmark
+#
+# Four workbooks of formulas say MLA's cache is 56.9× smaller than MHA's at
+# DeepSeek-V3's size. This one checks that on real memory, and asks the
+# question that matters in production: **is a decode step faster?** A decode
+# step reads the whole cache to produce one token per sequence, so it is
+# limited by memory bandwidth, and a smaller cache should mean a faster step.
+# But only if the step does not undo the compression: an MLA that decompresses
+# its whole cache at every step is *slower* than MHA, and the benchmark shows it.
+#
+# **You will build**
+# 1. the cache bytes of each mechanism from a model's configuration;
+# 2. the longest context that fits on a GPU beside the model's weights;
+# 3. an honest timer: warm-up, synchronisation, median;
+#
+# and then run the course's benchmark, read its roofline, and explore real
+# models' caches with the interactive explorer.
+#
+# **You need** workbooks 01, 02 and 04 (the cache formulas and the absorbed
+# MLA step). **Time** about 45 minutes, plus a minute for the benchmark on a CPU.
+
+# %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false, "task": false}
+import json
+import pathlib
+import statistics
+import time
+
+import torch
+from IPython.display import Image
+
+import attnlab
+from attnlab import bench
+from attnlab import cache as cache_math
+from attnlab.checks import exercise
+
+torch.manual_seed(0)
+device = attnlab.pick_device()
+print(f"torch {torch.__version__}, running on {device}")
+
+# %% [markdown]
+# ## 1 · Bytes per token, for every mechanism
+#
+# Per token and over all $l$ layers (DeepSeek-V2, arXiv 2405.04434, Table 1):
+#
+# | mechanism | elements cached per token |
+# | --- | --- |
+# | MHA | $2\, n_h d_h\, l$ |
+# | GQA | $2\, n_g d_h\, l$ |
+# | MQA | $2\, d_h\, l$ (one K/V head) |
+# | MLA | $(d_c + d_h^R)\, l$ (the latent and the shared RoPE key) |
+#
+# and bytes are elements times the bytes of the cache's dtype: 4 for fp32, 2
+# for bf16 and fp16, 1 for fp8. `dtype` is one of `"fp32"`, `"bf16"`, `"fp8"`.
+
+# %% nbgrader={"grade": false, "grade_id": "bytes_per_token", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def cache_bytes_per_token(mechanism, n_layers, n_heads, n_kv_heads, d_head, d_latent, d_rope, dtype="bf16"):
+    """Bytes cached per token over all layers, for mechanism 'MHA', 'GQA', 'MQA' or 'MLA'."""
+    ### BEGIN SOLUTION
+    bytes_per_element = {"fp32": 4, "bf16": 2, "fp8": 1}[dtype]
+    elements = {
+        "MHA": 2 * n_heads * d_head,
+        "GQA": 2 * n_kv_heads * d_head,
+        "MQA": 2 * d_head,
+        "MLA": d_latent + d_rope,
+    }[mechanism]
+    return elements * n_layers * bytes_per_element
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_bytes_per_token", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+v3 = dict(n_layers=61, n_heads=128, n_kv_heads=8, d_head=128, d_latent=512, d_rope=64)
+with exercise(globals()):
+    got = {m: cache_bytes_per_token(m, **v3) for m in ("MHA", "GQA", "MQA", "MLA")}
+    fp32 = cache_bytes_per_token("MLA", **v3, dtype="fp32")
+want = {"MHA": 2 * 128 * 128 * 61 * 2, "GQA": 2 * 8 * 128 * 61 * 2, "MQA": 2 * 128 * 61 * 2, "MLA": 576 * 61 * 2}
+for m in want:
+    hint = ""
+    if m == "MLA" and got[m] == 512 * 61 * 2:
+        hint = " The 64-dim RoPE key is missing: every token caches it beside the latent."
+    if got[m] == 2 * want[m]:
+        hint = " That is twice the answer: bf16 takes 2 bytes per element, not 4."
+    if m == "MQA" and got[m] == want["GQA"]:
+        hint = " MQA has one K/V head, whatever n_kv_heads says."
+    assert got[m] == want[m], f"{m} at DeepSeek-V3's size, bf16: {want[m]:,} bytes per token expected, you have {got[m]:,}.{hint}"
+assert fp32 == 576 * 61 * 4, f"in fp32 an element takes 4 bytes: {576 * 61 * 4:,} expected, you have {fp32:,}"
+print("cache_bytes_per_token: correct;", ", ".join(f"{m} {cache_math.format_bytes(b)}" for m, b in got.items()))
+
+### BEGIN HIDDEN TESTS
+g = torch.Generator().manual_seed(511)
+for _ in range(6):
+    l, h, d, dc, dr = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (100, 65, 257, 1025, 129))
+    kv = max(1, h // int(torch.randint(1, 9, (1,), generator=g)))
+    for dtype, es in (("fp32", 4), ("bf16", 2), ("fp8", 1)):
+        with exercise(globals()):
+            got = [cache_bytes_per_token(m, l, h, kv, d, dc, dr, dtype) for m in ("MHA", "GQA", "MQA", "MLA")]
+        assert got == [2 * h * d * l * es, 2 * kv * d * l * es, 2 * d * l * es, (dc + dr) * l * es], (
+            "cache_bytes_per_token (hidden test)")
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 2 · How long a context fits?
+#
+# A GPU holds the model's weights and, in what is left, the caches of every
+# sequence in the batch. With weights in bf16 (2 bytes per parameter), the
+# longest context per sequence is
+#
+# $$T_{max} = \left\lfloor \frac{\text{GPU bytes} - 2 \cdot \text{parameters}}{\text{bytes per token} \cdot \text{batch}} \right\rfloor,$$
+#
+# and 0 when the weights alone do not fit. (A real server also needs room for
+# activations and fragmentation, so treat this as an upper bound.) GPU memory
+# is sold in decimal units: an "80 GB" H100 has $80 \cdot 10^9$ bytes, 74.5 GiB.
+
+# %% nbgrader={"grade": false, "grade_id": "longest_context", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def longest_context(gpu_bytes, n_params, bytes_per_token, batch=1, weight_bytes_per_param=2):
+    """The most tokens per sequence whose cache fits beside the weights; 0 if the weights alone do not fit."""
+    ### BEGIN SOLUTION
+    free = gpu_bytes - n_params * weight_bytes_per_param
+    return max(0, int(free // (bytes_per_token * batch)))
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_longest_context", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+llama8 = 2 * 8 * 128 * 32 * 2  # Llama-3-8B's GQA cache: 131,072 bytes per token in bf16
+with exercise(globals()):
+    one = longest_context(80e9, 8.03e9, llama8)
+    eight = longest_context(80e9, 8.03e9, llama8, batch=8)
+    none = longest_context(24e9, 70.6e9, llama8)
+assert isinstance(one, int), f"longest_context must return an int (a number of tokens), not {type(one).__name__}"
+assert one == 487_823, (f"Llama-3-8B on an 80 GB GPU: (80e9 - 2 * 8.03e9) // 131,072 = 487,823 tokens; you have {one:,}"
+                        + (" (did you forget the weights?)" if one == int(80e9 // llama8) else ""))
+assert eight == 487_823 // 8, f"a batch of 8 shares the memory: {487_823 // 8:,} tokens each; you have {eight:,}"
+assert none == 0, f"70.6 billion bf16 parameters do not fit in 24 GB: the answer is 0, not {none:,}"
+print(f"longest_context: correct; Llama-3-8B fits {one:,} tokens beside its weights on an 80 GB GPU")
+
+### BEGIN HIDDEN TESTS
+g = torch.Generator().manual_seed(522)
+for _ in range(6):
+    gpu = float(torch.randint(1, 200, (1,), generator=g)) * 1e9
+    params = float(torch.randint(1, 100, (1,), generator=g)) * 1e9
+    bpt, b = int(torch.randint(1000, 10**6, (1,), generator=g)), int(torch.randint(1, 64, (1,), generator=g))
+    with exercise(globals()):
+        got = longest_context(gpu, params, bpt, b, 1)
+    assert got == max(0, int((gpu - params) // (bpt * b))), "longest_context (hidden test)"
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 3 · An honest timer
+#
+# Timing GPU code goes wrong in three classic ways, and the benchmark below
+# avoids all three:
+#
+# 1. **No warm-up.** The first calls pay for kernel selection, allocator
+#    growth and lazy initialisation. Run the function a few times untimed.
+# 2. **No synchronisation.** CUDA launches work asynchronously: `fn()` returns
+#    as soon as the kernels are queued. Reading the clock right after measures
+#    the launch, microseconds, not the work. Call `sync()` (for CUDA,
+#    `torch.cuda.synchronize`) before *each* reading of the clock.
+# 3. **The mean.** One preempted run, a garbage collection, a clock-frequency
+#    change, and the mean is off. Report the median, and the spread.
+#
+# Write `median_time`. It receives the clock and the synchronisation as
+# arguments, so that the test can hand it a fake GPU whose work only finishes
+# when you synchronise, and whose first call is slow. Return the median and
+# the list of the `repeats` timed samples (the warm-up calls are not samples).
+# `sync` may be `None` (on a CPU, nothing to wait for).
+
+# %% nbgrader={"grade": false, "grade_id": "timer", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def median_time(fn, clock, sync=None, warmup=3, repeats=10):
+    """(median seconds, list of the `repeats` timed samples) of fn(), after `warmup` untimed calls."""
+    ### BEGIN SOLUTION
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        if sync is not None:
+            sync()
+        start = clock()
+        fn()
+        if sync is not None:
+            sync()
+        samples.append(clock() - start)
+    return statistics.median(samples), samples
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_timer", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+class FakeGPU:
+    """fn() queues `durations[i]` seconds of work and returns at once; sync() waits for it."""
+
+    def __init__(self, durations):
+        self.now, self.pending, self.calls, self.durations = 0.0, 0.0, 0, list(durations)
+
+    def clock(self):
+        return self.now
+
+    def fn(self):
+        self.pending += self.durations[min(self.calls, len(self.durations) - 1)]
+        self.now += 1e-6  # launching takes a microsecond
+        self.calls += 1
+
+    def sync(self):
+        self.now += self.pending
+        self.pending = 0.0
+
+
+# A slow first call (compilation), then 5 ms steps, one of them preempted (50 ms).
+gpu = FakeGPU([0.200] + [0.005] * 6 + [0.050] + [0.005] * 10)
+with exercise(globals()):
+    med, samples = median_time(gpu.fn, gpu.clock, gpu.sync, warmup=2, repeats=7)
+assert gpu.calls == 9, f"fn was called {gpu.calls} times; expected 2 warm-up calls and 7 timed ones"
+assert len(samples) == 7, f"{len(samples)} samples returned; expected the 7 timed calls, not the warm-up ones"
+assert max(samples) < 0.1, "a sample includes the slow first call: the warm-up calls must not be timed"
+assert abs(med - 0.005001) < 1e-9, (
+    f"the median is {med * 1e3:.3f} ms; expected 5.001 ms."
+    + (" Your timings measure only the launch: call sync() before reading the clock." if med < 1e-3 else "")
+    + (" That is the mean, which the preempted 50 ms call pulls up: use the median." if med > 0.0051 else ""))
+med_cpu, _ = median_time(lambda: sum(range(1000)), time.perf_counter, None, 1, 3)
+assert med_cpu > 0, "with sync=None, median_time must still time the function"
+print("median_time: correct")
+
+### BEGIN HIDDEN TESTS
+for warm, reps, steps in [(0, 5, [0.003] * 5), (4, 9, [1.0] * 4 + [0.002, 0.004] * 8), (1, 1, [0.5, 0.01])]:
+    hg = FakeGPU(steps)
+    with exercise(globals()):
+        hm, hs = median_time(hg.fn, hg.clock, hg.sync, warmup=warm, repeats=reps)
+    want_samples = [s + 1e-6 for s in (steps[min(i, len(steps) - 1)] for i in range(warm, warm + reps))]
+    assert len(hs) == reps and hg.calls == warm + reps, "median_time (hidden test): calls or samples"
+    assert abs(hm - statistics.median(want_samples)) < 1e-9, "median_time (hidden test): median"
+### END HIDDEN TESTS
+
+# %% [markdown]
+# ## 4 · The benchmark
+#
+# `attnlab.bench` measures one attention layer of each mechanism. On a GPU it
+# uses bf16, DeepSeek-V3's head dimensions (128 heads; query and key 128 + 64,
+# value 128; latent 512), a batch of 8 and contexts up to 32K tokens; on a CPU
+# it scales everything down so that it finishes in about a minute, and says so.
+# In one run it measures:
+#
+# 1. **cache bytes**: the tensors each mechanism keeps, counted by the CUDA
+#    allocator (or by their storage on a CPU), against the formula;
+# 2. **decode-step latency** against context, for MHA, GQA, MQA, MLA naive
+#    (re-expanding every cached latent through $W^{UK}$ and $W^{UV}$ at every
+#    step) and MLA absorbed (workbook 04);
+# 3. **the roofline**: the device's copy bandwidth and matmul throughput,
+#    measured in the same run. A step's roofline time is the larger of
+#    (bytes it must move) / bandwidth and FLOPs / throughput; efficiency is
+#    that time over the measured one;
+# 4. **prefill against decode** for the two MLA forms.
+#
+# The same harness runs from a terminal, `python -m attnlab.bench --out DIR`,
+# and writes `bench.json` (every figure, the device, the versions) and
+# `bench.png`. While the notebook is graded it runs a quick version.
+
+# %%
+config = bench.choose(quick=attnlab.is_grading())
+print(config.why)
+result = bench.run(config)
+print(bench.summary(result))
+
+# %%
+Image(bench.plot_png(result))
+
+# %% [markdown]
+# **Reading it.** Check the targets against what your machine printed:
+
+# %%
+longest = max(d["context"] for d in result["decode"])
+at_longest = {d["mechanism"]: d for d in result["decode"] if d["context"] == longest}
+for mech in ("MHA", "GQA", "MLA absorbed"):
+    e = at_longest[mech]["efficiency"]
+    print(f"{mech:<13} at {longest}: {e:.0%} of its roofline -> {'target met' if e >= 0.5 else 'target MISSED'} (50 %)")
+faster = all(d["median_s"] < next(x["median_s"] for x in result["decode"] if x["mechanism"] == "MHA" and x["context"] == d["context"])
+             for d in result["decode"] if d["mechanism"] == "MLA absorbed" and d["context"] >= 4096)
+print(f"MLA absorbed faster than MHA at every context from 4K: {faster}"
+      + ("" if any(d["context"] >= 4096 for d in result["decode"]) else " (no context that long in this run)"))
+slower = at_longest["MLA naive"]["median_s"] > at_longest["MHA"]["median_s"]
+print(f"MLA naive slower than MHA at {longest}: {slower}")
+
+# %% [markdown]
+# What to look for, and why:
+#
+# - **Cache bytes** match the formulas exactly: a cache is just tensors.
+# - **MHA, GQA and MQA** are memory-bound: their time grows with the bytes of
+#   cache they read, so GQA with 16 query heads per K/V head is many times
+#   faster than MHA, and MQA faster still.
+# - **MLA naive** caches as little as MLA absorbed, but at every step it
+#   multiplies the *whole* cache by $W^{UK}$ and $W^{UV}$: $2 T d_c n_h (d_{nope} + d_v)$
+#   extra FLOPs per sequence, which makes it the slowest of all. A smaller cache
+#   is not automatically faster.
+# - **MLA absorbed** reads only 576 numbers per cached token but does
+#   $n_h (2 d_c + d_h^R)$ multiply-adds on each: about 240 FLOPs per byte in
+#   bf16, so at DeepSeek-V3's size it sits near the compute roof on a GPU, not the
+#   memory roof. That is why FlashMLA reports both 3000 GB/s (memory-bound
+#   settings) and 580 TFLOPS (compute-bound ones) on an H800.
+# - **Prefill**: for a whole prompt, the naive form decompresses once and then
+#   runs ordinary attention with 192-dim keys; the absorbed form works in the
+#   576-dim latent space for every query-key pair, more FLOPs per score. So
+#   DeepSeek decompresses for prefill and absorbs for decode.
+# - **On a CPU** the "roofline" is rough: a 1024-square matmul on two threads
+#   is not the CPU's best, so some efficiencies can exceed 100 %; and the
+#   targets above are stated for the GPU sizes. Where a target is missed, the
+#   line above says so.
+
+# %% [markdown]
+# ## 5 · Measured on a GPU
+#
+# When the course's maintainers had a GPU, they ran `python -m attnlab.bench`
+# on it and committed the results beside this notebook, in `results/<device>/`.
+
+# %%
+results_dir = pathlib.Path("results")
+runs = sorted(results_dir.glob("*/bench.json")) if results_dir.exists() else []
+for path in runs:
+    gpu_result = json.loads(path.read_text())
+    print(f"--- {path.parent.name} ---")
+    print(bench.summary(gpu_result))
+if not runs:
+    print("No GPU results are committed yet: run `python -m attnlab.bench --out results/<your-gpu>` on one.")
+
+# %% [markdown]
+# ## 6 · The cache explorer
+#
+# Pick a model, a GPU, a context and a batch; change any dimension. The plot
+# shows the cache of all four mechanisms against context (dots at your
+# context), the dashed line the memory left beside the weights; the table the
+# bytes per token, the saving against MHA, and the longest context that fits.
+# For models that do not ship with MLA, the MLA line uses DeepSeek-V2's rule
+# $d_c = 4 d_h$, $d_h^R = d_h / 2$.
+#
+# Try: DeepSeek-V3's weights alone do not fit on one GPU (671 billion
+# parameters); Llama-3-70B on a 141 GB GPU with a batch of 16 at 32K; the fp8
+# cache dtype.
+
+# %%
+from attnlab.widgets import CacheExplorer
+
+CacheExplorer(preset="Llama-3-70B", gpu="141 GB")
+
+# %% [markdown]
+# ## Recap
+#
+# **What to remember**
+# - The cache formulas are exact: the bytes in memory are the formula's bytes.
+# - Decode is memory-bound for MHA and GQA: latency follows cache bytes.
+# - A smaller cache is not automatically faster: MLA that decompresses every
+#   step is the slowest mechanism; MLA absorbed is fast because it never
+#   decompresses, and at DeepSeek-V3's size it moves from the memory roof
+#   towards the compute roof.
+# - Prefill decompresses; decode absorbs.
+# - Time GPU code with warm-up, synchronisation and the median.
+#
+# **Sources**
+# - DeepSeek-AI 2024, *DeepSeek-V2*, arXiv 2405.04434, Table 1; *DeepSeek-V3*, arXiv 2412.19437.
+# - DeepSeek's FlashMLA repository: 3000 GB/s memory-bound and 580 TFLOPS compute-bound on an H800 (bf16, paged cache, block size 64).
+# - Williams, Waterman and Patterson 2009, *Roofline: an insightful visual performance model for multicore architectures*, CACM 52(4).
+# - Llama 3 Herd, arXiv 2407.21783, Table 3; Kimi K2, arXiv 2507.20534.
