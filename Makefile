@@ -12,13 +12,16 @@ NBGRADER := ../$(BIN)/nbgrader
 ASSIGNMENTS := $(notdir $(wildcard solutions/[0-9][0-9]_*))
 # Extra arguments for JupyterLab and pytest, e.g. make lab LAB_ARGS=--no-browser
 LAB_ARGS ?=
+# Notebooks for make check (default: all of course/)
+NOTEBOOKS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help env lab test notebooks release grade clean-grading
+.PHONY: help env lab test check notebooks release grade clean-grading
 
 help:
 	@echo "make lab      set up the environment if needed, then open the course in JupyterLab"
 	@echo "make test     set up the environment if needed, then run the whole test suite"
+	@echo "make check    run the visible tests of your notebooks in course/ (they are not changed)"
 	@echo "make release  rebuild solutions/*.ipynb from their .py sources and course/ from solutions/"
 	@echo "make grade    autograde everything in autograde/submitted, write feedback and grades.csv"
 
@@ -42,6 +45,10 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A learner's own check: the visible tests of course/*, run on copies.
+check: $(STAMP)
+	$(BIN)/python -m attnlab.check $(NOTEBOOKS)
 
 notebooks: $(STAMP)
 	$(BIN)/python -m attnlab.notebooks

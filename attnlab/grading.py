@@ -111,3 +111,45 @@ def autograded_errors(root: pathlib.Path, assignment: str, student: str) -> dict
             if o.output_type == "error":
                 out[grade_id] = f"{o.ename}: {o.evalue}"
     return out
+
+
+def grade_submissions(root: pathlib.Path, assignment: str, submissions: dict) -> dict:
+    """Grade ``{student: notebook}`` in a fresh course copy at ``root``.
+
+    Returns ``{student: (scores, errors)}`` with :func:`scores` and
+    :func:`autograded_errors` of each. Each call has its own gradebook, so
+    several can run at once in separate processes.
+    """
+    ws = workspace(pathlib.Path(root), [assignment])
+    nbgrader_api = api(ws)
+    result = nbgrader_api.generate_assignment(assignment)
+    if not result["success"]:
+        raise RuntimeError(result.get("log"))
+    out = {}
+    for student, nb in submissions.items():
+        submit(ws, student, assignment, nb)
+        result = nbgrader_api.autograde(assignment, student)
+        if not result["success"]:
+            raise RuntimeError(f"autograding {student} failed: {result.get('log')}")
+        out[student] = (scores(ws, assignment, student), autograded_errors(ws, assignment, student))
+    return out
+
+
+def grade_in_parallel(workdir: pathlib.Path, assignment: str, submissions: dict, jobs: int | None = None) -> dict:
+    """:func:`grade_submissions` split over ``jobs`` processes (default: the CPU count), merged."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(submissions)))
+    names = list(submissions)
+    chunks = [{n: submissions[n] for n in names[i::jobs]} for i in range(jobs)]
+    roots = [pathlib.Path(workdir) / f"{assignment}-{i}" for i in range(jobs)]
+    if jobs == 1:
+        return grade_submissions(roots[0], assignment, chunks[0])
+    out = {}
+    import multiprocessing
+
+    # spawn, not fork: the parent has torch (and its thread pools) loaded.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for part in pool.map(grade_submissions, roots, [assignment] * jobs, chunks):
+            out.update(part)
+    return out

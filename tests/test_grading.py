@@ -20,31 +20,22 @@ CASES = [(a, m) for a in assignments() for m in MISTAKES.get(a, [])]
 def grader(tmp_path_factory):
     """grade(assignment) -> {student: (scores, errors)}: the solution, the blank
     release and every planted mistake, graded once per assignment on first use
-    (so `pytest -k 02_gqa` grades workbook 02 alone)."""
-    ws = grading.workspace(tmp_path_factory.mktemp("course"))
-    api = grading.api(ws)
+    (so `pytest -k 02_gqa` grades workbook 02 alone), on every CPU core."""
+    workdir = tmp_path_factory.mktemp("grading")
     done = {}
 
     def grade(assignment):
-        if assignment in done:
-            return done[assignment]
-        assert api.generate_assignment(assignment)["success"]
-        release = nbformat.read(ws / "course" / assignment / f"{assignment}.ipynb", as_version=4)
-        source = nbformat.read(ws / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
-        answers = grading.filled(release, source)
-        submissions = {"solution": answers, "blank": release}
-        for m in MISTAKES.get(assignment, []):
-            submissions[m.name] = grading.edit_cell(answers, m.cell, m.old, m.new)
-            if m.also:
-                submissions[m.name] = grading.edit_cell(submissions[m.name], m.cell, *m.also)
-        results = {}
-        for student, nb in submissions.items():
-            grading.submit(ws, student, assignment, nb)
-            result = api.autograde(assignment, student)
-            assert result["success"], result.get("log")
-            results[student] = (grading.scores(ws, assignment, student), grading.autograded_errors(ws, assignment, student))
-        done[assignment] = results
-        return results
+        if assignment not in done:
+            release = nbformat.read(ROOT / "course" / assignment / f"{assignment}.ipynb", as_version=4)
+            source = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+            answers = grading.filled(release, source)
+            submissions = {"solution": answers, "blank": release}
+            for m in MISTAKES.get(assignment, []):
+                submissions[m.name] = grading.edit_cell(answers, m.cell, m.old, m.new)
+                if m.also:
+                    submissions[m.name] = grading.edit_cell(submissions[m.name], m.cell, *m.also)
+            done[assignment] = grading.grade_in_parallel(workdir, assignment, submissions)
+        return done[assignment]
 
     return grade
 
