@@ -69,6 +69,11 @@ def test_planted_mistake_loses_exactly_its_exercise(grader, assignment, mistake)
         assert mistake.says in said, f"{mistake.name}: expected the message to say {mistake.says!r}; it said {said!r}"
 
 
+# What each workbook's issue asks for; 8 where it does not say.
+MINIMUM_MISTAKES = {"04_mla": 10, "05_cache_benchmark": 6, "06_beyond": 6}
+
+
 def test_every_workbook_has_enough_planted_mistakes():
     for assignment in assignments():
-        assert len(MISTAKES.get(assignment, [])) >= 8, f"{assignment} needs at least 8 planted mistakes"
+        need = MINIMUM_MISTAKES.get(assignment, 8)
+        assert len(MISTAKES.get(assignment, [])) >= need, f"{assignment} needs at least {need} planted mistakes"
