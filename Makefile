@@ -8,7 +8,8 @@ STAMP   := $(VENV)/.installed
 # nbgrader runs some of its tools (alembic) as commands: they must be on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 # nbgrader reads autograde/nbgrader_config.py from its working directory.
-NBGRADER := ../$(BIN)/nbgrader
+# (SQLAlchemy inside nbgrader warns about its own session handling: not the instructor's business.)
+NBGRADER := PYTHONWARNINGS=ignore ../$(BIN)/nbgrader
 ASSIGNMENTS := $(notdir $(wildcard solutions/[0-9][0-9]_*))
 # Extra arguments for JupyterLab and pytest, e.g. make lab LAB_ARGS=--no-browser
 LAB_ARGS ?=
@@ -16,14 +17,17 @@ LAB_ARGS ?=
 NOTEBOOKS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help env lab test check notebooks release grade clean-grading
+.PHONY: help env lab test check notebooks release collect grade regrade summary clean-grading
 
 help:
 	@echo "make lab      set up the environment if needed, then open the course in JupyterLab"
 	@echo "make test     set up the environment if needed, then run the whole test suite"
 	@echo "make check    run the visible tests of your notebooks in course/ (they are not changed)"
 	@echo "make release  rebuild solutions/*.ipynb from their .py sources and course/ from solutions/"
-	@echo "make grade    autograde everything in autograde/submitted, write feedback and grades.csv"
+	@echo "make collect FROM=dir  copy per-student folders or zips from dir into autograde/submitted"
+	@echo "make grade    autograde everything in autograde/submitted, write feedback, grades.csv and the summary"
+	@echo "make regrade STUDENT=id  autograde one student again"
+	@echo "make summary  students x workbooks: scores and failing test cells"
 
 # The virtual environment, rebuilt when a pin changes.
 $(STAMP): requirements.txt constraints.txt pyproject.toml
@@ -56,13 +60,33 @@ notebooks: $(STAMP)
 release: notebooks
 	@cd autograde && for a in $(ASSIGNMENTS); do $(NBGRADER) generate_assignment "$$a" --force --log-level=WARN || exit 1; done
 
+collect: $(STAMP)
+	@test -n "$(FROM)" || (echo "usage: make collect FROM=folder-of-student-folders-or-zips" && exit 2)
+	$(BIN)/python -m attnlab.grading collect "$(FROM)"
+
 grade: $(STAMP)
 	@# Hidden tests change the test cells' checksums, which nbgrader reports as a
 	@# warning for every submission: only errors are shown.
 	@cd autograde && for a in $(ASSIGNMENTS); do \
-	  $(NBGRADER) autograde "$$a" --log-level=ERROR && $(NBGRADER) generate_feedback "$$a" --log-level=ERROR || exit 1; \
+	  if ls -d submitted/*/"$$a" >/dev/null 2>&1; then \
+	    $(NBGRADER) autograde "$$a" --log-level=ERROR && $(NBGRADER) generate_feedback "$$a" --log-level=ERROR || exit 1; \
+	  fi; \
 	done && $(NBGRADER) export --to grades.csv --log-level=ERROR
 	@echo "grades: autograde/grades.csv; feedback: autograde/feedback/"
+	@$(BIN)/python -m attnlab.grading summary
+
+regrade: $(STAMP)
+	@test -n "$(STUDENT)" || (echo "usage: make regrade STUDENT=id" && exit 2)
+	@cd autograde && for a in $(ASSIGNMENTS); do \
+	  if [ -d "submitted/$(STUDENT)/$$a" ]; then \
+	    $(NBGRADER) autograde "$$a" --student "$(STUDENT)" --force --log-level=ERROR && \
+	    $(NBGRADER) generate_feedback "$$a" --student "$(STUDENT)" --force --log-level=ERROR || exit 1; \
+	  fi; \
+	done
+	@$(BIN)/python -m attnlab.grading summary
+
+summary: $(STAMP)
+	@$(BIN)/python -m attnlab.grading summary
 
 clean-grading:
-	rm -rf autograde/submitted autograde/autograded autograde/feedback autograde/gradebook.db autograde/grades.csv
+	rm -rf autograde/submitted autograde/autograded autograde/feedback autograde/gradebook.db autograde/grades.csv autograde/summary.csv

@@ -153,3 +153,128 @@ def grade_in_parallel(workdir: pathlib.Path, assignment: str, submissions: dict,
         for part in pool.map(grade_submissions, roots, [assignment] * jobs, chunks):
             out.update(part)
     return out
+
+
+# ------------------------------------------------------------------ instructor loop: collect and summarise
+
+_ASSIGNMENT_IN_NAME = re.compile(r"(\d\d_[a-z_]+?)(?=[^a-z_]|$)")
+
+
+def _assignment_of(filename: str, assignments: list[str]) -> str | None:
+    """'01_mha.ipynb', '01_mha (1).ipynb', 'alice_123_01_mha-Copy1.ipynb' -> '01_mha'."""
+    for match in _ASSIGNMENT_IN_NAME.finditer(filename.lower()):
+        name = match.group(1).rstrip("_")
+        for a in assignments:
+            if name == a or name.startswith(a):
+                return a
+    return None
+
+
+def collect(source: pathlib.Path, root: pathlib.Path = ROOT) -> list[str]:
+    """Copy submissions from ``source`` into ``root``/autograde/submitted/<student>/<NN_topic>/.
+
+    ``source`` holds, per student, either a folder (``alice/01_mha.ipynb``, at any
+    depth) or a zip file (``bob.zip``, as learning-management systems export
+    them). The student id is the folder or zip name; notebooks are matched to
+    workbooks by the ``NN_topic`` in their file name, so renamed copies such as
+    ``01_mha (1).ipynb`` are found. Returns one line per notebook, saying where
+    it went or why it was skipped. Rerunning replaces a submission with the
+    same file; nothing already graded is removed.
+    """
+    import zipfile
+
+    source, root = pathlib.Path(source), pathlib.Path(root)
+    assignments = sorted(p.name for p in (root / "solutions").iterdir() if p.is_dir())
+    report = []
+
+    def place(student: str, filename: str, data: bytes):
+        assignment = _assignment_of(pathlib.PurePath(filename).name, assignments)
+        if assignment is None:
+            report.append(f"{student}: skipped {filename} (no workbook name such as 01_mha in it)")
+            return
+        target = root / "autograde" / "submitted" / student / assignment / f"{assignment}.ipynb"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        report.append(f"{student}: {filename} -> {target.relative_to(root)}")
+
+    for entry in sorted(source.iterdir()):
+        student = re.sub(r"[^A-Za-z0-9_.-]", "_", entry.stem if entry.suffix == ".zip" else entry.name)
+        if entry.is_dir():
+            for nb in sorted(entry.rglob("*.ipynb")):
+                if ".ipynb_checkpoints" not in nb.parts:
+                    place(student, str(nb.relative_to(entry)), nb.read_bytes())
+        elif entry.suffix == ".zip":
+            try:
+                with zipfile.ZipFile(entry) as z:
+                    for info in z.infolist():
+                        if info.filename.endswith(".ipynb") and "__MACOSX" not in info.filename \
+                                and ".ipynb_checkpoints" not in info.filename:
+                            place(student, info.filename, z.read(info))
+            except zipfile.BadZipFile:
+                report.append(f"{student}: skipped {entry.name} (not a readable zip file)")
+    return report
+
+
+def summary(root: pathlib.Path = ROOT) -> list[dict]:
+    """One row per student: each workbook's score ('-' if not submitted) and the failing test cells."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    root = pathlib.Path(root)
+    rows = []
+    with Gradebook(f"sqlite:///{root / 'autograde' / 'gradebook.db'}") as gb:
+        assignments = sorted(a.name for a in gb.assignments)
+        for student in sorted(s.id for s in gb.students):
+            row, failing, total = {"student": student}, [], 0.0
+            for a in assignments:
+                try:
+                    sub = gb.find_submission(a, student)
+                except MissingEntry:
+                    row[a] = "-"
+                    continue
+                row[a] = f"{sub.score:g}/{sub.max_score:g}"
+                total += sub.score
+                for nb in sub.notebooks:
+                    failing += [f"{a}:{g.name}" for g in nb.grades if g.max_score and g.score < g.max_score]
+            row["total"] = f"{total:g}"
+            row["failing"] = " ".join(failing)
+            rows.append(row)
+    return rows
+
+
+def _main(argv=None) -> int:
+    import argparse
+    import csv
+
+    parser = argparse.ArgumentParser(description="Instructor tools: collect submissions, summarise grades.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="copy per-student folders or zips into autograde/submitted/")
+    c.add_argument("source", type=pathlib.Path)
+    s = sub.add_parser("summary", help="students x workbooks, with failing test cells; also writes a CSV")
+    s.add_argument("--csv", type=pathlib.Path, default=ROOT / "autograde" / "summary.csv")
+    args = parser.parse_args(argv)
+    if args.command == "collect":
+        if not args.source.is_dir():
+            print(f"{args.source} is not a folder of per-student folders or zips")
+            return 2
+        print("\n".join(collect(args.source)))
+        return 0
+    rows = summary()
+    if not rows:
+        print("no graded submissions yet: run `make grade` first")
+        return 1
+    fields = list(rows[0])
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.csv, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    widths = {k: max(len(k), *(len(str(r[k])) for r in rows)) for k in fields}
+    print("  ".join(k.ljust(widths[k]) for k in fields))
+    for r in rows:
+        print("  ".join(str(r[k]).ljust(widths[k]) for k in fields))
+    print(f"written to {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
