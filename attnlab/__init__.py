@@ -1,10 +1,14 @@
 """attnlab: what the notebooks of the efficient-attention course share.
 
 - :mod:`attnlab.reference`: the course's reference attention implementations;
+- :mod:`attnlab.guard`: switches those off while a learner's code is graded;
 - :mod:`attnlab.cache`: KV-cache arithmetic and real model dimensions;
 - :mod:`attnlab.checks`: learner-facing checks used by the tests;
+- :mod:`attnlab.validate`: argument checks that name the argument;
 - :mod:`attnlab.widgets`: the interactive widgets;
-- :mod:`attnlab.notebooks`: builds the .ipynb notebooks from their text sources.
+- :mod:`attnlab.bench`: the KV-cache benchmark and its command line;
+- :mod:`attnlab.notebooks`: builds the .ipynb notebooks from their text sources;
+- :mod:`attnlab.grading`, :mod:`attnlab.check`: grading through nbgrader, for instructors and learners.
 """
 from __future__ import annotations
 
