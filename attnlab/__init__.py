@@ -7,6 +7,7 @@
 - :mod:`attnlab.validate`: argument checks that name the argument;
 - :mod:`attnlab.widgets`: the interactive widgets;
 - :mod:`attnlab.bench`: the KV-cache benchmark and its command line;
+- :mod:`attnlab.beyond`: workbook 06's latent attention and tiny character-level language models;
 - :mod:`attnlab.notebooks`: builds the .ipynb notebooks from their text sources;
 - :mod:`attnlab.grading`, :mod:`attnlab.check`: grading through nbgrader, for instructors and learners.
 """

@@ -1,0 +1,392 @@
+"""Workbook 06: latent attention without RoPE tricks, and a tiny character-level language model.
+
+- :func:`latent_attention`: an MLA layer in its plainest form (no RMSNorm on the
+  latent, no decoupled RoPE): ``c = W_dkv x`` is what it caches, keys and values
+  are decompressed from ``c``. The workbook writes GQA exactly in this form.
+- :class:`CharLM` and :func:`train`: a two-layer decoder trained on a small
+  public-domain text shipped in ``attnlab/data`` (nothing is downloaded), with
+  MHA, GQA or MLA attention at a matched parameter count.
+
+Nothing here is a graded answer: the workbook's answers are in
+:mod:`attnlab.reference`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import pathlib
+import sys
+import time
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from . import reference, validate
+
+DATA = pathlib.Path(__file__).resolve().parent / "data" / "shakespeare.txt"
+
+
+# ------------------------------------------------------------------ latent attention, the plain form
+
+
+def latent_attention(x, W_q, W_dkv, W_uk, W_uv, W_o, n_heads: int, rope: bool = False, causal: bool = True):
+    """MLA with no RMSNorm on the latent and no decoupled RoPE: x (B, T, C) -> (B, T, C).
+
+    c = x W_dkv^T (B, T, d_c) is what this layer caches; k = W_uk c and v = W_uv c
+    per head, (B, H, T, D) each; then ordinary attention. With ``rope=True`` the
+    queries and the *decompressed* keys are rotated (interleaved layout), as a
+    retrofitted GQA model with RoPE must do: correct, but the rotation then sits
+    between W_uk and the query, so W_uk can no longer be absorbed (workbook 03).
+    """
+    validate.tensor("x", x, 3, "(B, T, C)")
+    for name, W in {"W_q": W_q, "W_dkv": W_dkv, "W_uk": W_uk, "W_uv": W_uv, "W_o": W_o}.items():
+        validate.tensor(name, W, 2, "(out_features, in_features)")
+    validate.same("W_uk.shape[1]", W_uk.shape[1], "W_dkv.shape[0] (the latent width d_c)", W_dkv.shape[0])
+    validate.same("W_uv.shape[1]", W_uv.shape[1], "W_dkv.shape[0] (the latent width d_c)", W_dkv.shape[0])
+    c = x @ W_dkv.T  # (B, T, d_c): the cache
+    q = reference.split_heads(x @ W_q.T, n_heads)  # (B, H, T, D)
+    k = reference.split_heads(c @ W_uk.T, n_heads)  # (B, H, T, D)
+    v = reference.split_heads(c @ W_uv.T, n_heads)  # (B, H, T, Dv)
+    if rope:
+        cos, sin = reference.rope_tables(torch.arange(x.shape[1], device=x.device), q.shape[-1])
+        q, k = reference.rope_interleaved(q, cos, sin), reference.rope_interleaved(k, cos, sin)
+    return reference.merge_heads(reference.attention(q, k, v, causal)) @ W_o.T  # (B, T, C)
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """||got - want|| / ||want|| (Frobenius norms)."""
+    return ((got - want).norm() / want.norm()).item()
+
+
+# ------------------------------------------------------------------ the corpus
+
+
+def load_text(path: pathlib.Path = DATA) -> str:
+    """The shipped public-domain text (see attnlab/data/README.md)."""
+    return pathlib.Path(path).read_text(encoding="utf-8")
+
+
+class Corpus:
+    """Characters as integer ids, split into training (first 90 %) and validation (last 10 %) text."""
+
+    def __init__(self, text: str, val_fraction: float = 0.1):
+        if not text:
+            raise ValueError("the text is empty")
+        self.chars = sorted(set(text))
+        self.index = {c: i for i, c in enumerate(self.chars)}
+        ids = torch.tensor([self.index[c] for c in text], dtype=torch.long)
+        cut = int(len(ids) * (1 - val_fraction))
+        self.train, self.val = ids[:cut], ids[cut:]
+
+    @property
+    def vocab(self) -> int:
+        return len(self.chars)
+
+    def batch(self, split: str, batch: int, context: int, generator: torch.Generator):
+        """(inputs, targets), each (batch, context): random windows of the split, targets shifted by one."""
+        data = self.train if split == "train" else self.val
+        if len(data) <= context + 1:
+            raise ValueError(f"the {split} text ({len(data)} characters) is shorter than the context ({context})")
+        starts = torch.randint(0, len(data) - context - 1, (batch,), generator=generator)
+        x = torch.stack([data[s:s + context] for s in starts.tolist()])
+        y = torch.stack([data[s + 1:s + context + 1] for s in starts.tolist()])
+        return x, y
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+
+# ------------------------------------------------------------------ the model
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """A tiny decoder. ``kind`` is 'MHA', 'GQA' or 'MLA'; the MLP width is set to match MHA's parameter count."""
+
+    kind: str
+    vocab: int
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_head: int = 16  # MHA/GQA head width; MLA's d_nope and d_v
+    n_kv_heads: int = 2  # GQA only
+    d_latent: int = 32  # MLA only: d_c
+    d_rope: int = 8  # MLA only: the decoupled RoPE width
+    d_ff_mha: int = 256  # the MLP width of the MHA model; the others get what matches its parameter count
+    context: int = 64
+
+    def attention_params(self) -> int:
+        C, H, D = self.d_model, self.n_heads, self.d_head
+        if self.kind == "MHA":
+            return 4 * H * D * C
+        if self.kind == "GQA":
+            return 2 * H * D * C + 2 * self.n_kv_heads * D * C
+        if self.kind == "MLA":
+            return (H * (D + self.d_rope) * C + self.d_latent * C + self.d_latent + self.d_rope * C
+                    + 2 * H * D * self.d_latent + H * D * C)
+        raise ValueError(f"kind must be 'MHA', 'GQA' or 'MLA', got {self.kind!r}")
+
+    @property
+    def d_ff(self) -> int:
+        """The MLP width that gives this model (nearly) the MHA model's parameter count."""
+        mha = replace(self, kind="MHA").attention_params()
+        return self.d_ff_mha + round((mha - self.attention_params()) / (2 * self.d_model))
+
+    def cache_elements_per_token(self) -> int:
+        """Elements cached per token over all layers (DeepSeek-V2, Table 1)."""
+        per_layer = {"MHA": 2 * self.n_heads * self.d_head, "GQA": 2 * self.n_kv_heads * self.d_head,
+                     "MLA": self.d_latent + self.d_rope}[self.kind]
+        return per_layer * self.n_layers
+
+
+def _rms(x, weight=None, eps=1e-6):
+    y = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+    return y if weight is None else y * weight
+
+
+def _rope(x, cos, sin, keep=None):
+    """Interleaved RoPE (x (..., T, d), cos/sin (T, d/2)); with ``keep`` (H, d/2) bool, only those pairs rotate."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    if keep is not None:
+        out = torch.where(keep.repeat_interleave(2, dim=-1)[:, None, :], out, x)
+    return out
+
+
+class _GroupedAttention(torch.nn.Module):
+    """MHA (n_kv_heads = n_heads) or GQA, with RoPE on every query and key feature."""
+
+    def __init__(self, cfg: LMConfig, n_kv_heads: int):
+        super().__init__()
+        C, H, D = cfg.d_model, cfg.n_heads, cfg.d_head
+        self.H, self.G, self.D = H, n_kv_heads, D
+        self.W_q = torch.nn.Linear(C, H * D, bias=False)
+        self.W_k = torch.nn.Linear(C, n_kv_heads * D, bias=False)
+        self.W_v = torch.nn.Linear(C, n_kv_heads * D, bias=False)
+        self.W_o = torch.nn.Linear(H * D, C, bias=False)
+        self.keep = None  # (H, D/2) bool: partial RoPE, for the experiments after training
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        q = self.W_q(x).view(B, T, self.H, self.D).transpose(1, 2)  # (B, H, T, D)
+        k = self.W_k(x).view(B, T, self.G, self.D).transpose(1, 2)  # (B, G, T, D)
+        v = self.W_v(x).view(B, T, self.G, self.D).transpose(1, 2)  # (B, G, T, D)
+        n_rep = self.H // self.G
+        k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)  # (B, H, T, D)
+        q, k = _rope(q, cos, sin, self.keep), _rope(k, cos, sin, self.keep)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, D)
+        return self.W_o(y.transpose(1, 2).reshape(B, T, self.H * self.D))
+
+
+class _LatentAttention(torch.nn.Module):
+    """MLA as in DeepSeek-V2 §2.1 without query compression (like DeepSeek-V2-Lite): latent + one shared RoPE key."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        C, H, D = cfg.d_model, cfg.n_heads, cfg.d_head
+        self.H, self.D, self.R = H, D, cfg.d_rope
+        self.W_q = torch.nn.Linear(C, H * (D + cfg.d_rope), bias=False)  # [q_C; q_R] per head
+        self.W_dkv = torch.nn.Linear(C, cfg.d_latent, bias=False)
+        self.kv_norm = torch.nn.Parameter(torch.ones(cfg.d_latent))
+        self.W_kr = torch.nn.Linear(C, cfg.d_rope, bias=False)  # one RoPE key, shared by the heads
+        self.W_uk = torch.nn.Linear(cfg.d_latent, H * D, bias=False)
+        self.W_uv = torch.nn.Linear(cfg.d_latent, H * D, bias=False)
+        self.W_o = torch.nn.Linear(H * D, C, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        q = self.W_q(x).view(B, T, self.H, self.D + self.R).transpose(1, 2)  # (B, H, T, D + R)
+        q_c, q_r = q.split([self.D, self.R], dim=-1)
+        c = _rms(self.W_dkv(x), self.kv_norm)  # (B, T, d_c): cached
+        k_r = _rope(self.W_kr(x)[:, None], cos, sin)  # (B, 1, T, R): cached
+        k_c = self.W_uk(c).view(B, T, self.H, self.D).transpose(1, 2)  # (B, H, T, D)
+        v = self.W_uv(c).view(B, T, self.H, self.D).transpose(1, 2)  # (B, H, T, D)
+        q = torch.cat([q_c, _rope(q_r, cos, sin)], dim=-1)
+        k = torch.cat([k_c, k_r.expand(B, self.H, T, self.R)], dim=-1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # scale 1/sqrt(D + R)
+        return self.W_o(y.transpose(1, 2).reshape(B, T, self.H * self.D))
+
+
+class _Block(torch.nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.norm1 = torch.nn.Parameter(torch.ones(cfg.d_model))
+        self.norm2 = torch.nn.Parameter(torch.ones(cfg.d_model))
+        if cfg.kind == "MLA":
+            self.attn = _LatentAttention(cfg)
+        else:
+            self.attn = _GroupedAttention(cfg, cfg.n_heads if cfg.kind == "MHA" else cfg.n_kv_heads)
+        self.up = torch.nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.down = torch.nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attn(_rms(x, self.norm1), cos, sin)
+        return x + self.down(F.gelu(self.up(_rms(x, self.norm2))))
+
+
+class CharLM(torch.nn.Module):
+    """Embedding, ``n_layers`` pre-norm blocks (attention, GELU MLP), RMSNorm, output layer."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        cfg.attention_params()  # validates the kind
+        self.cfg = cfg
+        self.embed = torch.nn.Embedding(cfg.vocab, cfg.d_model)
+        self.blocks = torch.nn.ModuleList(_Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = torch.nn.Parameter(torch.ones(cfg.d_model))
+        self.out = torch.nn.Linear(cfg.d_model, cfg.vocab, bias=False)
+        rope_d = cfg.d_rope if cfg.kind == "MLA" else cfg.d_head
+        cos, sin = reference.rope_tables(torch.arange(cfg.context), rope_d)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, ids):
+        """ids (B, T) -> logits (B, T, vocab)."""
+        T = ids.shape[1]
+        if T > self.cfg.context:
+            raise ValueError(f"at most {self.cfg.context} tokens, got {T}")
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x, self.cos[:T], self.sin[:T])
+        return self.out(_rms(x, self.norm))
+
+    def loss(self, x, y):
+        logits = self.forward(x)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------ training
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 600
+    batch: int = 32
+    lr: float = 3e-3
+    eval_every: int = 50
+    eval_batches: int = 8
+    seed: int = 0
+
+
+class _Progress:
+    """A one-line progress bar on stdout (stderr would zero a notebook cell under nbgrader)."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+        self.stream = stream or sys.stdout
+
+    def step(self, label: str):
+        self.done += 1
+        # At most about 50 updates: each one is an output message in a notebook.
+        if self.done != self.total and self.done % max(1, self.total // 50):
+            return
+        bar = "#" * int(20 * self.done / self.total)
+        self.stream.write(f"\r[{bar:<20}] {self.done}/{self.total} {label:<40} {time.perf_counter() - self.start:5.1f} s")
+        if self.done == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+@torch.no_grad()
+def evaluate(model: CharLM, corpus: Corpus, batches: int = 8, batch: int = 32, seed: int = 1234) -> float:
+    """Mean validation loss (nats per character) on fixed windows of the validation text."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(seed)
+    losses = [model.loss(*corpus.batch("val", batch, model.cfg.context, g)).item() for _ in range(batches)]
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def train(cfg: LMConfig, corpus: Corpus, tc: TrainConfig, progress: bool = True) -> dict:
+    """Train one model from a fixed seed on a fixed sequence of batches.
+
+    Returns {"model", "config", "params", "train" [(step, loss)], "val" [(step, loss)], "seconds"}.
+    AdamW with a linear warm-up of 5 % of the steps and a cosine decay to 10 %.
+    """
+    torch.manual_seed(tc.seed)
+    model = CharLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    warm = max(1, tc.steps // 20)
+
+    def lr_at(step):
+        if step < warm:
+            return (step + 1) / warm
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warm) / max(1, tc.steps - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    g = torch.Generator().manual_seed(tc.seed)  # the same batches for every model
+    out = {"config": cfg, "params": count_params(model), "train": [], "val": []}
+    bar = _Progress(tc.steps) if progress else None
+    start, running = time.perf_counter(), None
+    for step in range(tc.steps):
+        x, y = corpus.batch("train", tc.batch, cfg.context, g)
+        loss = model.loss(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
+        out["train"].append((step + 1, loss.item()))
+        if (step + 1) % tc.eval_every == 0 or step + 1 == tc.steps:
+            out["val"].append((step + 1, evaluate(model, corpus, tc.eval_batches, tc.batch)))
+        if bar:
+            bar.step(f"{cfg.kind}: train loss {running:.3f}")
+    out["seconds"] = time.perf_counter() - start
+    out["model"] = model
+    return out
+
+
+# ------------------------------------------------------------------ experiments on a trained GQA model
+
+
+@torch.no_grad()
+def with_low_rank_kv(model: CharLM, rank: int, svd=None) -> CharLM:
+    """A copy of a trained MHA/GQA model whose K and V projections go through a rank-``rank`` latent.
+
+    Each layer's [W_k; W_v] is replaced by its truncated joint SVD (``svd``, by
+    default :func:`attnlab.reference.joint_svd`): W_k <- W_k_up W_down and
+    W_v <- W_v_up W_down. That is exactly what the retrofitted MLA computes (in the
+    naive form, RoPE applied to the decompressed keys), and its cache is the
+    ``rank``-wide latent per token and layer.
+    """
+    svd = svd or reference.joint_svd
+    out = copy.deepcopy(model)
+    for block in out.blocks:
+        attn = block.attn
+        if not isinstance(attn, _GroupedAttention):
+            raise ValueError("with_low_rank_kv needs an MHA or GQA model")
+        down, k_up, v_up = svd(attn.W_k.weight, attn.W_v.weight, rank)
+        attn.W_k.weight.copy_(k_up @ down)
+        attn.W_v.weight.copy_(v_up @ down)
+    return out
+
+
+@torch.no_grad()
+def sample_qk(model: CharLM, x: torch.Tensor, layer: int):
+    """The queries and keys (before RoPE, keys repeated to the query heads) of one MHA/GQA layer, (B, H, T, D) each."""
+    h = model.embed(x)
+    for i, block in enumerate(model.blocks):
+        attn = block.attn
+        if i == layer:
+            B, T, _ = h.shape
+            a = _rms(h, block.norm1)
+            q = attn.W_q(a).view(B, T, attn.H, attn.D).transpose(1, 2)
+            k = attn.W_k(a).view(B, T, attn.G, attn.D).transpose(1, 2).repeat_interleave(attn.H // attn.G, dim=1)
+            return q, k
+        h = block(h, model.cos[:x.shape[1]], model.sin[:x.shape[1]])
+    raise ValueError(f"the model has {len(model.blocks)} layers; layer {layer} does not exist")
+
+
+def with_partial_rope(model: CharLM, keep_per_layer) -> CharLM:
+    """A copy of an MHA/GQA model that rotates only the pairs in ``keep_per_layer[i]`` ((H, D/2) bool) in layer i."""
+    out = copy.deepcopy(model)
+    for block, keep in zip(out.blocks, keep_per_layer):
+        block.attn.keep = keep
+    return out
