@@ -47,6 +47,8 @@ from attnlab import cache, grading  # noqa: E402
 from attnlab.widgets import CacheExplorer  # noqa: E402
 from labserver import make_lab  # noqa: E402
 
+sync_api.expect.set_options(timeout=30_000)  # a widget's round trip through the kernel, on a busy machine
+
 SCREENSHOTS = ROOT / "tests" / "screenshots"  # the top level is fixed (COURSE.md)
 EXPLORED = "05_cache_benchmark"  # run with the model answers; it holds the cache explorer
 BLANK = "01_mha"  # validated as released
@@ -144,7 +146,9 @@ def open_notebook(page, lab, assignment: str):
 @pytest.fixture(scope="module")
 def ran(page, lab):
     """Workbook 05 opened and run from the Run menu: (page, seconds taken)."""
+    start = time.monotonic()
     open_notebook(page, lab, EXPLORED)
+    print(f"\nopen {EXPLORED} and start its kernel: {time.monotonic() - start:.1f} s")
     start = time.monotonic()
     page.locator(".lm-MenuBar-itemLabel").get_by_text("Run", exact=True).click()
     page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
@@ -255,7 +259,9 @@ def test_validate_passes_the_model_answers(ran, tmp_path):
 
 
 def test_validate_lists_the_failing_visible_tests_of_a_blank_notebook(page, lab, tmp_path):
+    start = time.monotonic()
     open_notebook(page, lab, BLANK)
+    print(f"\nopen {BLANK} and start its kernel: {time.monotonic() - start:.1f} s")
     nb = nbformat.read(ROOT / "course" / notebook_path(BLANK), as_version=4)
     tests = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade") and not c.metadata.nbgrader.get("solution")]
     dialog = validate(page)
