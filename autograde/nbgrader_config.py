@@ -5,7 +5,11 @@ solutions/ and writes the student release to course/. Everything grading
 produces (submissions, autograded copies, feedback, the gradebook) lives under
 autograde/ and is ignored by git.
 """
+import atexit
+import importlib.util
 import os
+import shutil
+import tempfile
 
 c = get_config()  # noqa: F821  (nbgrader provides get_config)
 
@@ -20,7 +24,9 @@ c.CourseDirectory.submitted_directory = "autograde/submitted"
 c.CourseDirectory.autograded_directory = "autograde/autograded"
 c.CourseDirectory.feedback_directory = "autograde/feedback"
 c.CourseDirectory.solution_directory = "autograde/release_solution"
-c.CourseDirectory.db_url = "sqlite:///" + os.path.join(HERE, "gradebook.db")
+# Several grading processes share the gradebook (make grade): a writer waits
+# up to two minutes for SQLite's lock instead of failing at once.
+c.CourseDirectory.db_url = "sqlite:///" + os.path.join(HERE, "gradebook.db") + "?timeout=120"
 # solutions/NN/NN.py is the text source of NN.ipynb and holds the answers:
 # it must never be copied into the release.
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.py"]
@@ -28,4 +34,23 @@ c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedb
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 # A cell that runs longer than this is interrupted and the next one runs.
 c.Execute.timeout = 120
-c.Execute.kernel_name = "python3"
+# A test cell a student deleted is put back (and graded) instead of silently
+# dropping its points from the total.
+c.OverwriteCells.add_missing_cells = True
+
+# Student code runs in the course's grading kernel (attnlab/sandbox.py): a
+# memory limit, no network, read-only files, and no sight of solutions/, the
+# gradebook or other submissions. Its kernel spec is attnlab/jupyter/kernels/.
+_kernels = os.path.join(importlib.util.find_spec("attnlab").submodule_search_locations[0], "jupyter")
+if _kernels not in os.environ.get("JUPYTER_PATH", "").split(os.pathsep):
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in [_kernels, os.environ.get("JUPYTER_PATH", "")] if p)
+c.Execute.kernel_name = "attnlab-grading"
+os.environ.setdefault("ATTNLAB_KERNEL_MEMORY", "6G")
+os.environ["ATTNLAB_SANDBOX_HIDE"] = os.pathsep.join(
+    [os.path.join(ROOT, "solutions"), HERE, os.path.join(ROOT, ".git")])
+# The kernel talks to nbgrader over Unix sockets, which reach into its network
+# namespace; their folder is this process's own and is removed at exit.
+_sockets = tempfile.mkdtemp(prefix="attnlab-kernel-")
+atexit.register(shutil.rmtree, _sockets, ignore_errors=True)
+c.KernelManager.transport = "ipc"
+c.KernelManager.ip = os.path.join(_sockets, "k")
