@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
+import sys
 import warnings
 
 import torch
@@ -23,11 +25,29 @@ def _shape(t) -> tuple:
 
 
 def expect_tensor(got, what: str) -> torch.Tensor:
-    """Fail unless ``got`` is a tensor (not None, a list, a numpy array...)."""
+    """Fail unless ``got`` is a plain tensor (not None, a list, a numpy array...).
+
+    A subclass is refused too: it could redefine comparisons (``__torch_function__``)."""
     if got is None:
         raise AssertionError(f"{what} is None: is it ever computed, stored or returned?")
-    if not isinstance(got, torch.Tensor):
+    if type(got) is not torch.Tensor:
+        if isinstance(got, torch.Tensor):
+            raise AssertionError(f"{what} is a {type(got).__name__}, a subclass of torch.Tensor; return a plain tensor")
         raise AssertionError(f"{what} is a {type(got).__name__}; expected a torch.Tensor")
+    return got
+
+
+def number(got, what: str):
+    """``got`` as a Python int or float, or fail: a count or a size must be a number.
+
+    Tests compare what this returns, never the learner's object itself: an
+    object whose ``__eq__`` always answers True would pass any ``==``."""
+    if type(got) is torch.Tensor and got.numel() == 1:
+        got = got.item()
+    elif type(got).__module__ == "numpy" and isinstance(got, numbers.Number):
+        got = got.item()
+    if type(got) not in (int, float):
+        raise AssertionError(f"{what} is a {type(got).__name__}; expected a number (an int or a float)")
     return got
 
 
@@ -93,12 +113,58 @@ _TORCH_ANSWERS = {
 }
 
 
+# Autograd, switched off where a backward pass must be written by hand.
+_AUTOGRAD = {
+    torch.Tensor.backward: "Tensor.backward",
+    torch.autograd.grad: "torch.autograd.grad",
+    torch.autograd.backward: "torch.autograd.backward",
+}
+
+
 class _TorchAnswersOff(torch.overrides.TorchFunctionMode):
+    def __init__(self, banned: dict):
+        super().__init__()
+        self.banned = banned
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = _TORCH_ANSWERS.get(func)
+        name = self.banned.get(func)
         if name is not None:
             raise ReferenceForbidden(f"{name} is switched off while your own code is graded: write this part yourself.")
         return func(*args, **(kwargs or {}))
+
+
+# What the tests rely on, as it was when the course imported it. A notebook
+# that replaces any of these (``torch.allclose = lambda *a, **k: True``) makes
+# every later test fail instead of pass. (Code in the same process can always
+# undo a check made in that process; the instructor's summary also flags such
+# code in the submitted cells: see attnlab.grading.flags.)
+_GENUINE = {
+    "torch.allclose": (torch, "allclose", torch.allclose),
+    "torch.isclose": (torch, "isclose", torch.isclose),
+    "torch.equal": (torch, "equal", torch.equal),
+    "torch.isfinite": (torch, "isfinite", torch.isfinite),
+    "torch.testing.assert_close": (torch.testing, "assert_close", torch.testing.assert_close),
+    "torch.Tensor.__eq__": (torch.Tensor, "__eq__", torch.Tensor.__eq__),
+    "torch.Tensor.__sub__": (torch.Tensor, "__sub__", torch.Tensor.__sub__),
+    "torch.Tensor.abs": (torch.Tensor, "abs", torch.Tensor.abs),
+}
+_OWN = ("expect_tensor", "expect_shape", "expect_close", "number", "exercise", "_close", "default_tolerance")
+
+
+def _refuse_tampering(namespace: dict) -> None:
+    module = sys.modules[__name__]
+    replaced = [name for name, (owner, attr, obj) in _GENUINE.items() if getattr(owner, attr, None) is not obj]
+    replaced += [f"attnlab.checks.{n}" for n in _OWN if getattr(module, n) is not _GENUINE_OWN[n]]
+    replaced += [n for n in _OWN if n in namespace and namespace[n] is not _GENUINE_OWN[n]]
+    if replaced:
+        raise AssertionError(
+            f"{', '.join(replaced)} no longer is what the course imported: the notebook replaced it. "
+            "The tests refuse to run on a replaced checker; remove that code and run the notebook again.")
+    for name, value in list(namespace.items()):
+        if getattr(value, "__attnlab_trusted__", False):
+            raise AssertionError(
+                f"{name} is a course reference function let through with attnlab.guard.trusted: "
+                "a graded exercise must be your own code.")
 
 
 @contextlib.contextmanager
@@ -115,18 +181,21 @@ def exercise(namespace: dict, stand_ins=(), allow=(), no_autograd=False):
     ``no_autograd`` runs the block in inference mode, so that a backward pass
     "by hand" cannot be autograd in disguise.
 
-    Warnings raised by the learner's code are silenced: nbgrader gives zero to
-    a test cell that writes anything to stderr, even for a right answer.
+    Warnings raised by the learner's code are silenced and what it writes to
+    stderr (a progress bar, say) goes to stdout: nbgrader gives zero to a test
+    cell that writes anything to stderr, even for a right answer.
     """
+    _refuse_tampering(namespace)
     saved = {name: namespace.get(name) for name in stand_ins}
     try:
         for name in stand_ins:
-            namespace[name] = trusted(getattr(reference, name))
+            namespace[name] = stand_in(getattr(reference, name))
         with contextlib.ExitStack() as stack:
             stack.enter_context(warnings.catch_warnings())
             warnings.simplefilter("ignore")
+            stack.enter_context(contextlib.redirect_stderr(sys.stdout))
             stack.enter_context(forbidden(allow))
-            stack.enter_context(_TorchAnswersOff())
+            stack.enter_context(_TorchAnswersOff({**_TORCH_ANSWERS, **(_AUTOGRAD if no_autograd else {})}))
             if no_autograd:
                 stack.enter_context(torch.inference_mode())
             yield
@@ -136,6 +205,21 @@ def exercise(namespace: dict, stand_ins=(), allow=(), no_autograd=False):
                 namespace.pop(name, None)
             else:
                 namespace[name] = value
+
+
+def stand_in(fn):
+    """``fn`` allowed to call the course's reference code inside :func:`exercise`.
+
+    For the tests, which hand a learner's function correct building blocks. It
+    is :func:`guard.trusted` without the mark that makes :func:`exercise` refuse a
+    namespace holding it: the test put it there, not the learner (a learner's
+    cell that uses it is flagged in the instructor's summary)."""
+    wrapper = trusted(fn)
+    del wrapper.__attnlab_trusted__
+    return wrapper
+
+
+_GENUINE_OWN = {n: globals()[n] for n in _OWN if n in globals()}
 
 
 def attention_suspects(q, k, v, causal: bool) -> dict:

@@ -47,7 +47,9 @@ def guarded(fn):
         finally:
             _state.trusted -= 1
 
-    wrapper.__guarded__ = True
+    # checks.exercise refuses a learner's namespace that holds one of these:
+    # it would be the course's answer let through under the learner's name.
+    wrapper.__attnlab_trusted__ = True
     return wrapper
 
 
@@ -84,4 +86,7 @@ def trusted(fn):
         finally:
             _state.trusted -= 1
 
+    # checks.exercise refuses a learner's namespace that holds one of these:
+    # it would be the course's answer let through under the learner's name.
+    wrapper.__attnlab_trusted__ = True
     return wrapper

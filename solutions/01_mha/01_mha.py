@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 import attnlab
 from attnlab import reference
-from attnlab.checks import attention_suspects, exercise, expect_close, expect_shape
+from attnlab.checks import attention_suspects, exercise, expect_close, expect_shape, number
 
 torch.manual_seed(0)
 device = attnlab.pick_device()
@@ -573,9 +573,9 @@ def kv_cache_bytes(n_layers, n_heads, d_head, seq_len, batch=1, bytes_per_elemen
 
 # %% nbgrader={"grade": true, "grade_id": "test_cache_size", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 with exercise(globals()):
-    per_token = kv_cache_elements_per_token(n_layers=32, n_heads=32, d_head=128)
-    llama_4k = kv_cache_bytes(32, 32, 128, seq_len=4096)
-    dsv3_128k = kv_cache_bytes(61, 128, 128, seq_len=131_072, batch=1, bytes_per_element=2)
+    per_token = number(kv_cache_elements_per_token(n_layers=32, n_heads=32, d_head=128), "kv_cache_elements_per_token")
+    llama_4k = number(kv_cache_bytes(32, 32, 128, seq_len=4096), "kv_cache_bytes")
+    dsv3_128k = number(kv_cache_bytes(61, 128, 128, seq_len=131_072, batch=1, bytes_per_element=2), "kv_cache_bytes")
 assert per_token == 262_144, (
     f"Llama-2-7B caches 2 * 32 heads * 128 dims * 32 layers = 262,144 elements per token; you have {per_token}."
     + (" Did you forget that both K and V are cached?" if per_token == 131_072 else ""))
@@ -588,8 +588,8 @@ g = torch.Generator().manual_seed(707)
 for _ in range(5):
     l, h, d, t, b = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (100, 200, 300, 10**6, 64))
     with exercise(globals()):
-        got_e = kv_cache_elements_per_token(l, h, d)
-        got_b = kv_cache_bytes(l, h, d, t, b, 4)
+        got_e = number(kv_cache_elements_per_token(l, h, d), "kv_cache_elements_per_token")
+        got_b = number(kv_cache_bytes(l, h, d, t, b, 4), "kv_cache_bytes")
     assert got_e == 2 * h * d * l, "kv_cache_elements_per_token (hidden test)"
     assert got_b == 2 * h * d * l * t * b * 4, "kv_cache_bytes (hidden test)"
 ### END HIDDEN TESTS

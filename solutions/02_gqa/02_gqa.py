@@ -47,7 +47,7 @@ import torch.nn as nn
 import attnlab
 from attnlab import cache as cache_math
 from attnlab import reference
-from attnlab.checks import exercise, expect_close, expect_shape, storage_watch
+from attnlab.checks import exercise, expect_close, expect_shape, number, storage_watch
 # Workbook 01's answers, as building blocks for this one.
 from attnlab.reference import KVCache, attention, attention_backward, merge_heads, split_heads
 
@@ -537,9 +537,9 @@ def cache_fraction_of_mha(n_heads, n_kv_heads):
 
 # %% nbgrader={"grade": true, "grade_id": "test_cache_size", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 with exercise(globals(), allow=WORKBOOK_01):
-    llama8 = gqa_cache_elements_per_token(n_layers=32, n_kv_heads=8, d_head=128)
-    llama70 = gqa_cache_elements_per_token(80, 8, 128)
-    fraction = cache_fraction_of_mha(32, 8)
+    llama8 = number(gqa_cache_elements_per_token(n_layers=32, n_kv_heads=8, d_head=128), "gqa_cache_elements_per_token")
+    llama70 = number(gqa_cache_elements_per_token(80, 8, 128), "gqa_cache_elements_per_token")
+    fraction = number(cache_fraction_of_mha(32, 8), "cache_fraction_of_mha")
 assert llama8 == 65_536, (f"Llama-3-8B caches 2 * 8 * 128 * 32 = 65,536 elements per token; you have {llama8}"
                           + (" (did you count K but not V?)" if llama8 == 32_768 else ""))
 assert llama70 * 2 * 131_072 == 40 * 2**30, f"Llama-3-70B needs 40 GiB at 131,072 tokens in bf16; you have {llama70 * 2 * 131_072 / 2**30:.3g}"
@@ -551,7 +551,8 @@ g = torch.Generator().manual_seed(266)
 for _ in range(5):
     l, n_kv, d, rep = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (90, 17, 257, 9))
     with exercise(globals(), allow=WORKBOOK_01):
-        got, frac = gqa_cache_elements_per_token(l, n_kv, d), cache_fraction_of_mha(n_kv * rep, n_kv)
+        got = number(gqa_cache_elements_per_token(l, n_kv, d), "gqa_cache_elements_per_token")
+        frac = number(cache_fraction_of_mha(n_kv * rep, n_kv), "cache_fraction_of_mha")
     assert got == 2 * n_kv * d * l, "gqa_cache_elements_per_token (hidden test)"
     assert abs(frac - 1 / rep) < 1e-12, "cache_fraction_of_mha (hidden test)"
 ### END HIDDEN TESTS

@@ -42,8 +42,7 @@ import torch
 
 import attnlab
 from attnlab import reference
-from attnlab.checks import exercise, expect_close, expect_shape
-from attnlab.guard import trusted
+from attnlab.checks import exercise, expect_close, expect_shape, stand_in
 # Workbooks 01 and 02's answers, as building blocks for this one.
 from attnlab.reference import KVCache, gqa_attention, merge_heads, split_heads
 
@@ -315,7 +314,7 @@ def is_relative(rope_fn, d):
 
 # %% nbgrader={"grade": true, "grade_id": "test_relative", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 def real_rope(layout):  # float64 tables, so that RoPE is relative to float64 precision
-    return trusted(lambda x, positions: layout(x, *reference.rope_tables(positions, x.shape[-1], dtype=x.dtype)))
+    return stand_in(lambda x, positions: layout(x, *reference.rope_tables(positions, x.shape[-1], dtype=x.dtype)))
 
 
 def absolute_sinusoid(x, positions):  # the original Transformer's encoding, added instead of rotated
@@ -329,8 +328,8 @@ def squared_angles(x, positions):  # rotations by m^2 * theta: position-dependen
 
 cases = {"interleaved RoPE": (real_rope(reference.rope_interleaved), True),
          "rotate-half RoPE": (real_rope(reference.rope_half), True),
-         "an added sinusoidal (absolute) encoding": (trusted(absolute_sinusoid), False),
-         "a rotation by m^2 * theta": (trusted(squared_angles), False)}
+         "an added sinusoidal (absolute) encoding": (stand_in(absolute_sinusoid), False),
+         "a rotation by m^2 * theta": (stand_in(squared_angles), False)}
 for name, (fn, relative) in cases.items():
     with exercise(globals(), allow=EARLIER):
         verdict = is_relative(fn, 8)
@@ -357,7 +356,7 @@ for d in (6, 32):
     for name, fn, relative in [("log angles", log_angles, False), ("base 500k RoPE", rope_base_500k, True),
                                ("absolute sinusoid", absolute_sinusoid, False)]:
         with exercise(globals(), allow=EARLIER):
-            verdict = is_relative(trusted(fn), d)
+            verdict = is_relative(stand_in(fn), d)
         assert bool(verdict) == relative, f"is_relative gives the wrong verdict for {name}, d={d} (hidden test)"
 ### END HIDDEN TESTS
 

@@ -47,7 +47,7 @@ import torch
 import attnlab
 from attnlab import cache as cache_math
 from attnlab import reference
-from attnlab.checks import exercise, expect_close, expect_shape, storage_watch
+from attnlab.checks import exercise, expect_close, expect_shape, number, storage_watch
 # Workbooks 01-03's answers and the MLA layer's weights, from the course package.
 from attnlab.reference import MLA_PRESETS, MLAWeights, attention, merge_heads, rope_interleaved, rope_tables, split_heads
 
@@ -664,9 +664,9 @@ def cache_gib(elements_per_token, seq_len, batch=1, bytes_per_element=2):
 # %% nbgrader={"grade": true, "grade_id": "test_cache_size", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 v3 = MLA_PRESETS["DeepSeek-V3"]
 with exercise(globals(), allow=EARLIER):
-    mla = mla_cache_elements_per_token(v3.n_layers, v3.d_latent, v3.d_rope)
-    mla_gib = cache_gib(mla, 131_072)
-    mha_gib = cache_gib(2 * 128 * 128 * 61, 131_072)
+    mla = number(mla_cache_elements_per_token(v3.n_layers, v3.d_latent, v3.d_rope), "mla_cache_elements_per_token")
+    mla_gib = number(cache_gib(mla, 131_072), "cache_gib")
+    mha_gib = number(cache_gib(2 * 128 * 128 * 61, 131_072), "cache_gib")
 assert mla == 576 * 61, (f"DeepSeek-V3 caches (512 + 64) * 61 = 35,136 elements per token; you have {mla}"
                          + (" (the RoPE key is missing: every token caches its 64-dim k_R too)" if mla == 512 * 61 else ""))
 assert round(mla_gib, 2) == 8.58, f"8.58 GiB expected for 131,072 tokens in bf16; you have {mla_gib:.3g}"
@@ -678,7 +678,8 @@ g = torch.Generator().manual_seed(488)
 for _ in range(5):
     l, dc, dr, t, b = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (100, 2048, 256, 10**6, 32))
     with exercise(globals(), allow=EARLIER):
-        got_e, got_g = mla_cache_elements_per_token(l, dc, dr), cache_gib(1000, t, b, 4)
+        got_e = number(mla_cache_elements_per_token(l, dc, dr), "mla_cache_elements_per_token")
+        got_g = number(cache_gib(1000, t, b, 4), "cache_gib")
     assert got_e == (dc + dr) * l, "mla_cache_elements_per_token (hidden test)"
     assert abs(got_g - 1000 * t * b * 4 / 2**30) < 1e-9, "cache_gib (hidden test)"
 ### END HIDDEN TESTS

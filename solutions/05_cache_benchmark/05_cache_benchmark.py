@@ -40,7 +40,7 @@ from IPython.display import Image
 import attnlab
 from attnlab import bench
 from attnlab import cache as cache_math
-from attnlab.checks import exercise
+from attnlab.checks import exercise, number
 
 torch.manual_seed(0)
 device = attnlab.pick_device()
@@ -79,8 +79,8 @@ def cache_bytes_per_token(mechanism, n_layers, n_heads, n_kv_heads, d_head, d_la
 # %% nbgrader={"grade": true, "grade_id": "test_bytes_per_token", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 v3 = dict(n_layers=61, n_heads=128, n_kv_heads=8, d_head=128, d_latent=512, d_rope=64)
 with exercise(globals()):
-    got = {m: cache_bytes_per_token(m, **v3) for m in ("MHA", "GQA", "MQA", "MLA")}
-    fp32 = cache_bytes_per_token("MLA", **v3, dtype="fp32")
+    got = {m: number(cache_bytes_per_token(m, **v3), "cache_bytes_per_token") for m in ("MHA", "GQA", "MQA", "MLA")}
+    fp32 = number(cache_bytes_per_token("MLA", **v3, dtype="fp32"), "cache_bytes_per_token")
 want = {"MHA": 2 * 128 * 128 * 61 * 2, "GQA": 2 * 8 * 128 * 61 * 2, "MQA": 2 * 128 * 61 * 2, "MLA": 576 * 61 * 2}
 for m in want:
     hint = ""
@@ -101,7 +101,8 @@ for _ in range(6):
     kv = max(1, h // int(torch.randint(1, 9, (1,), generator=g)))
     for dtype, es in (("fp32", 4), ("bf16", 2), ("fp8", 1)):
         with exercise(globals()):
-            got = [cache_bytes_per_token(m, l, h, kv, d, dc, dr, dtype) for m in ("MHA", "GQA", "MQA", "MLA")]
+            got = [number(cache_bytes_per_token(m, l, h, kv, d, dc, dr, dtype), "cache_bytes_per_token")
+                   for m in ("MHA", "GQA", "MQA", "MLA")]
         assert got == [2 * h * d * l * es, 2 * kv * d * l * es, 2 * d * l * es, (dc + dr) * l * es], (
             "cache_bytes_per_token (hidden test)")
 ### END HIDDEN TESTS
@@ -131,9 +132,9 @@ def longest_context(gpu_bytes, n_params, bytes_per_token, batch=1, weight_bytes_
 # %% nbgrader={"grade": true, "grade_id": "test_longest_context", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 llama8 = 2 * 8 * 128 * 32 * 2  # Llama-3-8B's GQA cache: 131,072 bytes per token in bf16
 with exercise(globals()):
-    one = longest_context(80e9, 8.03e9, llama8)
-    eight = longest_context(80e9, 8.03e9, llama8, batch=8)
-    none = longest_context(24e9, 70.6e9, llama8)
+    one = number(longest_context(80e9, 8.03e9, llama8), "longest_context")
+    eight = number(longest_context(80e9, 8.03e9, llama8, batch=8), "longest_context")
+    none = number(longest_context(24e9, 70.6e9, llama8), "longest_context")
 assert isinstance(one, int), f"longest_context must return an int (a number of tokens), not {type(one).__name__}"
 assert one == 487_823, (f"Llama-3-8B on an 80 GB GPU: (80e9 - 2 * 8.03e9) // 131,072 = 487,823 tokens; you have {one:,}"
                         + (" (did you forget the weights?)" if one == int(80e9 // llama8) else ""))
@@ -148,7 +149,7 @@ for _ in range(6):
     params = float(torch.randint(1, 100, (1,), generator=g)) * 1e9
     bpt, b = int(torch.randint(1000, 10**6, (1,), generator=g)), int(torch.randint(1, 64, (1,), generator=g))
     with exercise(globals()):
-        got = longest_context(gpu, params, bpt, b, 1)
+        got = number(longest_context(gpu, params, bpt, b, 1), "longest_context")
     assert got == max(0, int((gpu - params) // (bpt * b))), "longest_context (hidden test)"
 ### END HIDDEN TESTS
 
