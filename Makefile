@@ -25,7 +25,7 @@ help:
 	@echo "make check    run the visible tests of your notebooks in course/ (they are not changed)"
 	@echo "make release  rebuild solutions/*.ipynb from their .py sources and course/ from solutions/"
 	@echo "make collect FROM=dir  copy per-student folders or zips from dir into autograde/submitted"
-	@echo "make grade    autograde everything in autograde/submitted, write feedback, grades.csv and the summary"
+	@echo "make grade    autograde what was submitted (in parallel, JOBS=n), write feedback, grades.csv and the summary"
 	@echo "make regrade STUDENT=id  autograde one student again"
 	@echo "make summary  students x workbooks: scores and failing test cells"
 
@@ -64,25 +64,20 @@ collect: $(STAMP)
 	@test -n "$(FROM)" || (echo "usage: make collect FROM=folder-of-student-folders-or-zips" && exit 2)
 	$(BIN)/python -m attnlab.grading collect "$(FROM)"
 
+# Grading processes for make grade (default: one per core); FORCE=1 grades again what is graded.
+JOBS  ?=
+FORCE ?=
+
 grade: $(STAMP)
-	@# Hidden tests change the test cells' checksums, which nbgrader reports as a
-	@# warning for every submission: only errors are shown.
-	@cd autograde && for a in $(ASSIGNMENTS); do \
-	  if ls -d submitted/*/"$$a" >/dev/null 2>&1; then \
-	    $(NBGRADER) autograde "$$a" --log-level=ERROR && $(NBGRADER) generate_feedback "$$a" --log-level=ERROR || exit 1; \
-	  fi; \
-	done && $(NBGRADER) export --to grades.csv --log-level=ERROR
+	@$(BIN)/python -m attnlab.grading grade $(if $(JOBS),--jobs $(JOBS)) $(if $(FORCE),--force)
+	@cd autograde && $(NBGRADER) export --to grades.csv --log-level=ERROR
 	@echo "grades: autograde/grades.csv; feedback: autograde/feedback/"
 	@$(BIN)/python -m attnlab.grading summary
 
 regrade: $(STAMP)
 	@test -n "$(STUDENT)" || (echo "usage: make regrade STUDENT=id" && exit 2)
-	@cd autograde && for a in $(ASSIGNMENTS); do \
-	  if [ -d "submitted/$(STUDENT)/$$a" ]; then \
-	    $(NBGRADER) autograde "$$a" --student "$(STUDENT)" --force --log-level=ERROR && \
-	    $(NBGRADER) generate_feedback "$$a" --student "$(STUDENT)" --force --log-level=ERROR || exit 1; \
-	  fi; \
-	done
+	@$(BIN)/python -m attnlab.grading grade --student "$(STUDENT)" --force
+	@cd autograde && $(NBGRADER) export --to grades.csv --log-level=ERROR
 	@$(BIN)/python -m attnlab.grading summary
 
 summary: $(STAMP)

@@ -6,6 +6,7 @@ test suite never touches the instructor's autograde/ folder.
 """
 from __future__ import annotations
 
+import ast
 import copy
 import os
 import pathlib
@@ -26,11 +27,15 @@ def _nbgrader_on_path() -> None:
         os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
 
 
-def workspace(dest: pathlib.Path, assignments=None) -> pathlib.Path:
-    """Copy the course into ``dest`` (solutions/, course/, autograde config)."""
+def workspace(dest: pathlib.Path, assignments=None, config: str = "") -> pathlib.Path:
+    """Copy the course into ``dest`` (solutions/, course/, autograde config);
+    ``config`` is appended to the copy's nbgrader_config.py (e.g. a shorter timeout)."""
     dest = pathlib.Path(dest)
     (dest / "autograde").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "autograde" / "nbgrader_config.py", dest / "autograde")
+    if config:
+        with open(dest / "autograde" / "nbgrader_config.py", "a") as f:
+            f.write("\n# added for this workspace\n" + config + "\n")
     for folder in ("solutions", "course"):
         for src in sorted((ROOT / folder).iterdir()):
             if src.is_dir() and (assignments is None or src.name in assignments):
@@ -83,11 +88,15 @@ def edit_cell(nb: nbformat.NotebookNode, grade_id: str, old: str, new: str) -> n
     raise ValueError(f"no cell with grade_id {grade_id!r}")
 
 
-def submit(root: pathlib.Path, student: str, assignment: str, nb: nbformat.NotebookNode) -> pathlib.Path:
-    """Place ``nb`` where nbgrader expects ``student``'s submission."""
+def submit(root: pathlib.Path, student: str, assignment: str, nb) -> pathlib.Path:
+    """Place ``nb`` where nbgrader expects ``student``'s submission (a notebook,
+    or raw bytes for a file that may not be one)."""
     path = pathlib.Path(root) / "autograde" / "submitted" / student / assignment / f"{assignment}.ipynb"
     path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
+    if isinstance(nb, bytes):
+        path.write_bytes(nb)
+    else:
+        nbformat.write(nb, path)
     return path
 
 
@@ -165,6 +174,205 @@ def grade_in_parallel(workdir: pathlib.Path, assignment: str, submissions: dict,
     return out
 
 
+# ------------------------------------------------------------------ make grade: the whole class, on every core
+
+def _newest_mtime(folder: pathlib.Path) -> float:
+    return max((p.stat().st_mtime for p in folder.rglob("*") if p.is_file()), default=0.0)
+
+
+def pending(root: pathlib.Path = ROOT, student: str | None = None, force: bool = False) -> list[tuple[str, str]]:
+    """(assignment, student) pairs under autograde/submitted that need grading:
+    all of them with ``force``; otherwise those not graded yet or submitted again since."""
+    root = pathlib.Path(root)
+    submitted, autograded = root / "autograde" / "submitted", root / "autograde" / "autograded"
+    assignments = sorted(p.name for p in (root / "solutions").iterdir() if p.is_dir() and p.name[:2].isdigit())
+    pairs = []
+    for s in sorted(p.name for p in submitted.iterdir() if p.is_dir()) if submitted.is_dir() else []:
+        if student and s != student:
+            continue
+        for a in assignments:
+            src, out = submitted / s / a, autograded / s / a
+            if src.is_dir() and (force or not out.is_dir() or _newest_mtime(src) > _newest_mtime(out)):
+                pairs.append((a, s))
+    return pairs
+
+
+def _grade_pairs(root: str, pairs: list) -> list[dict]:
+    """Autograde and write feedback for each (assignment, student) pair, one after another."""
+    import time
+
+    nbgrader_api = api(pathlib.Path(root))
+    out = []
+    for a, s in pairs:
+        t = time.perf_counter()
+        result = nbgrader_api.autograde(a, s, force=True)
+        if result["success"]:
+            nbgrader_api.generate_feedback(a, s, force=True)
+        # The exception's own line says why ("NotJSONError: ...", "DeadKernelError: Kernel died").
+        causes = re.findall(r"^\s*([\w.]+(?:Error|Exception): .*)$", result.get("log") or "", re.M)
+        out.append({"assignment": a, "student": s, "success": bool(result["success"]),
+                    "seconds": time.perf_counter() - t, "error": causes[-1][:200] if causes else ""})
+    return out
+
+
+def grade_course(root: pathlib.Path = ROOT, jobs: int | None = None, student: str | None = None,
+                 force: bool = False, progress=print) -> list[dict]:
+    """Autograde everything :func:`pending` in ``jobs`` processes (default: one per core), then feedback.
+
+    The processes share the course's gradebook: SQLite serialises their short
+    write transactions (the config's ``?timeout=`` makes a writer wait for the
+    lock instead of failing), and each (assignment, student) pair is graded by
+    exactly one process, so the gradebook is the one serial grading writes
+    (tests/test_hostile.py compares the two). Each kernel runs torch on one
+    thread. A submission that cannot be graded (corrupt file, dead kernel) is
+    reported and the batch goes on."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
+    root = pathlib.Path(root)
+    pairs = pending(root, student, force)
+    if not pairs:
+        progress("nothing to grade: every submission is graded (make grade FORCE=1 grades all again)")
+        return []
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(pairs)))
+    # Create the gradebook and its tables once, before the workers race to.
+    from nbgrader.api import Gradebook
+    Gradebook(f"sqlite:///{root / 'autograde' / 'gradebook.db'}", course_id="efficient-attention").close()
+    results = []
+    if jobs == 1:
+        _one_thread_per_kernel()
+        chunks = [[p] for p in pairs]
+        for chunk in chunks:
+            for r in _grade_pairs(str(root), chunk):
+                results.append(r)
+                progress(_progress_line(len(results), len(pairs), r))
+        return results
+    # Small chunks, handed out as workers free up: one slow notebook does not hold up the rest.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_one_thread_per_kernel) as pool:
+        futures = [pool.submit(_grade_pairs, str(root), [p]) for p in pairs]
+        for f in as_completed(futures):
+            for r in f.result():
+                results.append(r)
+                progress(_progress_line(len(results), len(pairs), r))
+    return results
+
+
+def _progress_line(i: int, n: int, r: dict) -> str:
+    status = "graded" if r["success"] else "NOT GRADED: " + (r["error"] or "see nbgrader's log")
+    return f"[{i}/{n}] {r['student']} {r['assignment']}: {status} ({r['seconds']:.1f} s)"
+
+
+# ------------------------------------------------------------------ flags: code an instructor should read
+
+# Names whose replacement would change what the tests see.
+_CHECKERS = {"expect_close", "expect_shape", "expect_tensor", "number", "exercise", "stand_in", "storage_watch",
+             "attention_suspects", "trusted", "forbidden", "guarded"}
+_MODULES = {"torch", "attnlab", "checks", "guard", "reference", "builtins", "np", "numpy", "math", "F", "nn"}
+_DUNDERS = {"__eq__", "__ne__", "__bool__", "__torch_function__", "__torch_dispatch__", "__instancecheck__"}
+_CALLS = {"setattr": "calls setattr", "delattr": "calls delattr", "_exit": "calls os._exit", "exit": "calls exit",
+          "kill": "calls kill", "reload": "reloads a module", "enable_grad": "turns autograd on (enable_grad)",
+          "set_grad_enabled": "turns autograd on (set_grad_enabled)", "system": "runs a shell command",
+          "Popen": "starts a process", "run": None, "globals": None}
+_IMPORTS = {"attnlab.guard": "imports attnlab.guard", "socket": "imports socket", "subprocess": "imports subprocess",
+            "urllib": "imports urllib", "requests": "imports requests", "ctypes": "imports ctypes",
+            "gc": "imports gc", "inspect": "imports inspect"}
+_SECRETS = ("solutions", "gradebook", "autograde", "hidden", "submitted", ".git")
+
+
+def _base_name(node) -> str:
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def _dotted(node) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+    return ".".join(reversed(parts))
+
+
+def code_flags(source: str) -> list[str]:
+    """What in one solution cell an instructor should read: replacing torch or
+    the course's checkers, redefining comparisons, autograd switched back on,
+    the guard imported, exiting the kernel, paths to the grading files."""
+    # IPython magics and shell escapes are not Python: drop those lines.
+    lines = [ln for ln in source.splitlines() if not ln.lstrip().startswith(("%", "!"))]
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return ["does not parse"]
+    found = []
+    # Modules the cell imports under other names: `import attnlab.checks as c`.
+    modules = set(_MODULES)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for a in node.names:
+                full = a.name if isinstance(node, ast.Import) else f"{node.module or ''}.{a.name}"
+                if full.split(".")[0] in ("torch", "attnlab", "numpy", "builtins", "sys"):
+                    modules.add(a.asname or a.name.split(".")[0])
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            for t in targets:
+                if isinstance(t, (ast.Attribute, ast.Subscript)) and _base_name(t) in modules:
+                    found.append(f"replaces {_dotted(t) or _base_name(t)}")
+                elif isinstance(t, ast.Subscript) and isinstance(t.value, ast.Call) and \
+                        getattr(t.value.func, "id", "") in ("globals", "vars"):
+                    found.append("writes into globals()")
+                elif isinstance(t, ast.Name) and t.id in _CHECKERS:
+                    found.append(f"redefines {t.id}")
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            if node.name in _DUNDERS:
+                found.append(f"defines {node.name}")
+            elif node.name in _CHECKERS:
+                found.append(f"redefines {node.name}")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for name in names:
+                for prefix, why in _IMPORTS.items():
+                    if name == prefix or name.startswith(prefix + "."):
+                        found.append(why)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("attnlab"):
+                found += [f"imports {a.name} from {node.module}" for a in node.names if a.name in _CHECKERS]
+            found += [f"redefines {a.asname}" for a in node.names if a.asname in _CHECKERS]
+        elif isinstance(node, ast.Call):
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", "")
+            why = _CALLS.get(name)
+            if why:
+                found.append(why)
+            if name == "inference_mode" and node.args and isinstance(node.args[0], ast.Constant) \
+                    and node.args[0].value is False:
+                found.append("turns autograd on (inference_mode(False))")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if any(s in node.value for s in _SECRETS) and ("/" in node.value or node.value in _SECRETS):
+                found.append(f"names a grading path ({node.value[:40]!r})")
+    return list(dict.fromkeys(found))
+
+
+def flags(path: pathlib.Path, assignment: str | None = None) -> list[str]:
+    """Flags for one submitted notebook file: unreadable, nbgrader metadata
+    missing, and :func:`code_flags` of each solution cell, as 'cell: flag'."""
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as e:  # noqa: BLE001  (any unreadable file is one flag)
+        return [f"not a readable notebook ({type(e).__name__})"]
+    if not any("nbgrader" in c.get("metadata", {}) for c in nb.cells):
+        return ["nbgrader metadata missing: tests were not recognised"]
+    found = []
+    for i, cell in enumerate(nb.cells):
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if cell.cell_type != "code" or meta.get("locked"):
+            continue  # locked cells are restored from the source before grading
+        where = meta.get("grade_id") or f"cell {i + 1}"
+        found += [f"{where}: {f}" for f in code_flags(cell.source)]
+    return found
+
+
 # ------------------------------------------------------------------ instructor loop: collect and summarise
 
 _ASSIGNMENT_IN_NAME = re.compile(r"(\d\d_[a-z_]+?)(?=[^a-z_]|$)")
@@ -225,28 +433,63 @@ def collect(source: pathlib.Path, root: pathlib.Path = ROOT) -> list[str]:
     return report
 
 
+_RUNTIME = {"CellTimeoutError": "timed out", "MemoryError": "ran out of memory", "DeadKernelError": "kernel died"}
+
+
+def runtime_flags(path: pathlib.Path) -> list[str]:
+    """'cell: timed out' and the like, from an autograded notebook's error outputs."""
+    found = []
+    for cell in nbformat.read(path, as_version=4).cells:
+        where = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id") or "a cell"
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "error" and o.get("ename") in _RUNTIME:
+                found.append(f"{where}: {_RUNTIME[o['ename']]}")
+    return found
+
+
 def summary(root: pathlib.Path = ROOT) -> list[dict]:
-    """One row per student: each workbook's score ('-' if not submitted) and the failing test cells."""
+    """One row per student: each workbook's score ('-' if not submitted, 'not graded'
+    if nbgrader could not grade it), the failing test cells, and flags: code
+    the instructor should read (:func:`flags`) and what went wrong at run time."""
     from nbgrader.api import Gradebook, MissingEntry
 
     root = pathlib.Path(root)
+    submitted, autograded = root / "autograde" / "submitted", root / "autograde" / "autograded"
     rows = []
-    with Gradebook(f"sqlite:///{root / 'autograde' / 'gradebook.db'}") as gb:
-        assignments = sorted(a.name for a in gb.assignments)
-        for student in sorted(s.id for s in gb.students):
-            row, failing, total = {"student": student}, [], 0.0
+    with Gradebook(f"sqlite:///{root / 'autograde' / 'gradebook.db'}", course_id="efficient-attention") as gb:
+        assignments = sorted({a.name for a in gb.assignments}
+                             | {p.name for p in (root / "solutions").iterdir() if p.is_dir() and p.name[:2].isdigit()})
+        students = {s.id for s in gb.students} | ({p.name for p in submitted.iterdir() if p.is_dir()}
+                                                   if submitted.is_dir() else set())
+        for student in sorted(students):
+            row, failing, found, total = {"student": student}, [], [], 0.0
             for a in assignments:
+                folder, graded = submitted / student / a, autograded / student / a / f"{a}.ipynb"
+                if not folder.is_dir():
+                    row[a] = "-"
+                    continue
+                notebook = folder / f"{a}.ipynb"
+                if not notebook.exists():
+                    row[a] = "not graded"
+                    found.append(f"{a}: no {a}.ipynb in the submission")
+                    continue
+                found += [f"{a}:{f}" for f in flags(notebook)]
                 try:
                     sub = gb.find_submission(a, student)
                 except MissingEntry:
-                    row[a] = "-"
+                    sub = None
+                if sub is None or not graded.exists():
+                    row[a] = "not graded"
+                    found.append(f"{a}: could not be graded (see make grade's output)")
                     continue
                 row[a] = f"{sub.score:g}/{sub.max_score:g}"
                 total += sub.score
+                found += [f"{a}:{f}" for f in runtime_flags(graded)]
                 for nb in sub.notebooks:
                     failing += [f"{a}:{g.name}" for g in nb.grades if g.max_score and g.score < g.max_score]
             row["total"] = f"{total:g}"
             row["failing"] = " ".join(failing)
+            row["flags"] = "; ".join(found)
             rows.append(row)
     return rows
 
@@ -259,6 +502,10 @@ def _main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("collect", help="copy per-student folders or zips into autograde/submitted/")
     c.add_argument("source", type=pathlib.Path)
+    g = sub.add_parser("grade", help="autograde what was submitted (in parallel) and write feedback")
+    g.add_argument("--jobs", type=int, default=None, help="grading processes (default: one per core)")
+    g.add_argument("--student", default=None, help="grade this student only")
+    g.add_argument("--force", action="store_true", help="grade again what is already graded")
     s = sub.add_parser("summary", help="students x workbooks, with failing test cells; also writes a CSV")
     s.add_argument("--csv", type=pathlib.Path, default=ROOT / "autograde" / "summary.csv")
     args = parser.parse_args(argv)
@@ -267,6 +514,12 @@ def _main(argv=None) -> int:
             print(f"{args.source} is not a folder of per-student folders or zips")
             return 2
         print("\n".join(collect(args.source)))
+        return 0
+    if args.command == "grade":
+        results = grade_course(jobs=args.jobs, student=args.student, force=args.force)
+        bad = [r for r in results if not r["success"]]
+        print(f"graded {len(results) - len(bad)} of {len(results)} submitted notebooks"
+              + (f"; {len(bad)} could not be graded (the summary flags them)" if bad else ""))
         return 0
     rows = summary()
     if not rows:
