@@ -237,7 +237,13 @@ def grade_course(root: pathlib.Path = ROOT, jobs: int | None = None, student: st
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(pairs)))
     # Create the gradebook and its tables once, before the workers race to.
     from nbgrader.api import Gradebook
-    Gradebook(f"sqlite:///{root / 'autograde' / 'gradebook.db'}", course_id="efficient-attention").close()
+    with Gradebook(f"sqlite:///{root / 'autograde' / 'gradebook.db'}", course_id="efficient-attention") as gb:
+        known = {a.name for a in gb.assignments}
+    # nbgrader grades only assignments its gradebook knows, which `make release` records.
+    for a in sorted({a for a, _ in pairs} - known):
+        progress(f"{a} is not in the gradebook yet: releasing it first (nbgrader generate_assignment)")
+        if not api(root).generate_assignment(a)["success"]:
+            raise RuntimeError(f"nbgrader generate_assignment {a} failed")
     results = []
     if jobs == 1:
         _one_thread_per_kernel()
