@@ -20,7 +20,9 @@ driven by Playwright (no browser is downloaded), then
 
 Screenshots of each step go to tests/screenshots/ (the README links there),
 each checked to be a real picture rather than a blank page. Skipped, with the
-reason, where Chromium or Playwright is missing.
+reason, where Chromium (``chromium`` on PATH, or the binary named by the
+environment variable CHROMIUM) or Playwright is missing. `pytest -s` prints
+how long each step took.
 """
 from __future__ import annotations
 
