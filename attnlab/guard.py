@@ -47,9 +47,6 @@ def guarded(fn):
         finally:
             _state.trusted -= 1
 
-    # checks.exercise refuses a learner's namespace that holds one of these:
-    # it would be the course's answer let through under the learner's name.
-    wrapper.__attnlab_trusted__ = True
     return wrapper
 
 

@@ -229,3 +229,48 @@ def test_storage_watch_sees_copies_not_views():
     with storage_watch() as w:
         reference.repeat_kv(k, 4)
     assert w.largest == 4 * k.untyped_storage().nbytes()
+
+
+def test_only_trusted_wrappers_carry_the_mark_exercise_refuses():
+    from attnlab import checks
+
+    assert not hasattr(reference.attention, "__attnlab_trusted__")
+    assert guard.trusted(reference.attention).__attnlab_trusted__
+    assert not hasattr(checks.stand_in(reference.attention), "__attnlab_trusted__")
+    ns = {"attention": guard.trusted(reference.attention)}
+    with pytest.raises(AssertionError, match="let through with attnlab.guard.trusted"):
+        with checks.exercise(ns):
+            pass
+
+
+def test_exercise_refuses_replaced_checkers_and_numbers_must_be_plain():
+    from attnlab import checks
+
+    saved = torch.allclose
+    torch.allclose = lambda *a, **k: True
+    try:
+        with pytest.raises(AssertionError, match="torch.allclose"):
+            with checks.exercise({}):
+                pass
+    finally:
+        torch.allclose = saved
+    with pytest.raises(AssertionError, match="expect_close"):
+        with checks.exercise({"expect_close": lambda *a, **k: None}):
+            pass
+
+    class Yes(int):
+        def __eq__(self, other):
+            return True
+    with pytest.raises(AssertionError, match="expected a number"):
+        checks.number(Yes(1), "bytes")
+    assert checks.number(torch.tensor(3), "n") == 3 and type(checks.number(7, "n")) is int
+
+
+def test_autograd_is_off_in_backward_exercises():
+    from attnlab import checks
+
+    x = torch.randn(3, requires_grad=True)
+    with pytest.raises(guard.ReferenceForbidden, match="autograd.grad"):
+        with checks.exercise({}, no_autograd=True):
+            with torch.inference_mode(False), torch.enable_grad():
+                torch.autograd.grad((x * x).sum(), x)
