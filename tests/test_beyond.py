@@ -111,3 +111,10 @@ def test_low_rank_retrofit_at_full_rank_changes_nothing():
         torch.testing.assert_close(beyond.with_partial_rope(model, keep)(x), model(x))
     q, k = beyond.sample_qk(model, x, layer=1)
     assert q.shape == k.shape == (2, 4, 64, 16)
+
+
+def test_torch_threads_are_restored():
+    before = torch.get_num_threads()
+    with beyond.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
