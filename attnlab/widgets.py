@@ -230,7 +230,8 @@ class CacheExplorer(widgets.VBox):
             raise ValueError(f"preset must be one of {sorted(cache.EXPLORER_PRESETS)}, got {preset!r}")
         if gpu not in cache.GPUS:
             raise ValueError(f"gpu must be one of {list(cache.GPUS)}, got {gpu!r}")
-        style = {"description_width": "7em"}
+        # wide enough for the longest label, "KV heads (GQA)"
+        style = {"description_width": "9em"}
         self.preset = widgets.Dropdown(options=[*cache.EXPLORER_PRESETS, CUSTOM], value=preset, description="model", style=style)
         self.gpu = widgets.Dropdown(options=list(cache.GPUS), value=gpu, description="GPU memory", style=style)
         self.context = widgets.FloatLogSlider(value=131072, base=2, min=10, max=20, step=1, description="context",
