@@ -70,7 +70,7 @@ print(f"torch {torch.__version__}; the exercises use float64 on the CPU, the tra
 # $h$'s group, as in workbook 02. Then $k_h = W^K_{g(h)} x$, exactly GQA, with
 # exactly GQA's cache. The converse fails: an MLA layer with $d_c = 2GD$ may
 # have *any* $W^{UK}$, $W^{UV}$, not just selections, so for the same cache it
-# can express more (TransMLA's argument, its §3).
+# can express more (TransMLA's argument).
 #
 # Two honest caveats. DeepSeek puts an RMSNorm on the latent; GQA has nothing
 # like it, so the retrofitted layer has none. And GQA rotates its keys (RoPE)
@@ -182,8 +182,7 @@ plt.show()
 # the Eckart–Young theorem this is the best rank-$r$ approximation of the
 # stack in the Frobenius norm, and its error is
 # $\sqrt{\sum_{i > r} \sigma_i^2}$. Keys and values share one latent, which is
-# why the SVD is *joint* (of the stack), not one per matrix: that is MHA2MLA's
-# "SVD_joint" and the factorisation TransMLA uses.
+# why the SVD is *joint* (of the stack), not one per matrix, as in MHA2MLA.
 #
 # Write `joint_svd`: return `W_down` `(rank, C)` and `W_k_up`, `W_v_up`, each
 # `(G*D, rank)`, with $W^K \approx$ `W_k_up @ W_down` and
@@ -438,8 +437,8 @@ for name, kept in [("4 fastest pairs (high frequencies)", [0, 1, 2, 3]), ("4 slo
 #
 # $$s_{h,i} = \operatorname{mean}_{b,t} \lVert q^{(i)}_{bht} \rVert \;\cdot\; \operatorname{mean}_{b,t} \lVert k^{(i)}_{bht} \rVert$$
 #
-# and keep, per head, the `n_keep` pairs with the largest score (see the paper,
-# its §3, for its exact averaging over heads and data).
+# and keep, per head, the `n_keep` pairs with the largest score (see the paper
+# for its exact averaging over heads and data).
 #
 # Write `pairs_by_norm(q, k, n_keep)`: `q`, `k` `(B, H, T, d)` (GQA keys
 # already repeated to the query heads); return a bool mask `(H, d/2)` with
@@ -529,8 +528,8 @@ for shape, n in [((3, 4, 9, 12), 2), ((1, 2, 20, 8), 3), ((2, 3, 6, 16), 1)]:
 #   latent $d_c$ = 32 with its RMSNorm, $d_{nope} = d_v$ = 16, one shared RoPE key of 8.
 #
 # The models differ in their attention parameters; each one's MLP width is set
-# so that the *total* parameter counts match (to within 0.1 %), the comparison
-# the GQA paper and DeepSeek-V2 make.
+# so that the *total* parameter counts match (to within 0.1 %): the models
+# are compared at equal size.
 
 # %%
 corpus = beyond.Corpus(beyond.load_text())
