@@ -344,14 +344,15 @@ if not runs:
 # For models that do not ship with MLA, the MLA line uses DeepSeek-V2's rule
 # $d_c = 4 d_h$, $d_h^R = d_h / 2$.
 #
-# Try: DeepSeek-V3's weights alone do not fit on one GPU (671 billion
-# parameters); Llama-3-70B on a 141 GB GPU with a batch of 16 at 32K; the fp8
-# cache dtype.
+# It opens on Llama-3-8B and a 24 GB card. Try a batch of 8; Llama-3-70B,
+# whose bf16 weights (2 bytes × 70.6 billion = 141.2 GB) overflow even a
+# 141 GB GPU, so nothing is left for a cache; DeepSeek-V3, whose 671 billion
+# parameters fit on no single GPU; the fp8 cache dtype.
 
 # %%
 from attnlab.widgets import CacheExplorer
 
-CacheExplorer(preset="Llama-3-70B", gpu="141 GB")
+CacheExplorer(preset="Llama-3-8B", gpu="24 GB")
 
 # %% [markdown]
 # ## Recap
