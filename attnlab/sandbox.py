@@ -234,13 +234,18 @@ def main(argv: list[str]) -> None:
     output = int(os.environ.get("ATTNLAB_KERNEL_OUTPUT", "1000000"))
     connection, ipc = _connection(argv)
     try:
+        if not sys.platform.startswith("linux"):
+            raise OSError("namespaces are Linux's")
         isolate(os.getcwd(), [ipc] if ipc else [], secret_paths(), [connection] if connection else [],
                 readable=[sys.prefix, sys.base_prefix, str(ROOT / "attnlab")])
         _private_config_dirs()
     except OSError as e:
         print(f"attnlab.sandbox: no file or network isolation here ({e}); memory and output limits only",
               file=sys.stderr)
-    _limit_memory(memory)
+    try:
+        _limit_memory(memory)
+    except (ValueError, OSError) as e:  # macOS does not enforce RLIMIT_AS
+        print(f"attnlab.sandbox: no memory limit here ({e})", file=sys.stderr)
     cap = f"import attnlab.sandbox as _s; _s.cap_output({output}); del _s"
     os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", *argv,
                               f"--IPKernelApp.exec_lines={cap}"])
