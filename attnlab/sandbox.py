@@ -116,7 +116,7 @@ def isolate(workdir: str, writable: list[str], hide: list[str], files=(), readab
     files = {p: pathlib.Path(p).read_bytes() for p in files or ()}
     how = _unshare()
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    # Keep handles on the folders that stay writable: the mounts below hide their paths.
+    # Keep handles on the folders the kernel keeps (its own, the sockets', Python's): the mounts below hide their paths.
     keep = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in dict.fromkeys([workdir, *writable, *readable])}
     for path in hide:
         if os.path.isdir(path):
@@ -239,6 +239,9 @@ def main(argv: list[str]) -> None:
         isolate(os.getcwd(), [ipc] if ipc else [], secret_paths(), [connection] if connection else [],
                 readable=[sys.prefix, sys.base_prefix, str(ROOT / "attnlab")])
         _private_config_dirs()
+        if os.access(ROOT / "attnlab", os.W_OK):
+            print("attnlab.sandbox: the course package is still writable (a read-only remount was refused)",
+                  file=sys.stderr)
     except OSError as e:
         print(f"attnlab.sandbox: no file or network isolation here ({e}); memory and output limits only",
               file=sys.stderr)
