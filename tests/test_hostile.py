@@ -131,7 +131,8 @@ def test_student_code_cannot_reach_secrets_the_network_or_shared_files(graded):
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     seen = json.loads(text.split("SNOOP ", 1)[1].splitlines()[0])
     assert seen["solution_source"].startswith("refused"), seen
-    assert seen["solutions_listing"] == "[]", seen
+    # an empty folder, or nothing at all where the course itself lives under the private /tmp
+    assert seen["solutions_listing"] in ("[]", "refused: FileNotFoundError"), seen
     assert "SQLite" not in seen["gradebook"], seen
     assert seen["other_submissions"] in ("[]", "refused: FileNotFoundError"), seen
     assert "good" not in seen["up_from_here"], seen
