@@ -311,16 +311,19 @@ class CacheExplorer(widgets.VBox):
         context, batch = int(self.context.value), self.batch.value
         gpu, weights = cache.GPUS[self.gpu.value], self._weights_bytes()
         p = cache.EXPLORER_PRESETS.get(self.preset.value)
+        td = '<td style="padding: 1px 10px; text-align: right">'
+        th = '<th style="padding: 1px 10px; text-align: right; border-bottom: 1px solid #999">'
         rows = "".join(
-            f"<tr><td>{m}</td><td>{cache.format_bytes(n[m]['bytes_per_token'])}</td>"
-            f"<td>{n[m]['ratio_to_mha']:.1f}×</td><td>{cache.format_bytes(n[m]['cache_bytes'])}</td>"
-            f"<td>{n[m]['longest_context']:,}</td></tr>" for m in self.MECHANISMS)
+            f"<tr><td>{m}</td>{td}{cache.format_bytes(n[m]['bytes_per_token'])}</td>"
+            f"{td}{n[m]['ratio_to_mha']:.1f}×</td>{td}{cache.format_bytes(n[m]['cache_bytes'])}</td>"
+            f"{td}{n[m]['longest_context']:,}</td></tr>" for m in self.MECHANISMS)
         head = (f"<b>{self.preset.value}</b>" + (f" (ships with {p.ships_with}; {p.source})" if p else "")
                 + f" · {self.gpu.value} GPU · weights {cache.format_bytes(weights)} in bf16"
                 + (" · <b>the weights alone do not fit</b>" if weights >= gpu else ""))
         self.summary.value = (
-            f"{head}<table><tr><th>mechanism</th><th>per token</th><th>smaller than MHA</th>"
-            f"<th>cache, {batch} × {context:,} tokens</th><th>longest context that fits</th></tr>{rows}</table>")
+            f"{head}<table><tr><th style='text-align: left; border-bottom: 1px solid #999'>mechanism</th>"
+            f"{th}per token</th>{th}smaller than MHA</th>"
+            f"{th}cache, {batch} × {context:,} tokens</th>{th}longest context that fits</th></tr>{rows}</table>")
 
         contexts = np.logspace(10, 20, 41, base=2)
         fig = Figure(figsize=(5.8, 3.4))
