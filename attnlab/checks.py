@@ -155,7 +155,8 @@ def _refuse_tampering(namespace: dict) -> None:
     module = sys.modules[__name__]
     replaced = [name for name, (owner, attr, obj) in _GENUINE.items() if getattr(owner, attr, None) is not obj]
     replaced += [f"attnlab.checks.{n}" for n in _OWN if getattr(module, n) is not _GENUINE_OWN[n]]
-    replaced += [n for n in _OWN if n in namespace and namespace[n] is not _GENUINE_OWN[n]]
+    # (a plain value under one of these names, `number = 5`, cannot pose as a checker)
+    replaced += [n for n in _OWN if callable(namespace.get(n)) and namespace[n] is not _GENUINE_OWN[n]]
     if replaced:
         raise AssertionError(
             f"{', '.join(replaced)} no longer is what the course imported: the notebook replaced it. "
