@@ -140,8 +140,14 @@ def page(lab):
 
 def open_notebook(page, lab, assignment: str):
     page.goto(f"{lab.base}/lab/tree/{notebook_path(assignment)}?token={lab.token}")
-    page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for()
-    # The kernel has started once the status bar says Idle.
+    # JupyterLab reopens the tabs of the last visit too (workbook 05's, before
+    # workbook 01), and for a moment the old one is in view: its Validate
+    # button would validate the wrong notebook. Wait for this one's tab.
+    tab = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current .lm-TabBar-tabLabel",
+                       has_text=re.compile(rf"^{re.escape(assignment)}\.ipynb$"))
+    tab.wait_for()
+    page.locator(".jp-NotebookPanel:visible .jp-Cell").first.wait_for()
+    # The kernel has started once the status bar (which follows the tab in view) says Idle.
     page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$")).wait_for(timeout=120_000)
 
 
