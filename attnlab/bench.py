@@ -131,44 +131,68 @@ class _Layer:
         dev, dt = cfg.device, cfg.torch_dtype
         B, H = cfg.batch, cfg.n_heads
         dk = cfg.d_nope + cfg.d_rope
+        if gen.device.type != dev:
+            raise ValueError(f"the generator is on {gen.device.type}, the benchmark on {dev}: "
+                             f"make it with torch.Generator(device={dev!r})")
 
         def rand(*shape):
-            return torch.randn(*shape, generator=gen, dtype=torch.float32).to(device=dev, dtype=dt)
+            # Drawn on the device, in its dtype: a CPU generator would spend minutes on
+            # the 32K-token caches of a GPU run, and a float32 draw would double the memory.
+            return torch.randn(*shape, generator=gen, device=dev, dtype=dt)
 
-        self.scale = 1.0 / math.sqrt(dk)
-        before = torch.cuda.memory_allocated() if dev == "cuda" else 0
+        before = _allocator_bytes() if dev == "cuda" else None
         if mechanism in ("MHA", "GQA", "MQA"):
             G = {"MHA": H, "GQA": cfg.gqa_kv_heads, "MQA": 1}[mechanism]
             self.G = G
             self.cache = [rand(B, G, T, dk), rand(B, G, T, cfg.d_v)]  # K, V
         else:
-            self.cache = [rand(B, T, cfg.d_latent), rand(B, T, cfg.d_rope)]  # c_KV, k_R
-        self.cache_bytes = (torch.cuda.memory_allocated() - before if dev == "cuda"
-                            else sum(t.untyped_storage().nbytes() for t in self.cache))
-        self.q = rand(B, H, 1, dk)
+            # c_KV and k_R side by side in one (B, T, d_c + d_rope) tensor, as
+            # DeepSeek's kernels keep them: one row of 576 numbers per token.
+            self.cache = [rand(B, T, cfg.d_latent + cfg.d_rope)]
+        # What the cache occupies: the CUDA allocator's count of the bytes its
+        # tensors asked for (its blocks, rounded up to 512 B or 2 MiB, are
+        # reported beside it), or the tensors' storage on a CPU.
+        self.tensor_bytes = sum(t.untyped_storage().nbytes() for t in self.cache)
+        if dev == "cuda":
+            after = _allocator_bytes()
+            self.cache_bytes, self.block_bytes = after[0] - before[0], after[1] - before[1]
+        else:
+            self.cache_bytes = self.block_bytes = self.tensor_bytes
+        # The queries, with the 1/sqrt(d_nope + d_rope) score scale folded in as
+        # a model folds it into W_Q: no extra pass over the scores at decode.
+        self.q = rand(B, H, 1, dk) * (1.0 / math.sqrt(dk))
         if mechanism.startswith("MLA"):
             self.W_uk = rand(H, cfg.d_nope, cfg.d_latent) / math.sqrt(cfg.d_latent)
             self.W_uv = rand(H, cfg.d_v, cfg.d_latent) / math.sqrt(cfg.d_latent)
 
+    def _latents(self):
+        kv = self.cache[0]  # (B, T, d_c + d_rope)
+        return kv, kv[..., :self.cfg.d_latent], kv[..., self.cfg.d_latent:]  # all, c_KV (B, T, d_c), k_R (B, T, d_rope)
+
     # The decode step: one new query per sequence against the whole cache.
+    # Every product below is a plain batched matmul on the tensors as they lie
+    # in memory (no hidden copies of the cache), and softmax reads the scores
+    # in the cache's dtype (it accumulates in float32 inside).
     def decode(self):
-        cfg, B, H = self.cfg, self.cfg.batch, self.cfg.n_heads
+        cfg, B, H, T = self.cfg, self.cfg.batch, self.cfg.n_heads, self.T
         if self.m in ("MHA", "GQA", "MQA"):
             K, V = self.cache
             q = self.q.view(B, self.G, H // self.G, -1)  # (B, G, heads per group, dk)
-            p = torch.softmax((q @ K.transpose(-2, -1)).float() * self.scale, dim=-1).to(V.dtype)  # (B, G, r, T)
+            p = torch.softmax(q @ K.transpose(-2, -1), dim=-1)  # (B, G, r, T)
             return p @ V  # (B, G, r, d_v)
-        c, k_r = self.cache
-        q_c, q_r = self.q[:, :, 0, :cfg.d_nope], self.q[:, :, 0, cfg.d_nope:]  # (B, H, d_nope), (B, H, d_rope)
+        kv, c, k_r = self._latents()
+        n, C = cfg.d_nope, cfg.d_latent
+        q_c, q_r = self.q[:, :, 0, :n], self.q[:, :, 0, n:]  # (B, H, d_nope), (B, H, d_rope)
         if self.m == "MLA naive":  # re-expand every cached latent into per-head keys and values
-            k_c = torch.einsum("btc,hnc->bhtn", c, self.W_uk)  # (B, H, T, d_nope)
-            v = torch.einsum("btc,hvc->bhtv", c, self.W_uv)  # (B, H, T, d_v)
-            s = torch.einsum("bhn,bhtn->bht", q_c, k_c) + torch.einsum("bhr,btr->bht", q_r, k_r)
-            p = torch.softmax(s.float() * self.scale, dim=-1).to(v.dtype)  # (B, H, T)
-            return torch.einsum("bht,bhtv->bhv", p, v)
-        q_lat = torch.einsum("bhn,hnc->bhc", q_c, self.W_uk)  # (B, H, d_c): W_UK absorbed
-        s = q_lat @ c.transpose(1, 2) + q_r @ k_r.transpose(1, 2)  # (B, H, T)
-        p = torch.softmax(s.float() * self.scale, dim=-1).to(c.dtype)
+            c_t = c.transpose(1, 2)  # (B, d_c, T)
+            k_t = torch.bmm(self.W_uk.reshape(1, H * n, C).expand(B, -1, -1), c_t).view(B, H, n, T)  # keys, transposed
+            v_t = torch.bmm(self.W_uv.reshape(1, H * cfg.d_v, C).expand(B, -1, -1), c_t).view(B, H, cfg.d_v, T)
+            s = torch.baddbmm((q_c[:, :, None] @ k_t).view(B, H, T), q_r, k_r.transpose(1, 2))  # (B, H, T)
+            p = torch.softmax(s, dim=-1)
+            return (p[:, :, None] @ v_t.transpose(-2, -1)).view(B, H, cfg.d_v)
+        q_lat = torch.einsum("bhn,hnc->bhc", q_c, self.W_uk)  # (B, H, d_c): W_UK absorbed into the query
+        q_abs = torch.cat([q_lat, q_r], dim=-1)  # (B, H, d_c + d_rope): MQA with one 576-wide key per token
+        p = torch.softmax(q_abs @ kv.transpose(1, 2), dim=-1)  # (B, H, T)
         return torch.einsum("bhc,hvc->bhv", p @ c, self.W_uv)  # (B, H, d_v): W_UV after the sum
 
     def decode_cost(self) -> tuple[int, int]:
@@ -176,7 +200,7 @@ class _Layer:
         cfg, B, H, T = self.cfg, self.cfg.batch, self.cfg.n_heads, self.T
         es = torch.empty((), dtype=cfg.torch_dtype).element_size()
         dk = cfg.d_nope + cfg.d_rope
-        cache = self.cache_bytes
+        cache = self.tensor_bytes
         if self.m in ("MHA", "GQA", "MQA"):
             return cache, 2 * B * H * T * (dk + cfg.d_v)
         if self.m == "MLA naive":  # read the latents and weights, write and read back the expanded K and V
@@ -187,22 +211,47 @@ class _Layer:
         weights = H * (cfg.d_nope + cfg.d_v) * cfg.d_latent * es
         return cache + weights, 2 * B * H * T * (cfg.d_latent + cfg.d_rope) + 2 * B * H * T * cfg.d_latent
 
-    def prefill(self):
-        """Attention for all T tokens at once (causal), naive or absorbed, from the latents."""
+    def prefill(self, heads_at_once: int = 8):
+        """Causal attention with all T cached tokens as queries, naive or absorbed.
+
+        Both forms run the same plain code (scores, masked softmax, weighted
+        sum) and differ only in what they attend with: the naive form
+        decompresses the latents once into 192-dim keys and 128-dim values per
+        head; the absorbed form scores 576-dim latents and sums 512-dim ones.
+        ``heads_at_once`` heads at a time: the (B, heads, T, T) scores of all
+        128 heads at 4K tokens would take 34 GB in bf16.
+        """
         cfg, B, H, T = self.cfg, self.cfg.batch, self.cfg.n_heads, self.T
-        c, k_r = self.cache
-        q = self.q.expand(B, H, T, -1)  # (B, H, T, dk): T queries (values do not matter for timing)
-        q_c, q_r = q[..., :cfg.d_nope], q[..., cfg.d_nope:]
-        mask = torch.ones(T, T, dtype=torch.bool, device=c.device).tril()
-        if self.m == "MLA naive":  # decompress once, then ordinary attention with 192-dim keys
-            k_c = torch.einsum("btc,hnc->bhtn", c, self.W_uk)
-            v = torch.einsum("btc,hvc->bhtv", c, self.W_uv)
-            k = torch.cat([k_c, k_r[:, None].expand(B, H, T, cfg.d_rope)], dim=-1)
-            return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        q_lat = torch.einsum("bhtn,hnc->bhtc", q_c, self.W_uk)  # (B, H, T, d_c)
-        s = q_lat @ c[:, None].transpose(-2, -1) + q_r @ k_r[:, None].transpose(-2, -1)  # (B, H, T, T)
-        p = torch.softmax((s.float() * self.scale).masked_fill(~mask, float("-inf")), dim=-1).to(c.dtype)
-        return torch.einsum("bhtc,hvc->bhtv", p @ c[:, None], self.W_uv)
+        kv, c, k_r = self._latents()
+        n = cfg.d_nope
+        q = self.q.expand(B, H, T, -1)  # (B, H, T, dk): T queries (their values do not matter for timing)
+        mask = torch.ones(T, T, dtype=torch.bool, device=kv.device).tril()  # (T, T): query t sees keys up to t
+        out = []
+        for h0 in range(0, H, heads_at_once):
+            h = slice(h0, min(H, h0 + heads_at_once))
+            q_h = q[:, h]  # (B, h, T, dk)
+            if self.m == "MLA naive":  # decompress once, then attention with 192-dim keys
+                k_c = torch.einsum("btc,hnc->bhtn", c, self.W_uk[h])  # (B, h, T, d_nope)
+                v = torch.einsum("btc,hvc->bhtv", c, self.W_uv[h])  # (B, h, T, d_v)
+                k = torch.cat([k_c, k_r[:, None].expand(-1, k_c.shape[1], -1, -1)], dim=-1)  # (B, h, T, dk)
+                s = (q_h @ k.transpose(-2, -1)).masked_fill_(~mask, float("-inf"))  # (B, h, T, T)
+                out.append(torch.softmax(s, dim=-1) @ v)  # (B, h, T, d_v)
+            else:  # every query-key pair scored in the latent space
+                q_lat = torch.einsum("bhtn,hnc->bhtc", q_h[..., :n], self.W_uk[h])  # (B, h, T, d_c)
+                q_abs = torch.cat([q_lat, q_h[..., n:]], dim=-1)  # (B, h, T, d_c + d_rope)
+                hh = q_abs.shape[1]
+                s = (q_abs.reshape(B, hh * T, -1) @ kv.transpose(1, 2)).view(B, hh, T, T)  # heads folded into rows
+                s.masked_fill_(~mask, float("-inf"))
+                o = (torch.softmax(s, dim=-1).view(B, hh * T, T) @ c).view(B, hh, T, -1)  # (B, h, T, d_c)
+                out.append(torch.einsum("bhtc,hvc->bhtv", o, self.W_uv[h]))  # (B, h, T, d_v)
+        return torch.cat(out, dim=1)  # (B, H, T, d_v)
+
+
+def _allocator_bytes() -> tuple[int, int]:
+    """(bytes requested by live tensors, bytes in the allocator's blocks) on the current GPU."""
+    stats = torch.cuda.memory_stats()
+    blocks = stats["allocated_bytes.all.current"]
+    return stats.get("requested_bytes.all.current", blocks), blocks
 
 
 # ------------------------------------------------------------------ the run
@@ -219,7 +268,7 @@ def roofline(cfg: BenchConfig) -> dict:
     src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device=dev).fill_(1)
     dst = torch.empty_like(src)
     t_copy, _ = median_time(lambda: dst.copy_(src), sync=sync, warmup=3, repeats=10)
-    N = 8192 if dev == "cuda" else 1024
+    N = 16384 if dev == "cuda" else 1024  # 2 x 16384^3 = 8.8 TFLOP: about 10 ms on a big GPU, near its peak
     a = torch.randn(N, N, device=dev).to(dt)
     b = torch.randn(N, N, device=dev).to(dt)
     t_mm, _ = median_time(lambda: a @ b, sync=sync, warmup=3, repeats=10)
@@ -243,9 +292,48 @@ class _Progress:
         self.stream.flush()
 
 
+def _repeated(fn, sync, at_least_s: float):
+    """``fn`` called k times in a row, and k, chosen so that one call of the
+    result lasts ``at_least_s``: a GPU decode step of a few microseconds would
+    otherwise time the launch overhead and the synchronisation, not the step
+    (a model launches its steps back to back too)."""
+    sync()
+    start = time.perf_counter()
+    calls = 0
+    while time.perf_counter() - start < at_least_s or calls < 3:  # also warms the clocks up
+        fn()
+        calls += 1
+        sync()
+    k = max(1, math.ceil(at_least_s * calls / (time.perf_counter() - start)))
+    if k == 1:
+        return fn, 1
+
+    def many():
+        for _ in range(k):
+            fn()
+    return many, k
+
+
+def _measure(cfg: BenchConfig, fn, sync, warmup: int, repeats: int) -> tuple[float, list[float]]:
+    """Median and samples of one call of ``fn``, in seconds (see ``_repeated`` for a GPU)."""
+    k = 1
+    if cfg.device == "cuda":
+        fn, k = _repeated(fn, sync, at_least_s=2e-3)
+    med, samples = median_time(fn, sync=sync, warmup=warmup, repeats=repeats)
+    return med / k, [x / k for x in samples]
+
+
+def _out_of_memory():
+    return (torch.cuda.OutOfMemoryError,) if torch.cuda.is_available() else ()
+
+
 def run(cfg: BenchConfig, progress: bool = True) -> dict:
-    """Measure everything; return a JSON-ready dict."""
-    gen = torch.Generator().manual_seed(0)
+    """Measure everything; return a JSON-ready dict.
+
+    A size that does not fit the GPU's memory is listed under "skipped" and
+    the run goes on with the next one.
+    """
+    gen = torch.Generator(device=cfg.device).manual_seed(0)
     sync = _sync_for(cfg.device)
     result = {
         "device": torch.cuda.get_device_name() if cfg.device == "cuda" else platform.processor() or platform.machine(),
@@ -258,25 +346,37 @@ def run(cfg: BenchConfig, progress: bool = True) -> dict:
         "cache": [],
         "decode": [],
         "prefill": [],
+        "skipped": [],
     }
     bw, peak = result["roofline"]["copy_bytes_per_s"], result["roofline"]["matmul_flops_per_s"]
     bar = _Progress(len(cfg.contexts) * len(MECHANISMS) + 4) if progress else None
     es = torch.empty((), dtype=cfg.torch_dtype).element_size()
+
+    def skip(what: str, mech: str, T: int, err: Exception):
+        result["skipped"].append({"what": what, "mechanism": mech, "context": T,
+                                  "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"})
+        if cfg.device == "cuda":
+            torch.cuda.empty_cache()
+
     with torch.inference_mode():
         for T in cfg.contexts:
             for mech in MECHANISMS:
-                layer = _Layer(mech, cfg, T, gen)
-                formula = cfg.elements_per_token(mech) * T * cfg.batch * es
-                result["cache"].append({"mechanism": mech, "context": T, "measured_bytes": layer.cache_bytes,
-                                        "formula_bytes": formula})
-                med, samples = median_time(layer.decode, sync=sync, warmup=cfg.warmup, repeats=cfg.repeats)
-                moved, flops = layer.decode_cost()
-                ideal = max(moved / bw, flops / peak)
-                q1, _, q3 = statistics.quantiles(samples, n=4) if len(samples) > 1 else (med, med, med)
-                result["decode"].append({"mechanism": mech, "context": T, "median_s": med, "iqr_s": q3 - q1,
-                                         "bytes": moved, "flops": flops, "roofline_s": ideal,
-                                         "bound": "memory" if moved / bw >= flops / peak else "compute",
-                                         "efficiency": ideal / med})
+                layer = None
+                try:
+                    layer = _Layer(mech, cfg, T, gen)
+                    formula = cfg.elements_per_token(mech) * T * cfg.batch * es
+                    result["cache"].append({"mechanism": mech, "context": T, "measured_bytes": layer.cache_bytes,
+                                            "formula_bytes": formula, "allocator_block_bytes": layer.block_bytes})
+                    med, samples = _measure(cfg, layer.decode, sync, cfg.warmup, cfg.repeats)
+                    moved, flops = layer.decode_cost()
+                    ideal = max(moved / bw, flops / peak)
+                    q1, _, q3 = statistics.quantiles(samples, n=4) if len(samples) > 1 else (med, med, med)
+                    result["decode"].append({"mechanism": mech, "context": T, "median_s": med, "iqr_s": q3 - q1,
+                                             "bytes": moved, "flops": flops, "roofline_s": ideal,
+                                             "bound": "memory" if moved / bw >= flops / peak else "compute",
+                                             "efficiency": ideal / med})
+                except _out_of_memory() as err:
+                    skip("decode", mech, T, err)
                 del layer
                 if bar:
                     bar.step(f"{mech} decode at {T}")
@@ -284,15 +384,19 @@ def run(cfg: BenchConfig, progress: bool = True) -> dict:
                 torch.cuda.empty_cache()
         P = cfg.prefill_tokens
         for mech in ("MLA naive", "MLA absorbed"):
-            layer = _Layer(mech, cfg, P, gen)
-            t_pre, _ = median_time(layer.prefill, sync=sync, warmup=1, repeats=max(3, cfg.repeats // 4))
-            if bar:
-                bar.step(f"{mech} prefill of {P}")
-            t_dec, _ = median_time(layer.decode, sync=sync, warmup=cfg.warmup, repeats=cfg.repeats)
-            if bar:
-                bar.step(f"{mech} decode at {P}")
-            result["prefill"].append({"mechanism": mech, "tokens": P, "prefill_s": t_pre, "decode_step_s": t_dec})
+            layer, steps = None, [f"{mech} prefill of {P}", f"{mech} decode at {P}"]
+            try:
+                layer = _Layer(mech, cfg, P, gen)
+                t_pre, _ = _measure(cfg, layer.prefill, sync, warmup=1, repeats=max(3, cfg.repeats // 4))
+                if bar:
+                    bar.step(steps.pop(0))
+                t_dec, _ = _measure(cfg, layer.decode, sync, cfg.warmup, cfg.repeats)
+                result["prefill"].append({"mechanism": mech, "tokens": P, "prefill_s": t_pre, "decode_step_s": t_dec})
+            except _out_of_memory() as err:
+                skip("prefill", mech, P, err)
             del layer
+            for label in steps if bar else ():
+                bar.step(label)
     return result
 
 
@@ -303,6 +407,10 @@ def summary(result: dict) -> str:
              f"roofline: copy {r['copy_bytes_per_s'] / 1e9:.1f} GB/s, matmul {r['matmul_flops_per_s'] / 1e12:.2f} TFLOP/s"]
     exact = all(c["measured_bytes"] == c["formula_bytes"] for c in result["cache"])
     lines.append(f"cache bytes: measured {'equal' if exact else 'NOT equal'} to the formula for every mechanism and context")
+    for s in result.get("skipped", []):
+        lines.append(f"  skipped: {s['mechanism']} {s['what']} at {s['context']} ({s['error']})")
+    if not result["decode"]:
+        return "\n".join(lines)
     T = max(d["context"] for d in result["decode"])
     for d in (d for d in result["decode"] if d["context"] == T):
         lines.append(f"  decode at {T:>6}: {d['mechanism']:<13} {d['median_s'] * 1e3:8.3f} ms, "

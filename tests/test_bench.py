@@ -57,6 +57,75 @@ def test_naive_and_absorbed_mla_steps_agree():
     torch.testing.assert_close(naive.decode(), absorbed.decode(), atol=1e-4, rtol=1e-4)
 
 
+def test_prefill_is_causal_attention_and_both_forms_agree():
+    """The two prefills, a few heads at a time, equal one unchunked causal
+    attention over the decompressed cache, and their last row is a decode step."""
+    import torch
+    import torch.nn.functional as F
+
+    cfg = bench.choose("cpu", quick=True)
+    B, H, T = cfg.batch, cfg.n_heads, 48
+    naive = bench._Layer("MLA naive", cfg, T, torch.Generator().manual_seed(2))
+    absorbed = bench._Layer("MLA absorbed", cfg, T, torch.Generator().manual_seed(2))
+    kv = naive.cache[0]  # (B, T, d_c + d_rope)
+    c, k_r = kv[..., :cfg.d_latent], kv[..., cfg.d_latent:]
+    k = torch.cat([torch.einsum("btc,hnc->bhtn", c, naive.W_uk), k_r[:, None].expand(B, H, T, -1)], dim=-1)
+    v = torch.einsum("btc,hvc->bhtv", c, naive.W_uv)
+    want = F.scaled_dot_product_attention(naive.q.expand(B, H, T, -1), k, v, is_causal=True, scale=1.0)
+    torch.testing.assert_close(naive.prefill(heads_at_once=5), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(absorbed.prefill(heads_at_once=3), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(naive.decode(), want[:, :, -1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_generator_on_the_wrong_device_is_named():
+    import torch
+
+    cfg = bench.choose("cpu", quick=True)
+    cfg.device = "cuda"  # as on a GPU, with the CPU generator of the tests
+    with pytest.raises(ValueError, match="generator is on cpu"):
+        bench._Layer("MHA", cfg, 16, torch.Generator())
+
+
+def test_a_size_that_runs_out_of_memory_is_skipped_and_the_run_goes_on(monkeypatch):
+    import torch
+
+    real = bench._Layer
+
+    def layer(mech, cfg, T, gen):
+        if mech == "MLA naive" and T == max(cfg.contexts):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return real(mech, cfg, T, gen)
+
+    monkeypatch.setattr(bench, "_Layer", layer)
+    monkeypatch.setattr(bench, "_out_of_memory", lambda: (torch.cuda.OutOfMemoryError,))
+    cfg = bench.choose("cpu", quick=True)
+    result = bench.run(cfg, progress=False)
+    assert result["skipped"] == [{"what": "decode", "mechanism": "MLA naive", "context": max(cfg.contexts),
+                                  "error": "OutOfMemoryError: CUDA out of memory. Tried to allocate 8.00 GiB"}]
+    assert len(result["decode"]) == len(bench.MECHANISMS) * len(cfg.contexts) - 1
+    assert len(result["prefill"]) == 2
+    assert "skipped: MLA naive decode" in bench.summary(result)
+    bench.plot(result)
+
+
+def test_short_gpu_steps_are_timed_back_to_back(monkeypatch):
+    """A step much shorter than the target is repeated k times per sample, so
+    the sample times the work, not the launch; the median is per call."""
+    now = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+
+    def step():  # a 0.1 ms step on a fake clock
+        now[0] += 1e-4
+
+    many, k = bench._repeated(step, sync=lambda: None, at_least_s=2e-3)
+    assert k == 20
+    before = now[0]
+    many()
+    assert now[0] - before == pytest.approx(2e-3)
+    slow, k = bench._repeated(lambda: now.__setitem__(0, now[0] + 5e-3), sync=lambda: None, at_least_s=2e-3)
+    assert k == 1
+
+
 def test_command_line_writes_json_and_png(tmp_path, capsys):
     assert bench.main(["--device", "cpu", "--quick", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "bench.json").read_text())
