@@ -449,7 +449,9 @@ def plot(result: dict):
     ax3.bar([i + 0.2 for i in x], [p["decode_step_s"] * 1e3 for p in result["prefill"]], 0.4, label="one decode step")
     ax3.set(xticks=list(x), xticklabels=names, yscale="log", ylabel="ms",
             title=f"MLA at {result['prefill'][0]['tokens']} tokens" if result["prefill"] else "")
-    ax3.legend(fontsize=7)
+    tallest = max([p["prefill_s"] * 1e3 for p in result["prefill"]], default=1.0)
+    ax3.set_ylim(top=tallest * 30)  # room above the bars for the legend
+    ax3.legend(fontsize=7, loc="upper right")
     fig.suptitle(f"{result['device']} · {result['config']['dtype']} · batch {result['config']['batch']}", fontsize=9)
     fig.tight_layout()
     return fig
