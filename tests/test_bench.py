@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import pytest
 
@@ -159,3 +160,22 @@ def test_median_time_warms_up_synchronises_and_takes_the_median():
     assert med == 0.0  # without sync the clock sees only the launch
     with pytest.raises(ValueError):
         bench.median_time(gpu.fn, gpu.clock, repeats=0)
+
+
+def test_the_notebook_shows_committed_gpu_results(tmp_path, monkeypatch, quick_result):
+    """Workbook 05's "Measured on a GPU" cell prints and draws every results/<device>/ run."""
+    import nbformat
+
+    from conftest import ROOT
+
+    nb = nbformat.read(ROOT / "solutions" / "05_cache_benchmark" / "05_cache_benchmark.ipynb", as_version=4)
+    cell = next(c.source for c in nb.cells if c.cell_type == "code" and 'results_dir = pathlib.Path("results")' in c.source)
+    shown = []
+    namespace = {"bench": bench, "json": json, "pathlib": pathlib, "display": shown.append,
+                 "Image": lambda filename: filename}
+    monkeypatch.chdir(tmp_path)
+    exec(cell, dict(namespace))
+    assert shown == []
+    bench.write(quick_result, tmp_path / "results" / "some-gpu")
+    exec(cell, dict(namespace))
+    assert shown == [str(pathlib.Path("results") / "some-gpu" / "bench.png")]

@@ -35,7 +35,7 @@ import statistics
 import time
 
 import torch
-from IPython.display import Image
+from IPython.display import Image, display
 
 import attnlab
 from attnlab import bench
@@ -334,6 +334,8 @@ for path in runs:
     gpu_result = json.loads(path.read_text())
     print(f"--- {path.parent.name} ---")
     print(bench.summary(gpu_result))
+    if (path.parent / "bench.png").exists():
+        display(Image(filename=str(path.parent / "bench.png")))
 if not runs:
     print("No GPU results are committed yet: run `python -m attnlab.bench --out results/<your-gpu>` on one.")
 
