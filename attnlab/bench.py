@@ -97,17 +97,38 @@ class BenchConfig:
         }[mechanism]
 
 
-def choose(device: str | None = None, quick: bool = False) -> BenchConfig:
-    """The benchmark's sizes for this machine, and why."""
+# The share of a GPU's memory that MHA's cache may take: MLA naive's re-expanded
+# keys and values (0.8 of MHA's cache at the same context) must fit beside it
+# in the allocator, with room to spare.
+GPU_CACHE_SHARE = 0.4
+
+
+def choose(device: str | None = None, quick: bool = False, gpu_memory: int | None = None) -> BenchConfig:
+    """The benchmark's sizes for this machine, and why.
+
+    On a GPU, contexts up to 32K tokens, fewer where the card's memory
+    (``gpu_memory`` bytes, default: what torch reports) would not hold MHA's
+    cache at 32K.
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device='cuda' was asked for, but torch sees no GPU")
+        if gpu_memory is None:
+            if not torch.cuda.is_available():
+                raise ValueError("device='cuda' was asked for, but torch sees no GPU")
+            gpu_memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
         cfg = BenchConfig("cuda", "bf16", batch=8, contexts=[1024, 2048, 4096, 8192, 16384, 32768],
                           prefill_tokens=4096, why="CUDA found: bf16, DeepSeek-V3's head dimensions, batch 8, "
                           "contexts up to 32K")
+        fits = [T for T in cfg.contexts
+                if cfg.elements_per_token("MHA") * T * cfg.batch * 2 <= GPU_CACHE_SHARE * gpu_memory]
+        if len(fits) < len(cfg.contexts):
+            cfg.contexts = fits or cfg.contexts[:1]
+            cfg.why = (f"CUDA found: bf16, DeepSeek-V3's head dimensions, batch 8, contexts up to "
+                       f"{max(cfg.contexts) // 1024}K, since this GPU's {gpu_memory / 2**30:.0f} GiB would not hold "
+                       f"MHA's cache at 32K ({cfg.elements_per_token('MHA') * 32768 * cfg.batch * 2 / 2**30:.0f} GiB) "
+                       f"beside MLA naive's expanded keys and values")
     else:
         cfg = BenchConfig("cpu", "fp32", batch=2, contexts=[512, 1024, 2048, 4096, 8192, 16384], prefill_tokens=1024,
                           n_heads=32, gqa_kv_heads=2, d_nope=32, d_rope=16, d_v=32, d_latent=128, warmup=2, repeats=7,
@@ -419,6 +440,30 @@ def summary(result: dict) -> str:
         lines.append(f"  {p['mechanism']:<13} prefill of {p['tokens']}: {p['prefill_s'] * 1e3:8.2f} ms; "
                      f"decode step at {p['tokens']}: {p['decode_step_s'] * 1e3:7.3f} ms")
     return "\n".join(lines)
+
+
+def targets(result: dict) -> list[str]:
+    """The benchmark's targets, each a line saying whether this run met it."""
+    by = {(d["mechanism"], d["context"]): d for d in result["decode"]}
+    contexts = sorted({d["context"] for d in result["decode"]})
+    if not contexts:
+        return ["no decode step was measured"]
+    T = contexts[-1]
+    lines = []
+    for mech in ("MHA", "GQA", "MLA absorbed"):
+        d = by.get((mech, T))
+        verdict = (f"{d['efficiency']:.0%} of its roofline -> {'target met' if d['efficiency'] >= 0.5 else 'target MISSED'}"
+                   if d else "not measured (skipped) -> target MISSED")
+        lines.append(f"{mech:<13} at {T}: {verdict} (50 %)")
+    pairs = [(by[("MLA absorbed", t)], by[("MHA", t)]) for t in contexts
+             if t >= 4096 and ("MLA absorbed", t) in by and ("MHA", t) in by]
+    lines.append("MLA absorbed faster than MHA at every context from 4K: "
+                 + (str(all(a["median_s"] < m["median_s"] for a, m in pairs)) if pairs
+                    else "no context that long in this run"))
+    naive, mha = by.get(("MLA naive", T)), by.get(("MHA", T))
+    lines.append(f"MLA naive slower than MHA at {T}: "
+                 + (str(naive["median_s"] > mha["median_s"]) if naive and mha else "not measured"))
+    return lines
 
 
 def plot(result: dict):

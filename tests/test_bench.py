@@ -179,3 +179,33 @@ def test_the_notebook_shows_committed_gpu_results(tmp_path, monkeypatch, quick_r
     bench.write(quick_result, tmp_path / "results" / "some-gpu")
     exec(cell, dict(namespace))
     assert shown == [str(pathlib.Path("results") / "some-gpu" / "bench.png")]
+
+
+@pytest.mark.parametrize("gib, longest", [(24, 8192), (48, 16384), (80, 32768), (141, 32768)])
+def test_a_smaller_gpu_gets_shorter_contexts_and_is_told_why(gib, longest):
+    cfg = bench.choose("cuda", gpu_memory=gib * 2**30)
+    assert (cfg.dtype, cfg.batch, max(cfg.contexts)) == ("bf16", 8, longest)
+    mha_bytes = cfg.elements_per_token("MHA") * longest * cfg.batch * 2
+    assert mha_bytes <= bench.GPU_CACHE_SHARE * gib * 2**30
+    assert (f"{gib} GiB would not hold" in cfg.why) == (longest < 32768), cfg.why
+
+
+def test_targets_say_met_missed_or_not_measured(quick_result):
+    import copy
+
+    lines = bench.targets(quick_result)
+    T = max(quick_result["config"]["contexts"])
+    assert lines[0].startswith(f"MHA           at {T}: ") and len(lines) == 5
+    assert lines[3] == "MLA absorbed faster than MHA at every context from 4K: no context that long in this run"
+    fake = copy.deepcopy(quick_result)
+    for d in fake["decode"]:
+        d["context"] *= 8  # as if at 4K and 8K
+        d["efficiency"] = {"MHA": 0.7, "GQA": 0.3}.get(d["mechanism"], d["efficiency"])
+        d["median_s"] = {"MHA": 2.0, "MLA absorbed": 1.0, "MLA naive": 9.0}.get(d["mechanism"], d["median_s"])
+    fake["decode"] = [d for d in fake["decode"] if not (d["mechanism"] == "MLA absorbed" and d["context"] == 8 * T)]
+    lines = bench.targets(fake)
+    assert lines[0] == f"MHA           at {8 * T}: 70% of its roofline -> target met (50 %)"
+    assert lines[1] == f"GQA           at {8 * T}: 30% of its roofline -> target MISSED (50 %)"
+    assert lines[2] == f"MLA absorbed  at {8 * T}: not measured (skipped) -> target MISSED (50 %)"
+    assert lines[3:] == ["MLA absorbed faster than MHA at every context from 4K: True",
+                         f"MLA naive slower than MHA at {8 * T}: True"]

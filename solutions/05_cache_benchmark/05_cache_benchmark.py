@@ -275,17 +275,7 @@ Image(bench.plot_png(result))
 # **Reading it.** Check the targets against what your machine printed:
 
 # %%
-longest = max(d["context"] for d in result["decode"])
-at_longest = {d["mechanism"]: d for d in result["decode"] if d["context"] == longest}
-for mech in ("MHA", "GQA", "MLA absorbed"):
-    e = at_longest[mech]["efficiency"]
-    print(f"{mech:<13} at {longest}: {e:.0%} of its roofline -> {'target met' if e >= 0.5 else 'target MISSED'} (50 %)")
-faster = all(d["median_s"] < next(x["median_s"] for x in result["decode"] if x["mechanism"] == "MHA" and x["context"] == d["context"])
-             for d in result["decode"] if d["mechanism"] == "MLA absorbed" and d["context"] >= 4096)
-print(f"MLA absorbed faster than MHA at every context from 4K: {faster}"
-      + ("" if any(d["context"] >= 4096 for d in result["decode"]) else " (no context that long in this run)"))
-slower = at_longest["MLA naive"]["median_s"] > at_longest["MHA"]["median_s"]
-print(f"MLA naive slower than MHA at {longest}: {slower}")
+print("\n".join(bench.targets(result)))
 
 # %% [markdown]
 # What to look for, and why:
@@ -334,6 +324,7 @@ for path in runs:
     gpu_result = json.loads(path.read_text())
     print(f"--- {path.parent.name} ---")
     print(bench.summary(gpu_result))
+    print("\n".join(bench.targets(gpu_result)))
     if (path.parent / "bench.png").exists():
         display(Image(filename=str(path.parent / "bench.png")))
 if not runs:
