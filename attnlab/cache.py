@@ -92,8 +92,8 @@ class ModelPreset:
 PRESETS = {
     p.name: p
     for p in [
-        ModelPreset("Llama-2-7B", 32, 32, 128, 6.74e9, "LLaMA, arXiv 2302.13971, Table 2 (plain MHA)"),
-        ModelPreset("Llama-2-13B", 40, 40, 128, 13.0e9, "LLaMA, arXiv 2302.13971, Table 2 (plain MHA)"),
+        ModelPreset("Llama-2-7B", 32, 32, 128, 6.74e9, "Llama 2, arXiv 2307.09288, section 2.2 (LLaMA's architecture, arXiv 2302.13971, Table 2; plain MHA)"),
+        ModelPreset("Llama-2-13B", 40, 40, 128, 13.0e9, "Llama 2, arXiv 2307.09288, section 2.2 (LLaMA's architecture, arXiv 2302.13971, Table 2; plain MHA)"),
         ModelPreset(
             "DeepSeek-V3 dims as MHA", 61, 128, 128, 671e9,
             "DeepSeek-V3 inference/configs/config_671B.json: 61 layers, 128 heads; "
@@ -135,6 +135,8 @@ class ExplorerPreset:
     source: str
 
 
+# The models that ship with MLA have no K/V heads: their n_kv_heads of 8 is an
+# assumption (Llama 3's count) for the explorer's GQA line, not a published figure.
 EXPLORER_PRESETS = {
     p.name: p
     for p in [
@@ -146,7 +148,11 @@ EXPLORER_PRESETS = {
     ]
 }
 
-GPUS = {"24 GB": 24e9, "80 GB": 80e9, "141 GB": 141e9}
+# What each card reports, in bytes (nvidia-smi's total, MiB): the names are
+# round figures. RTX 4090 "24 GB": 24,564 MiB (RLinf/RLinf#255); H100 "80 GB":
+# 81,559 MiB (NVIDIA/nccl#1264, modal-labs/modal-client#2797); H200 "141 GB":
+# 143,771 MiB (seen on the course's own H200, 2026-10-27).
+GPUS = {"24 GB": 24_564 * 2**20, "80 GB": 81_559 * 2**20, "141 GB": 143_771 * 2**20}
 
 
 @guarded

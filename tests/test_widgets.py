@@ -84,13 +84,14 @@ def test_cache_explorer_numbers_follow_the_formulas():
     w.preset.value = "Llama-3-8B"
     assert (w.n_layers.value, w.n_heads.value, w.n_kv_heads.value) == (32, 32, 8)
     assert w.numbers["GQA"]["bytes_per_token"] == 131_072
-    assert w.numbers["GQA"]["longest_context"] == 487_823  # (80e9 - 2 * 8.03e9) // 131,072
-    assert "487,823" in w.summary.value and w.plot.value != png
+    h100 = 81_559 * 2**20  # what an "80 GB" H100 reports
+    assert w.numbers["GQA"]["longest_context"] == int((h100 - 2 * 8.03e9) // 131_072) == 529_943
+    assert "529,943" in w.summary.value and w.plot.value != png
 
     w.batch.value = 8
-    assert w.numbers["GQA"]["longest_context"] == 487_823 // 8
+    assert w.numbers["GQA"]["longest_context"] == int((h100 - 2 * 8.03e9) // (131_072 * 8))
     w.gpu.value = "141 GB"
-    assert w.numbers["GQA"]["longest_context"] == int((141e9 - 2 * 8.03e9) // (131_072 * 8))
+    assert w.numbers["GQA"]["longest_context"] == int((143_771 * 2**20 - 2 * 8.03e9) // (131_072 * 8))
     w.context.value = 2**20
     assert w.numbers["MQA"]["cache_bytes"] == 2 * 128 * 32 * 2 * 2**20 * 8
     w.dtype.value = "fp8"

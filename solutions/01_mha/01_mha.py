@@ -318,9 +318,9 @@ for B, T, C, H in [(3, 9, 24, 3), (1, 4, 20, 5), (2, 1, 16, 8)]:
 # %% [markdown]
 # ## 4 · The backward pass, by hand
 #
-# Autograd computes gradients for you, but every fast attention kernel
-# (FlashAttention and DeepSeek's FlashMLA among them) writes its backward pass by
-# hand, and so will you. Name the steps of the forward pass, with
+# Autograd computes gradients for you, but every fast attention kernel used in
+# training (FlashAttention among them) writes its backward pass by hand, and so
+# will you. Name the steps of the forward pass, with
 # $s = 1/\sqrt{D}$:
 #
 # $$S = s\,QK^\top,\qquad P = \mathrm{softmax}_{\text{row}}(S),\qquad O = PV.$$

@@ -13,7 +13,8 @@
 # $2 \cdot n_h \cdot d_h \cdot l$ elements for every token it has seen, and at
 # long contexts that cache, not the weights, fills the GPU. Decoding is also
 # limited by reading that cache from memory at every step, so a smaller cache
-# is both more sequences per GPU and faster steps.
+# is both more sequences per GPU and faster steps, as long as a step reads the
+# cache as it is (workbook 05 times an MLA that decompresses it, and is slower).
 #
 # The first fix keeps the queries and shares the keys and values.
 # **Multi-query attention** (MQA; Shazeer 2019, arXiv 1911.02150) gives all
@@ -576,7 +577,7 @@ ax1.bar_label(bars, fmt="%.0f")
 ax1.set(xlabel="K/V heads", ylabel="GiB", title="KV cache, 1 × 131,072 tokens")
 ax2.bar([str(g) for g in kv_heads], [weights] * len(kv_heads), color="C7", label="weights")
 ax2.bar([str(g) for g in kv_heads], batch_of_8, bottom=weights, color="C0", label="KV cache")
-ax2.axhline(80e9 / 2**30, color="C3", linestyle="--", label="80 GB GPU (74.5 GiB)")
+ax2.axhline(81_559 / 1024, color="C3", linestyle="--", label="\"80 GB\" H100 (79.6 GiB)")  # nvidia-smi: 81,559 MiB
 ax2.set(xlabel="K/V heads", ylabel="GiB", title="decode memory, 8 × 32,768 tokens")
 ax2.legend(fontsize=8)
 fig.suptitle("Llama-3-8B (32 layers, 32 query heads of 128 dims; it ships with 8 K/V heads)", fontsize=10)

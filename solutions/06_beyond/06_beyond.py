@@ -155,8 +155,8 @@ for (hC, hH, hG, hD), seed in [((24, 6, 1, 4), 601), ((16, 4, 4, 4), 602), ((40,
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# Look at the up-projections: white is 1, black is 0. Each pair of query
-# heads reads its group's slice of the latent, keys from the left half and
+# Look at the up-projections: white is 1, black is 0. Each block of $H/G = 4$
+# consecutive query heads reads its group's slice of the latent, keys from the left half and
 # values from the right. This is all GQA's "sharing" is, in MLA's terms.
 
 # %%
@@ -182,7 +182,8 @@ plt.show()
 # the Eckart–Young theorem this is the best rank-$r$ approximation of the
 # stack in the Frobenius norm, and its error is
 # $\sqrt{\sum_{i > r} \sigma_i^2}$. Keys and values share one latent, which is
-# why the SVD is *joint* (of the stack), not one per matrix, as in MHA2MLA.
+# why the SVD is *joint* (of the stack) rather than one per matrix: MHA2MLA
+# compares the two and keeps the joint one.
 #
 # Write `joint_svd`: return `W_down` `(rank, C)` and `W_k_up`, `W_v_up`, each
 # `(G*D, rank)`, with $W^K \approx$ `W_k_up @ W_down` and
@@ -541,8 +542,8 @@ for kind, cfg in configs.items():
     print(f"{kind:<5} {beyond.count_params(beyond.CharLM(cfg)):>10,} {cfg.d_ff:>9} {elements:>16} elements {2 * elements:>17}")
 
 # %% [markdown]
-# Per token, GQA caches half of MHA's 256 numbers and MLA less than a third
-# (80: a latent of 32 and a RoPE key of 8, per layer). Now train: 300 steps of
+# Per token, over both layers, GQA caches half of MHA's 256 numbers and MLA
+# less than a third: 80, a latent of 32 and a RoPE key of 8 in each layer. Now train: 300 steps of
 # 32 windows of 64 characters each. Each model takes about 15 seconds of CPU
 # time on one thread (measured on the 2-core machine the course was built on;
 # more wall-clock time when other programs share the cores); while the
@@ -718,7 +719,7 @@ for n in (4, 2):
 # - "Partial RoPE is a small detail": without it the latent cannot absorb $W^{UK}$.
 #
 # **Sources**
-# - Meng et al. 2025, *TransMLA: MLA Is All You Need*, arXiv 2502.07864.
+# - Meng et al. 2025, *TransMLA: Multi-head Latent Attention Is All You Need*, arXiv 2502.07864.
 # - Ji et al. 2025, *Towards Economical Inference: Enabling DeepSeek's Multi-Head Latent Attention in Any
 #   Transformer-based LLMs* (MHA2MLA), arXiv 2502.14837.
 # - DeepSeek-AI 2024, *DeepSeek-V2*, arXiv 2405.04434: §2.1, Tables 1, 8 and 9.
