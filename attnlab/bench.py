@@ -288,11 +288,11 @@ def roofline(cfg: BenchConfig) -> dict:
     n_bytes = (1 << 30) if dev == "cuda" else (128 << 20)
     src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device=dev).fill_(1)
     dst = torch.empty_like(src)
-    t_copy, _ = median_time(lambda: dst.copy_(src), sync=sync, warmup=3, repeats=10)
+    t_copy, _ = _measure(cfg, lambda: dst.copy_(src), sync, warmup=3, repeats=10)
     N = 16384 if dev == "cuda" else 1024  # 2 x 16384^3 = 8.8 TFLOP: about 10 ms on a big GPU, near its peak
     a = torch.randn(N, N, device=dev).to(dt)
     b = torch.randn(N, N, device=dev).to(dt)
-    t_mm, _ = median_time(lambda: a @ b, sync=sync, warmup=3, repeats=10)
+    t_mm, _ = _measure(cfg, lambda: a @ b, sync, warmup=3, repeats=10)
     del src, dst, a, b
     return {"copy_bytes_per_s": 2 * n_bytes / t_copy, "matmul_flops_per_s": 2 * N**3 / t_mm,
             "copy_buffer_bytes": n_bytes, "matmul_n": N}
