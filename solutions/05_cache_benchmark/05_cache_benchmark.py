@@ -363,11 +363,12 @@ if not runs:
 #   with only 128 rows per sequence, far from the big square matmul that sets
 #   the roof), a softmax that reads and writes all $8 \times 128 \times 32768$
 #   scores, and the weighted sum, each one launched and finished before the
-#   next. Below 8K the launches themselves set the time: about 0.11 ms whatever
-#   the context. A kernel that fuses the three and never writes the scores out,
-#   as FlashMLA does, is what gets near the roof. MQA's 23 % has the same
-#   cause: its cache (168 MB at 32K) is read too quickly for anything but the
-#   launches to matter.
+#   next, the scores written out and read back in between (67 MB each way).
+#   Below 8K the time to launch those kernels from Python sets the pace: about
+#   0.11 ms whatever the context. A kernel that fuses the three and never
+#   writes the scores out, as FlashMLA does, is what gets near the roof. MQA's
+#   23 % has the same cause: its step moves the same 67 MB of scores four
+#   times around a cache of only 168 MB.
 # - Prefill of 4,096 tokens: naive 141 ms, absorbed 180 ms; one decode step
 #   at 4,096: naive 2.31 ms, absorbed 0.106 ms. Decompress for prefill, absorb
 #   for decode.
