@@ -121,13 +121,13 @@ def choose(device: str | None = None, quick: bool = False, gpu_memory: int | Non
         cfg = BenchConfig("cuda", "bf16", batch=8, contexts=[1024, 2048, 4096, 8192, 16384, 32768],
                           prefill_tokens=4096, why="CUDA found: bf16, DeepSeek-V3's head dimensions, batch 8, "
                           "contexts up to 32K")
-        fits = [T for T in cfg.contexts
-                if cfg.elements_per_token("MHA") * T * cfg.batch * 2 <= GPU_CACHE_SHARE * gpu_memory]
+        mha_bytes = {T: cfg.elements_per_token("MHA") * T * cfg.batch * cfg.torch_dtype.itemsize for T in cfg.contexts}
+        fits = [T for T in cfg.contexts if mha_bytes[T] <= GPU_CACHE_SHARE * gpu_memory]
         if len(fits) < len(cfg.contexts):
             cfg.contexts = fits or cfg.contexts[:1]
             cfg.why = (f"CUDA found: bf16, DeepSeek-V3's head dimensions, batch 8, contexts up to "
                        f"{max(cfg.contexts) // 1024}K, since this GPU's {gpu_memory / 2**30:.0f} GiB would not hold "
-                       f"MHA's cache at 32K ({cfg.elements_per_token('MHA') * 32768 * cfg.batch * 2 / 2**30:.0f} GiB) "
+                       f"MHA's cache at 32K ({mha_bytes[32768] / 2**30:.0f} GiB) "
                        f"beside MLA naive's expanded keys and values")
     else:
         cfg = BenchConfig("cpu", "fp32", batch=2, contexts=[512, 1024, 2048, 4096, 8192, 16384], prefill_tokens=1024,

@@ -577,7 +577,7 @@ ax1.bar_label(bars, fmt="%.0f")
 ax1.set(xlabel="K/V heads", ylabel="GiB", title="KV cache, 1 × 131,072 tokens")
 ax2.bar([str(g) for g in kv_heads], [weights] * len(kv_heads), color="C7", label="weights")
 ax2.bar([str(g) for g in kv_heads], batch_of_8, bottom=weights, color="C0", label="KV cache")
-ax2.axhline(81_559 / 1024, color="C3", linestyle="--", label="\"80 GB\" H100 (79.6 GiB)")  # nvidia-smi: 81,559 MiB
+ax2.axhline(cache_math.GPUS["80 GB"] / 2**30, color="C3", linestyle="--", label="\"80 GB\" H100 (79.6 GiB)")
 ax2.set(xlabel="K/V heads", ylabel="GiB", title="decode memory, 8 × 32,768 tokens")
 ax2.legend(fontsize=8)
 fig.suptitle("Llama-3-8B (32 layers, 32 query heads of 128 dims; it ships with 8 K/V heads)", fontsize=10)
