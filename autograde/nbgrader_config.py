@@ -38,6 +38,16 @@ c.Execute.timeout = 120
 # dropping its points from the total.
 c.OverwriteCells.add_missing_cells = True
 
+# Feedback hands a student their grades, not the hidden tests (nbgrader's
+# issue #917) nor the grading machine's paths: attnlab/feedback.py rewrites
+# the autograded notebook before it becomes HTML.
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import GetGrades  # noqa: E402
+
+from attnlab.feedback import SafeFeedback  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, SafeFeedback, CSSHTMLHeaderPreprocessor]
+
 # Student code runs in the course's grading kernel (attnlab/sandbox.py): a
 # memory limit, no network, read-only files, and no sight of solutions/, the
 # gradebook or other submissions. Its kernel spec is attnlab/jupyter/kernels/.
