@@ -5,7 +5,7 @@
 
 Builds a class in a temporary copy of the course: student 0 hands in the
 model answers, student 1 the blank release, and the others the model answers
-with one planted mistake each (tests/planted_mistakes.py, taken in turn), for
+with one planted mistake each (solutions/NN_topic/mistakes.py, taken in turn), for
 every workbook. Then grades them all with the code behind `make grade`
 (autograde, feedback, in parallel, the sandboxed kernel included) and prints
 the wall time, the time per submitted notebook (target: at most 10 s on two
@@ -27,9 +27,8 @@ import nbformat
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-from attnlab import grading  # noqa: E402
-from planted_mistakes import MISTAKES  # noqa: E402
+sys.path[:0] = [str(ROOT)]
+from attnlab import grading, mistakes as planted  # noqa: E402
 
 TARGET_S = 10.0
 
@@ -38,7 +37,7 @@ def submissions(assignment: str, n: int) -> dict:
     release = nbformat.read(ROOT / "course" / assignment / f"{assignment}.ipynb", as_version=4)
     source = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
     answers = grading.filled(release, source)
-    mistakes = MISTAKES.get(assignment, [])
+    mistakes = planted.load(assignment)
     out = {}
     for i in range(n):
         if i == 0 or not mistakes:
@@ -47,8 +46,7 @@ def submissions(assignment: str, n: int) -> dict:
             out[f"student{i:02d}"] = release
         else:
             m = mistakes[(i - 2) % len(mistakes)]
-            nb = grading.edit_cell(answers, m.cell, m.old, m.new)
-            out[f"student{i:02d}"] = grading.edit_cell(nb, m.cell, *m.also) if m.also else nb
+            out[f"student{i:02d}"] = planted.apply(answers, [m])
     return out
 
 

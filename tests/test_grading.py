@@ -2,47 +2,94 @@
 
 For every workbook: the model answers score full marks on every autograded
 cell, the blank release scores zero on every one, and each planted mistake
-loses exactly the points of its own exercise.
+(solutions/NN_topic/mistakes.py) loses exactly the points of its own
+exercise. Mistakes in different exercises share a graded submission
+(attnlab.mistakes.rounds): the tests give each exercise correct versions of
+the earlier ones, so one mistake cannot cost another exercise its points, and
+the assertions below would see it if it did.
+
+A mistake marked ``hidden_only`` must also pass the visible tests: the rounds
+that hold one are run once more as a learner runs them, without the hidden
+tests, and its test cells must pass there. That proves the hidden tests earn
+their place.
 """
 from __future__ import annotations
+
+import html
+import re
+import sys
 
 import nbformat
 import pytest
 
-from attnlab import grading
+from attnlab import check, feedback, grading, mistakes
 from conftest import ROOT, assignments
-from planted_mistakes import MISTAKES
 
-CASES = [(a, m) for a in assignments() for m in MISTAKES.get(a, [])]
+MISTAKES = {a: mistakes.load(a) for a in assignments()}
+CASES = [(a, m) for a in assignments() for m in MISTAKES[a]]
+HIDDEN = [(a, m) for a, m in CASES if m.hidden_only]
+
+
+def _round_name(i: int) -> str:
+    return f"round{i + 1}"
+
+
+def _notebooks(assignment):
+    release = nbformat.read(ROOT / "course" / assignment / f"{assignment}.ipynb", as_version=4)
+    source = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    return release, grading.filled(release, source)
 
 
 @pytest.fixture(scope="module")
 def grader(tmp_path_factory):
-    """grade(assignment) -> {student: (scores, errors)}: the solution, the blank
-    release and every planted mistake, graded once per assignment on first use
-    (so `pytest -k 02_gqa` grades workbook 02 alone), on every CPU core."""
+    """grade(assignment) -> ({student: (scores, errors)}, {mistake name: student}):
+    the solution, the blank release and every round of planted mistakes, graded
+    once per assignment on first use (so `pytest -k 02_gqa` grades workbook 02
+    alone), on every CPU core."""
     workdir = tmp_path_factory.mktemp("grading")
     done = {}
 
     def grade(assignment):
         if assignment not in done:
-            release = nbformat.read(ROOT / "course" / assignment / f"{assignment}.ipynb", as_version=4)
-            source = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
-            answers = grading.filled(release, source)
-            submissions = {"solution": answers, "blank": release}
-            for m in MISTAKES.get(assignment, []):
-                submissions[m.name] = grading.edit_cell(answers, m.cell, m.old, m.new)
-                if m.also:
-                    submissions[m.name] = grading.edit_cell(submissions[m.name], m.cell, *m.also)
-            done[assignment] = grading.grade_in_parallel(workdir, assignment, submissions)
+            release, answers = _notebooks(assignment)
+            submissions, where = {"solution": answers, "blank": release}, {}
+            for i, r in enumerate(mistakes.rounds(MISTAKES[assignment])):
+                submissions[_round_name(i)] = mistakes.apply(answers, r)
+                where.update({m.name: _round_name(i) for m in r})
+            done[assignment] = (grading.grade_in_parallel(workdir, assignment, submissions), where)
         return done[assignment]
 
+    grade.workdir = workdir
     return grade
+
+
+@pytest.fixture(scope="module")
+def visible(tmp_path_factory):
+    """visible(assignment) -> {mistake name: {test cell: error or None}}, from running
+    each round that holds a hidden-only mistake with the visible tests alone."""
+    workdir = tmp_path_factory.mktemp("visible")
+    done = {}
+
+    def run(assignment):
+        if assignment not in done:
+            _, answers = _notebooks(assignment)
+            out = {}
+            for i, r in enumerate(mistakes.rounds(MISTAKES[assignment])):
+                if not any(m.hidden_only for m in r):
+                    continue
+                path = workdir / f"{assignment}-{_round_name(i)}.ipynb"
+                nbformat.write(mistakes.apply(answers, r), path)
+                results = {cell: error for cell, _, error in check.check(path)}
+                out.update({m.name: results for m in r})
+            done[assignment] = out
+        return done[assignment]
+
+    return run
 
 
 @pytest.mark.parametrize("assignment", assignments())
 def test_solution_scores_full_marks(grader, assignment):
-    scores, errors = grader(assignment)["solution"]
+    scores, errors = grader(assignment)[0]["solution"]
     assert scores, "no autograded cells found"
     lost = {cell: s for cell, s in scores.items() if s[0] != s[1]}
     assert not lost, f"the model answers lose points: {lost}; errors: {errors}"
@@ -50,7 +97,7 @@ def test_solution_scores_full_marks(grader, assignment):
 
 @pytest.mark.parametrize("assignment", assignments())
 def test_blank_release_scores_zero(grader, assignment):
-    scores, _ = grader(assignment)["blank"]
+    scores, _ = grader(assignment)[0]["blank"]
     assert scores and all(max_ > 0 for _, max_ in scores.values())
     scored = {cell: s for cell, s in scores.items() if s[0] != 0}
     assert not scored, f"the blank release scores points: {scored}"
@@ -58,15 +105,66 @@ def test_blank_release_scores_zero(grader, assignment):
 
 @pytest.mark.parametrize("assignment,mistake", CASES, ids=[f"{a}-{m.name}" for a, m in CASES])
 def test_planted_mistake_loses_exactly_its_exercise(grader, assignment, mistake):
-    scores, errors = grader(assignment)[mistake.name]
+    graded, where = grader(assignment)
+    round_ = [m for m in MISTAKES[assignment] if where[m.name] == where[mistake.name]]
+    lost_in_round = {cell for m in round_ for cell in m.loses}
+    scores, errors = graded[where[mistake.name]]
+    for cell in mistake.loses:
+        assert scores[cell][0] == 0, f"{mistake.name}: {cell} should score 0, scored {scores[cell]}"
     for cell, (score, max_score) in scores.items():
-        if cell in mistake.loses:
-            assert score == 0, f"{mistake.name}: {cell} should score 0, scored {score}/{max_score}"
-        else:
-            assert score == max_score, f"{mistake.name}: {cell} should keep {max_score}, scored {score}: {errors.get(cell)}"
+        if cell not in lost_in_round:
+            assert score == max_score, \
+                f"{mistake.name} (graded with {[m.name for m in round_]}): {cell} should keep {max_score}, " \
+                f"scored {score}: {errors.get(cell)}"
     if mistake.says:
         said = " ".join(errors.get(cell, "") for cell in mistake.loses)
         assert mistake.says in said, f"{mistake.name}: expected the message to say {mistake.says!r}; it said {said!r}"
+
+
+@pytest.mark.parametrize("assignment,mistake", HIDDEN, ids=[f"{a}-{m.name}" for a, m in HIDDEN])
+def test_hidden_only_mistake_passes_the_visible_tests(visible, assignment, mistake):
+    results = visible(assignment)[mistake.name]
+    for cell in mistake.loses:
+        assert results[cell] is None, \
+            f"{mistake.name} is marked hidden_only but fails the visible test {cell}: {results[cell]}"
+
+
+def _secrets(assignment) -> set[str]:
+    """The lines of the workbook's hidden tests that neither the release nor a
+    model answer also shows (`with exercise(globals()):` is in both)."""
+    source = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    release = nbformat.read(ROOT / "course" / assignment / f"{assignment}.ipynb", as_version=4)
+    public = "\n".join([c.source for c in release.cells] + list(grading.solution_cells(source).values()))
+    return {ln.strip() for c in source.cells if feedback.is_test_cell(c)
+            for ln in feedback.split_hidden(c.source)[1] if len(ln.strip()) >= 8 and ln.strip() not in public}
+
+
+@pytest.mark.parametrize("assignment", assignments())
+def test_feedback_reveals_no_hidden_test_and_no_grading_path(grader, assignment):
+    """Every file handed back to every student graded above (the model answers,
+    the blank release, each round of mistakes) holds no line of a hidden test
+    and no path of the grading machine, and says for each test cell whether it
+    passed or why not."""
+    graded, _ = grader(assignment)
+    secrets = _secrets(assignment)
+    assert secrets, "no hidden tests found"
+    paths = [str(grader.workdir), str(ROOT), sys.prefix]
+    files = sorted(p for p in grader.workdir.glob(f"{assignment}-*/autograde/feedback/*/{assignment}/**/*")
+                   if p.is_file())
+    assert {p.parent.parent.name for p in files} == set(graded), "a student has no feedback"
+    for path in files:
+        assert path.suffix == ".html", f"{path.name} handed back: only the feedback page should be"
+        text = html.unescape(re.sub(r"<[^>]+>", "", path.read_text()))
+        leaked = sorted(s for s in secrets if s in text)
+        assert not leaked, f"{path.parent.parent.name}'s feedback shows hidden-test lines: {leaked[:5]}"
+        assert not [p for p in paths if p in text], f"{path.parent.parent.name}'s feedback names a grading path"
+        assert "BEGIN HIDDEN TESTS" not in text and feedback.HIDDEN_NOTE in text
+        student = path.parent.parent.name
+        scores, _ = graded[student]
+        if all(s == m for s, m in scores.values()):
+            assert "a check in this cell failed" not in text
+        else:
+            assert "a check in this cell failed" in text or "not attempted" in text
 
 
 # What each workbook's issue asks for; 8 where it does not say.
@@ -76,4 +174,4 @@ MINIMUM_MISTAKES = {"04_mla": 10, "05_cache_benchmark": 6, "06_beyond": 6}
 def test_every_workbook_has_enough_planted_mistakes():
     for assignment in assignments():
         need = MINIMUM_MISTAKES.get(assignment, 8)
-        assert len(MISTAKES.get(assignment, [])) >= need, f"{assignment} needs at least {need} planted mistakes"
+        assert len(MISTAKES[assignment]) >= need, f"{assignment} needs at least {need} planted mistakes"

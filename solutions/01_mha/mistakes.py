@@ -1,0 +1,54 @@
+"""Planted mistakes for workbook 01_mha: the errors learners really make.
+
+Each is a text substitution in one solution cell of the notebook filled with
+the model answers (see attnlab/mistakes.py). Graded, it must lose the points of
+the test cells in ``loses`` and keep every other point. ``hidden_only`` marks a
+mistake that the visible tests let through: it must pass them and lose its
+points only through the hidden tests. This file is not released (nbgrader
+ignores *.py in the source folder).
+"""
+from attnlab.mistakes import Mistake
+
+MISTAKES = [
+    Mistake("no_scale", "attention", " / math.sqrt(q.shape[-1])", "", ("test_attention",),
+            says="the 1/sqrt(d) scale is missing"),
+    Mistake("softmax_wrong_axis", "attention", "torch.softmax(scores, dim=-1)", "torch.softmax(scores, dim=-2)",
+            ("test_attention",), says="the softmax runs over the query axis"),
+    Mistake("mask_hides_self", "attention", "tril(diagonal=Tk - Tq)", "tril(diagonal=Tk - Tq - 1)",
+            ("test_attention",), says="hides each token from itself"),
+    Mistake("mask_top_left", "attention", "tril(diagonal=Tk - Tq)", "tril(diagonal=0)",
+            ("test_attention",), says="aligned top-left"),
+    Mistake("attention_calls_reference", "attention", "Tq, Tk = q.shape[-2], k.shape[-2]",
+            "return reference.attention(q, k, v, causal)", ("test_attention",), says="switched off"),
+    Mistake("attention_calls_torch", "attention", "Tq, Tk = q.shape[-2], k.shape[-2]",
+            "return F.scaled_dot_product_attention(q, k, v, is_causal=causal)", ("test_attention",),
+            says="switched off"),
+    Mistake("split_without_transpose", "heads", "x.view(B, T, n_heads, C // n_heads).transpose(1, 2)",
+            "x.view(B, n_heads, T, C // n_heads)", ("test_heads",), says="tokens end up mixed into heads"),
+    Mistake("merge_wrong_order", "heads", "x.transpose(1, 2).reshape(B, T, H * D)", "x.reshape(B, T, H * D)",
+            ("test_heads",), says="without first moving T in front of H"),
+    Mistake("mha_forgets_W_o", "mha", "return self.W_o(merge_heads(attention(q, k, v, causal=causal)))",
+            "return merge_heads(attention(q, k, v, causal=causal))", ("test_mha",), says="W_o is not applied"),
+    Mistake("mha_k_from_W_q", "mha", "k = split_heads(self.W_k(x)", "k = split_heads(self.W_q(x)",
+            ("test_mha",)),
+    Mistake("backward_transposed_dk", "backward", "dk = dS.transpose(-2, -1) @ q * scale", "dk = dS @ q * scale",
+            ("test_backward", "test_autograd_function")),
+    Mistake("backward_no_rowsum", "backward", "dS = P * (dP - (dP * P).sum(dim=-1, keepdim=True))", "dS = P * dP",
+            ("test_backward", "test_autograd_function"), says="dq (causal=False) is wrong"),
+    Mistake("backward_by_autograd", "backward", "Tq, Tk = q.shape[-2], k.shape[-2]\n    scale",
+            "qkv = [t.detach().requires_grad_() for t in (q, k, v)]\n"
+            "    with torch.enable_grad():\n"
+            "        return torch.autograd.grad(attention(*qkv, causal=causal), qkv, dout)\n"
+            "    Tq, Tk = q.shape[-2], k.shape[-2]\n    scale", ("test_backward",)),
+    Mistake("backward_no_scale_dq", "backward", "dq = dS @ k * scale", "dq = dS @ k",
+            ("test_backward", "test_autograd_function")),
+    Mistake("cache_wrong_axis", "kv_cache", "torch.cat([self.k, k_new], dim=2)", "torch.cat([self.k, k_new], dim=1)",
+            ("test_kv_cache",)),
+    Mistake("cache_not_kept", "kv_cache", "self.k = torch.cat([self.k, k_new], dim=2)", "self.k = k_new",
+            ("test_kv_cache",)),
+    Mistake("cache_size_forgets_v", "cache_size", "return 2 * n_heads * d_head * n_layers",
+            "return n_heads * d_head * n_layers", ("test_cache_size",), says="both K and V"),
+    Mistake("cache_size_fp32", "cache_size", "* batch * bytes_per_element", "* batch * 4", ("test_cache_size",)),
+    Mistake("cache_size_hard_coded", "cache_size", "return 2 * n_heads * d_head * n_layers",
+            "return 262_144", ("test_cache_size",)),
+]

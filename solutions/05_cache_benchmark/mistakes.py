@@ -1,0 +1,31 @@
+"""Planted mistakes for workbook 05_cache_benchmark: the errors learners really make.
+
+Each is a text substitution in one solution cell of the notebook filled with
+the model answers (see attnlab/mistakes.py). Graded, it must lose the points of
+the test cells in ``loses`` and keep every other point. ``hidden_only`` marks a
+mistake that the visible tests let through: it must pass them and lose its
+points only through the hidden tests. This file is not released (nbgrader
+ignores *.py in the source folder).
+"""
+from attnlab.mistakes import Mistake
+
+MISTAKES = [
+    Mistake("bf16_as_4_bytes", "bytes_per_token", '{"fp32": 4, "bf16": 2, "fp8": 1}', '{"fp32": 4, "bf16": 4, "fp8": 1}',
+            ("test_bytes_per_token",), says="bf16 takes 2 bytes"),
+    Mistake("mla_without_rope_key", "bytes_per_token", '"MLA": d_latent + d_rope,', '"MLA": d_latent,',
+            ("test_bytes_per_token",), says="RoPE key is missing"),
+    Mistake("mqa_uses_kv_heads", "bytes_per_token", '"MQA": 2 * d_head,', '"MQA": 2 * n_kv_heads * d_head,',
+            ("test_bytes_per_token",), says="one K/V head"),
+    Mistake("context_ignores_weights", "longest_context", "free = gpu_bytes - n_params * weight_bytes_per_param",
+            "free = gpu_bytes", ("test_longest_context",), says="forget the weights"),
+    Mistake("context_ignores_batch", "longest_context", "(bytes_per_token * batch)", "bytes_per_token",
+            ("test_longest_context",), says="a batch of 8 shares"),
+    Mistake("context_negative", "longest_context", "return max(0, int(free // (bytes_per_token * batch)))",
+            "return int(free // (bytes_per_token * batch))", ("test_longest_context",), says="do not fit"),
+    Mistake("timer_no_sync", "timer", "        if sync is not None:\n            sync()\n        samples",
+            "        samples", ("test_timer",), says="call sync() before reading the clock",
+            also=("        if sync is not None:\n            sync()\n        start", "        start")),
+    Mistake("timer_times_warmup", "timer", "    for _ in range(warmup):\n        fn()\n", "", ("test_timer",)),
+    Mistake("timer_mean", "timer", "return statistics.median(samples), samples",
+            "return statistics.mean(samples), samples", ("test_timer",), says="That is the mean"),
+]

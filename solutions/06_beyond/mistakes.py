@@ -1,0 +1,37 @@
+"""Planted mistakes for workbook 06_beyond: the errors learners really make.
+
+Each is a text substitution in one solution cell of the notebook filled with
+the model answers (see attnlab/mistakes.py). Graded, it must lose the points of
+the test cells in ``loses`` and keep every other point. ``hidden_only`` marks a
+mistake that the visible tests let through: it must pass them and lose its
+points only through the hidden tests. This file is not released (nbgrader
+ignores *.py in the source folder).
+"""
+from attnlab.mistakes import Mistake
+
+MISTAKES = [
+    Mistake("strided_groups", "gqa_as_mla", "eye.repeat_interleave(n_rep, dim=0)", "eye.repeat(n_rep, 1, 1)",
+            ("test_gqa_as_mla",), says="query head h reads group h % G"),
+    Mistake("values_read_from_keys", "gqa_as_mla", "W_uv = torch.cat([zeros, select], dim=1)",
+            "W_uv = torch.cat([select, zeros], dim=1)", ("test_gqa_as_mla",), says="the values are read from the keys"),
+    Mistake("latent_per_query_head", "gqa_as_mla", "W_dkv = torch.cat([W_k, W_v], dim=0)",
+            "W_dkv = torch.cat([W_k.repeat_interleave(n_rep, 0), W_v.repeat_interleave(n_rep, 0)], dim=0)",
+            ("test_gqa_as_mla",), says="GQA's cache exactly"),
+    Mistake("svd_without_singular_values", "joint_svd", "up = U[:, :rank] * S[:rank]", "up = U[:, :rank]",
+            ("test_joint_svd",), says="the singular values are missing"),
+    Mistake("svd_keeps_smallest", "joint_svd", "up = U[:, :rank] * S[:rank]", "up = U[:, -rank:] * S[-rank:]",
+            ("test_joint_svd",), says="the smallest singular values are kept",
+            also=("return Vh[:rank], up[:GD], up[GD:]", "return Vh[-rank:], up[:GD], up[GD:]")),
+    Mistake("svd_side_by_side", "joint_svd", "torch.cat([W_k, W_v], dim=0)", "torch.cat([W_k, W_v], dim=1)",
+            ("test_joint_svd",), says="W_down at rank"),
+    Mistake("partial_rope_half_pairs", "partial_rope", "keep.repeat_interleave(2, dim=-1)",
+            "torch.cat([keep, keep], dim=-1)", ("test_partial_rope",), says="rotate-half layout's pairs"),
+    Mistake("partial_rope_inverted", "partial_rope", "torch.where(mask, rotated, x)", "torch.where(mask, x, rotated)",
+            ("test_partial_rope",), says="the mask is inverted"),
+    Mistake("partial_rope_calls_reference", "partial_rope", "rotated = reference.rope_interleaved(x, cos, sin)",
+            "return reference.partial_rope(x, cos, sin, keep)", ("test_partial_rope",), says="switched off"),
+    Mistake("norm_of_queries_only", "pairs_by_norm", "(q_norm * k_norm).topk", "q_norm.topk",
+            ("test_pairs_by_norm",), says="only the queries' norms"),
+    Mistake("keeps_smallest_scores", "pairs_by_norm", "topk(n_keep, dim=-1)", "topk(n_keep, dim=-1, largest=False)",
+            ("test_pairs_by_norm",), says="smallest score"),
+]
