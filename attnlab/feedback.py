@@ -17,7 +17,9 @@ after the grades are read, and rewrites the notebook before it becomes HTML:
 * an error keeps its message and the frames in the learner's own cells: the
   frames in test cells and in files of the grading machine are dropped;
 * paths of the grading machine are cut to their last part, and any output
-  line that quotes a line of a hidden test is removed.
+  line that quotes a line of a hidden test is removed;
+* the only other files handed back are the release's own
+  (:func:`release_files_only`), not what the submission wrote while graded.
 """
 from __future__ import annotations
 
@@ -149,6 +151,23 @@ def sanitise(nb, extra_paths=()) -> None:
         else:
             cell.outputs = [_error(o, learner_counts, scrub) for o in cell.get("outputs", [])
                             if o.get("output_type") == "error"]
+
+
+def release_files_only(converter, assignment_id: str, student_id: str) -> None:
+    """``GenerateFeedback.init_assignment`` that hands back the release's own
+    files (05's GPU results) instead of every file of the autograded folder:
+    that folder also holds whatever the submission wrote while it was graded,
+    such as a file with the hidden tests' source copied out of ``In``."""
+    import shutil
+
+    from nbgrader.utils import find_all_files
+
+    release = converter.coursedir.format_path(converter.coursedir.release_directory, ".", assignment_id)
+    dest = converter._format_dest(assignment_id, student_id)
+    for filename in find_all_files(release, converter.coursedir.ignore + ["*.ipynb"]):
+        path = os.path.join(dest, os.path.relpath(filename, release))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        shutil.copy(filename, path)
 
 
 class SafeFeedback(Preprocessor):

@@ -44,13 +44,28 @@ c.OverwriteCells.add_missing_cells = True
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import GetGrades  # noqa: E402
 
-from attnlab.feedback import SafeFeedback  # noqa: E402
+from nbgrader.converters import GenerateFeedback  # noqa: E402
+
+from attnlab.feedback import SafeFeedback, release_files_only  # noqa: E402
 
 c.GenerateFeedback.preprocessors = [GetGrades, SafeFeedback, CSSHTMLHeaderPreprocessor]
+# nbgrader would also copy every other file of the autograded folder, which
+# holds whatever the submission wrote while it ran: only the release's go back.
+GenerateFeedback.init_assignment = release_files_only
 
-# Student code runs in the course's grading kernel (attnlab/sandbox.py): a
-# memory limit, no network, read-only files, and no sight of solutions/, the
-# gradebook or other submissions. Its kernel spec is attnlab/jupyter/kernels/.
+# Student code runs in the course's grading kernel (attnlab/sandbox.py, kernel
+# spec attnlab/jupyter/kernels/attnlab-grading): a read-only root of its own
+# holding the system, Python and the course package without the answer key's
+# source (no solutions/, gradebook, other submissions, nor the submission file
+# itself), no network, its own processes only, an allow-list environment
+# (ATTNLAB_KERNEL_ENV names more variables), and limits: ATTNLAB_KERNEL_MEMORY
+# (address space, 6G), ATTNLAB_KERNEL_CPU (seconds for a whole notebook, 600),
+# ATTNLAB_KERNEL_DISK (written, 512M), ATTNLAB_KERNEL_PROCESSES (processes and
+# threads, 256 or 4 per core). Where Linux refuses the namespaces this needs,
+# the kernel refuses to run and the notebook is not graded: it never grades
+# unsandboxed by accident. `.venv/bin/python -m attnlab.sandbox --report` says
+# what a machine allows. To grade without isolation on purpose, set
+# ATTNLAB_SANDBOX=off in the environment; the summary then says so.
 _kernels = os.path.join(importlib.util.find_spec("attnlab").submodule_search_locations[0], "jupyter")
 if _kernels not in os.environ.get("JUPYTER_PATH", "").split(os.pathsep):
     os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in [_kernels, os.environ.get("JUPYTER_PATH", "")] if p)

@@ -71,6 +71,16 @@ def visible(tmp_path_factory):
     done = {}
 
     def run(assignment):
+        # The heavy demo cells (05's benchmark, 06's training) shrink as under
+        # grading; no test cell depends on them.
+        monkeypatch = pytest.MonkeyPatch()
+        monkeypatch.setenv("NBGRADER_EXECUTION", "visible")
+        try:
+            return _run(assignment)
+        finally:
+            monkeypatch.undo()
+
+    def _run(assignment):
         if assignment not in done:
             _, answers = _notebooks(assignment)
             out = {}
@@ -149,17 +159,23 @@ def test_feedback_reveals_no_hidden_test_and_no_grading_path(grader, assignment)
     secrets = _secrets(assignment)
     assert secrets, "no hidden tests found"
     paths = [str(grader.workdir), str(ROOT), sys.prefix]
-    files = sorted(p for p in grader.workdir.glob(f"{assignment}-*/autograde/feedback/*/{assignment}/**/*")
-                   if p.is_file())
-    assert {p.parent.parent.name for p in files} == set(graded), "a student has no feedback"
-    for path in files:
-        assert path.suffix == ".html", f"{path.name} handed back: only the feedback page should be"
-        text = html.unescape(re.sub(r"<[^>]+>", "", path.read_text()))
+    release = ROOT / "course" / assignment
+    folders = {p.parent.name: p for p in grader.workdir.glob(f"{assignment}-*/autograde/feedback/*/{assignment}")}
+    assert set(folders) == set(graded), "a student has no feedback"
+    for student, folder in folders.items():
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        # Besides the page, nbgrader hands back the release's own files (05's GPU results): nothing else.
+        for path in files:
+            if path.suffix != ".html":
+                public = release / path.relative_to(folder)
+                assert public.is_file() and public.read_bytes() == path.read_bytes(), \
+                    f"{path.relative_to(folder)} handed back to {student} is not a file of the release"
+        page = folder / f"{assignment}.html"
+        text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text()))
         leaked = sorted(s for s in secrets if s in text)
-        assert not leaked, f"{path.parent.parent.name}'s feedback shows hidden-test lines: {leaked[:5]}"
-        assert not [p for p in paths if p in text], f"{path.parent.parent.name}'s feedback names a grading path"
+        assert not leaked, f"{student}'s feedback shows hidden-test lines: {leaked[:5]}"
+        assert not [p for p in paths if p in text], f"{student}'s feedback names a grading path"
         assert "BEGIN HIDDEN TESTS" not in text and feedback.HIDDEN_NOTE in text
-        student = path.parent.parent.name
         scores, _ = graded[student]
         if all(s == m for s, m in scores.values()):
             assert "a check in this cell failed" not in text
