@@ -129,20 +129,30 @@ expect_close(out, F.scaled_dot_product_attention(q64, k64, v64, is_causal=True),
 print("attention: correct")
 
 ### BEGIN HIDDEN TESTS
+# Batches, head counts and dtypes the visible check never uses, values wider and narrower than the keys,
+# fewer queries than keys, all through one function called again with other arguments.
 g = torch.Generator().manual_seed(101)
-for shape_q, shape_k, dv, dtype, causal in [
-    ((3, 2, 7, 16), (3, 2, 7, 16), 16, torch.float64, True),
-    ((1, 4, 3, 6), (1, 4, 9, 6), 10, torch.float64, True),
-    ((2, 1, 4, 5), (2, 1, 11, 5), 3, torch.float32, False),
-    ((2, 3, 1, 12), (2, 3, 13, 12), 12, torch.float64, True),
+for B, H, Tq, Tk, D, Dv, dtype, causal in [
+    (3, 2, 7, 7, 16, 16, torch.float64, True),
+    (1, 4, 3, 9, 6, 10, torch.float64, True),
+    (2, 1, 4, 11, 5, 3, torch.float32, False),
+    (2, 3, 1, 13, 12, 12, torch.float64, True),
+    (4, 2, 6, 6, 4, 9, torch.float64, False),
+    (2, 2, 3, 5, 8, 8, torch.bfloat16, True),
 ]:
-    hq = torch.randn(shape_q, generator=g, dtype=dtype).to(device)
-    hk = torch.randn(shape_k, generator=g, dtype=dtype).to(device)
-    hv = torch.randn(shape_k[:-1] + (dv,), generator=g, dtype=dtype).to(device)
-    with exercise(globals()):
+    hq, hk = (torch.randn(B, H, T, D, generator=g).to(device, dtype) for T in (Tq, Tk))
+    hv = torch.randn(B, H, Tk, Dv, generator=g).to(device, dtype)
+    case = (f"attention with {Tq} queries against {Tk} keys {D} wide, values {Dv} wide, batch {B}, {H} heads, "
+            f"{str(dtype).removeprefix('torch.')}, {'causal' if causal else 'not causal'}")
+    with exercise(globals(), case=case):
         got = attention(hq, hk, hv, causal=causal)
-    expect_close(got, reference.attention(hq, hk, hv, causal=causal), "attention (hidden test)",
-                 suspects=attention_suspects(hq, hk, hv, causal))
+    # bfloat16 is compared with the float64 result, so that more careful rounding never costs a point.
+    want = reference.attention(hq.double(), hk.double(), hv.double(), causal=causal).to(dtype)
+    suspects = attention_suspects(hq, hk, hv, causal)
+    if D != Dv:  # scaling q by sqrt(D / Dv) turns the 1/sqrt(D) scale into 1/sqrt(Dv)
+        suspects["the scores are scaled by the values' width Dv instead of the keys' width D"] = \
+            reference.attention(hq * math.sqrt(D / Dv), hk, hv, causal=causal)
+    expect_close(got, want, case, suspects=suspects)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -217,19 +227,25 @@ expect_close(merged, x, "merge_heads(split_heads(x, 4))",
 print("split_heads and merge_heads: correct")
 
 ### BEGIN HIDDEN TESTS
+# Other batches, lengths, head counts and head widths, in float64 and bfloat16.
 g = torch.Generator().manual_seed(202)
-for B, T, H, D in [(3, 5, 6, 4), (1, 7, 2, 9), (4, 1, 3, 5)]:
-    hx = torch.randn(B, T, H * D, generator=g, dtype=torch.float64).to(device)
-    with exercise(globals()):
+for B, T, H, D, dtype in [(3, 5, 6, 4, torch.float64), (1, 7, 2, 9, torch.bfloat16), (4, 1, 3, 5, torch.float64)]:
+    kind = str(dtype).removeprefix("torch.")
+    hx = torch.randn(B, T, H * D, generator=g).to(device, dtype)
+    case = f"split_heads(x, {H}) of a ({B}, {T}, {H * D}) {kind} tensor, {H} heads of {D} features"
+    with exercise(globals(), case=case):
         got = split_heads(hx, H)
-    expect_close(got, reference.split_heads(hx, H), "split_heads (hidden test)")
-    hh = torch.randn(B, H, T, D, generator=g, dtype=torch.float64).to(device)
-    with exercise(globals()):
+    expect_close(got, reference.split_heads(hx, H), case,
+                 hint="The number of heads is the argument n_heads, and each head is C // n_heads features wide.")
+    hh = torch.randn(B, H, T, D, generator=g).to(device, dtype)
+    case = f"merge_heads of a ({B}, {H}, {T}, {D}) {kind} tensor"
+    with exercise(globals(), case=case):
         got = merge_heads(hh)
-    expect_close(got, reference.merge_heads(hh), "merge_heads (hidden test)")
-    with exercise(globals()):
-        got = merge_heads(hh.transpose(1, 2).contiguous().transpose(1, 2))  # a non-contiguous input
-    expect_close(got, reference.merge_heads(hh), "merge_heads of a non-contiguous tensor (hidden test)")
+    expect_close(got, reference.merge_heads(hh), case)
+    case = f"merge_heads of a ({B}, {H}, {T}, {D}) {kind} tensor that is not contiguous in memory"
+    with exercise(globals(), case=case):
+        got = merge_heads(hh.transpose(1, 2).contiguous().transpose(1, 2))
+    expect_close(got, reference.merge_heads(hh), case)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -289,9 +305,9 @@ x = torch.randn(2, 6, 32, device=device)
 future = torch.ones(6, 6, dtype=torch.bool, device=device).triu(1)  # True = may not attend
 for causal in (False, True):
     with torch.no_grad():
-        want, _ = torch_mha(x, x, x, attn_mask=future if causal else None, need_weights=False)
         with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"]):
             got = mha(x, causal=causal)
+        want, _ = torch_mha(x, x, x, attn_mask=future if causal else None, need_weights=False)
     expect_close(got, want, f"MultiHeadAttention(x, causal={causal})",
                  suspects={"W_o is not applied to the merged heads": reference.merge_heads(
                                reference.attention(*(reference.split_heads(W(x), 4) for W in (mha.W_q, mha.W_k, mha.W_v)),
@@ -299,20 +315,29 @@ for causal in (False, True):
 print("MultiHeadAttention: correct")
 
 ### BEGIN HIDDEN TESTS
+# Other widths, head counts, batches and lengths, in float64, with the default causal=True and with
+# causal=False; and the gradients, which a module trained with this layer needs.
 g = torch.Generator().manual_seed(303)
-for B, T, C, H in [(3, 9, 24, 3), (1, 4, 20, 5), (2, 1, 16, 8)]:
+for B, T, C, H, causal in [(3, 9, 24, 3, True), (1, 4, 20, 5, False), (2, 1, 16, 8, True)]:
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
     hm = MultiHeadAttention(C, H).to(device).double()
     hx = torch.randn(B, T, C, generator=g, dtype=torch.float64).to(device).requires_grad_()
     weights = [hm.W_q.weight, hm.W_k.weight, hm.W_v.weight, hm.W_o.weight]
-    want = reference.mha_forward(hx, *weights, n_heads=H, causal=True)
+    case = (f"MultiHeadAttention({C}, {H}) on {B} sequence(s) of {T} token(s), float64, "
+            + ("with the default causal=True" if causal else "causal=False"))
+    with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"], case=case):
+        got = hm(hx) if causal else hm(hx, causal=False)
+    want = reference.mha_forward(hx, *weights, n_heads=H, causal=causal)
+    expect_close(got, want.detach(), case)
+    assert got.requires_grad, (f"{case}: your output carries no gradient (is it computed under torch.no_grad(), "
+                               "or detached?), so the module cannot be trained")
+    got_grads = torch.autograd.grad(got.square().sum(), [hx] + weights, allow_unused=True)
     want_grads = torch.autograd.grad(want.square().sum(), [hx] + weights)
-    with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"]):
-        got = hm(hx)
-    expect_close(got, want.detach(), "MultiHeadAttention (hidden test)")
-    got_grads = torch.autograd.grad(got.square().sum(), [hx] + weights)
     for name, gg, wg in zip(["x", "W_q", "W_k", "W_v", "W_o"], got_grads, want_grads):
-        expect_close(gg, wg, f"the gradient of MultiHeadAttention with respect to {name} (hidden test)")
+        what = f"{case}: the gradient of sum(output ** 2) with respect to {name}"
+        assert gg is not None, (f"{what} is missing: no gradient reaches {name} "
+                                "(.data, .detach() or torch.no_grad() cuts it off)")
+        expect_close(gg, wg, what)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -395,50 +420,62 @@ class AttentionFunction(torch.autograd.Function):
 q, k, v = (torch.randn(2, 2, 5, 4, device=device, requires_grad=True) for _ in range(3))
 dout = torch.randn(2, 2, 5, 4, device=device)
 for causal in (False, True):
-    want = torch.autograd.grad(reference.attention(q, k, v, causal=causal), (q, k, v), dout)
     with exercise(globals(), no_autograd=True):  # by hand: autograd is switched off here
         got = attention_backward(q.detach(), k.detach(), v.detach(), dout, causal=causal)
     assert isinstance(got, (tuple, list)) and len(got) == 3, "attention_backward must return (dq, dk, dv)"
+    want = torch.autograd.grad(reference.attention(q, k, v, causal=causal), (q, k, v), dout)
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
         expect_close(g_, w_, f"{name} (causal={causal})")
 print("attention_backward: correct")
 
 ### BEGIN HIDDEN TESTS
+# Other batches and head counts, float64, values wider and narrower than the keys, fewer queries than keys.
 g = torch.Generator().manual_seed(404)
-for shape_q, shape_k, dv_, causal in [((3, 2, 6, 8), (3, 2, 6, 8), 5, True),
-                                      ((1, 3, 2, 4), (1, 3, 7, 4), 6, True),
-                                      ((2, 1, 4, 3), (2, 1, 4, 3), 3, False)]:
-    hq = torch.randn(shape_q, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    hk = torch.randn(shape_k, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    hv = torch.randn(shape_k[:-1] + (dv_,), generator=g, dtype=torch.float64).to(device).requires_grad_()
-    hd = torch.randn(shape_q[:-1] + (dv_,), generator=g, dtype=torch.float64).to(device)
-    want = torch.autograd.grad(reference.attention(hq, hk, hv, causal=causal), (hq, hk, hv), hd)
-    with exercise(globals(), no_autograd=True):
-        got = attention_backward(hq.detach(), hk.detach(), hv.detach(), hd, causal=causal)
+for B, H, Tq, Tk, D, Dv, causal in [(3, 2, 6, 6, 8, 5, True), (1, 3, 2, 7, 4, 6, True),
+                                    (2, 1, 4, 4, 3, 3, False), (2, 2, 3, 8, 5, 7, False)]:
+    hq, hk = (torch.randn(B, H, T, D, generator=g, dtype=torch.float64).to(device) for T in (Tq, Tk))
+    hv = torch.randn(B, H, Tk, Dv, generator=g, dtype=torch.float64).to(device)
+    hd = torch.randn(B, H, Tq, Dv, generator=g, dtype=torch.float64).to(device)
+    case = (f"attention_backward with {Tq} queries against {Tk} keys {D} wide, values {Dv} wide, batch {B}, "
+            f"{H} heads, float64, {'causal' if causal else 'not causal'}")
+    with exercise(globals(), no_autograd=True, case=case):
+        got = attention_backward(hq, hk, hv, hd, causal=causal)
+    assert isinstance(got, (tuple, list)) and len(got) == 3, f"{case}: attention_backward must return (dq, dk, dv)"
+    qkv = [t.clone().requires_grad_() for t in (hq, hk, hv)]
+    want = torch.autograd.grad(reference.attention(*qkv, causal=causal), qkv, hd)
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
-        expect_close(g_, w_, f"{name} (hidden test)")
+        expect_close(g_, w_, f"{case}: {name}",
+                     hint="The queries are the last Tq positions: the mask is aligned bottom-right, as in attention."
+                     if causal and Tq < Tk else "")
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": true, "grade_id": "test_autograd_function", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-# gradcheck compares your backward with finite differences, in float64.
+# gradcheck compares your backward with finite differences, in float64. (Its fast mode
+# compares random projections of the two Jacobians: a wrong gradient fails it all the
+# same, in a fraction of the time.)
 q, k, v = (torch.randn(1, 2, 4, 3, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3))
 for causal in (False, True):
-    want = reference.attention(q, k, v, causal=causal).detach()
     with exercise(globals(), stand_ins=["attention"]):
         out = AttentionFunction.apply(q, k, v, causal)
-        passed = torch.autograd.gradcheck(AttentionFunction.apply, (q, k, v, causal), raise_exception=False)
+        passed = torch.autograd.gradcheck(AttentionFunction.apply, (q, k, v, causal), raise_exception=False,
+                                          fast_mode=True)
+    want = reference.attention(q, k, v, causal=causal).detach()
     expect_close(out.detach(), want, f"AttentionFunction.apply(q, k, v, {causal}), the forward value")
     assert passed, f"gradcheck failed for causal={causal}: your backward does not match finite differences"
 print("AttentionFunction: passes gradcheck")
 
 ### BEGIN HIDDEN TESTS
+# Fewer queries than keys and values narrower or wider than the keys, with and without the mask.
 g = torch.Generator().manual_seed(505)
-hq = torch.randn(2, 1, 3, 5, generator=g, dtype=torch.float64).to(device).requires_grad_()
-hk = torch.randn(2, 1, 6, 5, generator=g, dtype=torch.float64).to(device).requires_grad_()
-hv = torch.randn(2, 1, 6, 2, generator=g, dtype=torch.float64).to(device).requires_grad_()
-with exercise(globals(), stand_ins=["attention"]):
-    passed = torch.autograd.gradcheck(AttentionFunction.apply, (hq, hk, hv, True), raise_exception=False)
-assert passed, "gradcheck failed (hidden test)"
+for B, H, Tq, Tk, D, Dv, causal in [(2, 1, 3, 6, 5, 2, True), (1, 2, 4, 4, 3, 5, False)]:
+    hq, hk = (torch.randn(B, H, T, D, generator=g, dtype=torch.float64).to(device).requires_grad_() for T in (Tq, Tk))
+    hv = torch.randn(B, H, Tk, Dv, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    case = (f"AttentionFunction with {Tq} queries against {Tk} keys {D} wide, values {Dv} wide, batch {B}, "
+            f"{H} head(s), float64, {'causal' if causal else 'not causal'}")
+    with exercise(globals(), stand_ins=["attention"], case=case):
+        passed = torch.autograd.gradcheck(AttentionFunction.apply, (hq, hk, hv, causal), raise_exception=False,
+                                          fast_mode=True)
+    assert passed, f"{case}: gradcheck finds that your backward does not match finite differences"
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -503,10 +540,10 @@ mha = MultiHeadAttention(d_model=32, n_heads=4).to(device)
 x = torch.randn(2, 8, 32, device=device)
 weights = [mha.W_q.weight, mha.W_k.weight, mha.W_v.weight, mha.W_o.weight]
 with torch.no_grad():
-    want = reference.mha_forward(x, *weights, n_heads=4, causal=True)  # (2, 8, 32)
     cache = KVCache()
     with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"]):
         outs = [mha_step(mha, x[:, :5], cache)] + [mha_step(mha, x[:, t:t + 1], cache) for t in range(5, 8)]
+    want = reference.mha_forward(x, *weights, n_heads=4, causal=True)  # (2, 8, 32)
 expect_shape(cache.k, (2, 4, 8, 8), "cache.k after 8 tokens",
              hint="The cache is (B, H, T, D): did you concatenate along the time axis, dim=2?")
 expect_close(outs[0], want[:, :5], "the prefill output")
@@ -516,6 +553,7 @@ for t, out in zip(range(5, 8), outs[1:]):
 print("KV-cache decoding equals the full forward")
 
 ### BEGIN HIDDEN TESTS
+# Other batches, widths and head counts in float64; steps of several tokens after a filled cache.
 g = torch.Generator().manual_seed(606)
 for B, C, H, chunks in [(3, 24, 6, [4, 1, 1, 3, 1]), (1, 12, 2, [1, 1, 1, 1]), (2, 40, 5, [7, 2, 1])]:
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
@@ -523,16 +561,36 @@ for B, C, H, chunks in [(3, 24, 6, [4, 1, 1, 3, 1]), (1, 12, 2, [1, 1, 1, 1]), (
     T = sum(chunks)
     hx = torch.randn(B, T, C, generator=g, dtype=torch.float64).to(device)
     hw = [hm.W_q.weight, hm.W_k.weight, hm.W_v.weight, hm.W_o.weight]
+    layer = f"batch {B}, {H} heads of {C // H} dims, float64"
     with torch.no_grad():
-        want = reference.mha_forward(hx, *hw, n_heads=H, causal=True)
-        cache, start = KVCache(), 0
+        cache, start, steps = KVCache(), 0, []
         for n in chunks:
-            with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"]):
-                got = mha_step(hm, hx[:, start:start + n], cache)
-            expect_close(got, want[:, start:start + n], "a cached step (hidden test)")
+            case = f"mha_step of {n} new token(s) after {start} cached ones ({layer})"
+            with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"], case=case):
+                steps.append((case, start, n, mha_step(hm, hx[:, start:start + n], cache)))
             start += n
-    assert len(cache) == T, "the cache length is wrong (hidden test)"
-    expect_shape(cache.v, (B, H, T, C // H), "cache.v (hidden test)")
+        want = reference.mha_forward(hx, *hw, n_heads=H, causal=True)
+    for case, start, n, got in steps:
+        expect_close(got, want[:, start:start + n], case,
+                     hint="Every step is causal: a new token sees the cache and the new tokens up to itself.")
+    what = f"the cache after {len(chunks)} steps of {T} tokens in all ({layer})"
+    assert len(cache) == T, f"{what} holds {len(cache)} tokens; expected {T}"
+    expect_shape(cache.v, (B, H, T, C // H), f"cache.v in {what}")
+
+# Two caches filled in turn keep their own tokens (nothing is shared between them), with values
+# wider than the keys.
+caches, seen = (KVCache(), KVCache()), ([], [])
+for step, n in enumerate([3, 2, 1, 1]):
+    for i, cache in enumerate(caches):
+        kv = tuple(torch.randn(2, 3, n, w, generator=g, dtype=torch.float64).to(device) for w in (4, 7))
+        seen[i].append(kv)
+        case = (f"KVCache.update of cache {i + 1} of two filled in turn, step {step + 1} "
+                f"({n} token(s), keys 4 wide, values 7 wide)")
+        with exercise(globals(), case=case):
+            got = cache.update(*kv)
+        assert isinstance(got, (tuple, list)) and len(got) == 2, f"{case}: update must return (keys, values)"
+        for name, j, g_ in zip(["keys", "values"], (0, 1), got):
+            expect_close(g_, torch.cat([s[j] for s in seen[i]], dim=2), f"{case}: the {name} returned")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -584,14 +642,25 @@ assert round(dsv3_128k / 2**30, 1) == 488.0, f"488.0 GiB expected; you have {dsv
 print("cache sizes: correct")
 
 ### BEGIN HIDDEN TESTS
-g = torch.Generator().manual_seed(707)
-for _ in range(5):
-    l, h, d, t, b = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (100, 200, 300, 10**6, 64))
-    with exercise(globals()):
-        got_e = number(kv_cache_elements_per_token(l, h, d), "kv_cache_elements_per_token")
-        got_b = number(kv_cache_bytes(l, h, d, t, b, 4), "kv_cache_bytes")
-    assert got_e == 2 * h * d * l, "kv_cache_elements_per_token (hidden test)"
-    assert got_b == 2 * h * d * l * t * b * 4, "kv_cache_bytes (hidden test)"
+# Every argument at values the visible check holds fixed: batches above 1, 1 and 4 bytes per element,
+# passed by position and by name.
+for l, h, d, t, b, nbytes in [(27, 16, 128, 32_768, 3, 2), (80, 64, 128, 100_000, 1, 4),
+                              (7, 3, 96, 1_000_001, 5, 1), (61, 128, 128, 131_072, 8, 4)]:
+    case = (f"{l} layers of {h} heads of {d} dims, a batch of {b} sequence(s) of {t:,} tokens, "
+            f"{nbytes} byte(s) per element")
+    with exercise(globals(), case=case):
+        got_e = number(kv_cache_elements_per_token(l, h, d), f"{case}: kv_cache_elements_per_token")
+        got_pos = number(kv_cache_bytes(l, h, d, t, b, nbytes), f"{case}: kv_cache_bytes")
+        got_kw = number(kv_cache_bytes(n_layers=l, n_heads=h, d_head=d, seq_len=t, batch=b, bytes_per_element=nbytes),
+                        f"{case}: kv_cache_bytes")
+    want_e = 2 * h * d * l
+    assert got_e == want_e, f"{case}: {want_e:,} elements per token expected; you have {got_e:,}"
+    want_b = want_e * t * b * nbytes
+    for how, got_b in [("arguments by position", got_pos), ("arguments by name", got_kw)]:
+        off = ("" if got_b <= 0 else f", {want_b / got_b:.3g}x too few" if got_b < want_b
+               else f", {got_b / want_b:.3g}x too many")
+        assert got_b == want_b, (f"{case} ({how}): {want_b:,} bytes expected; you have {got_b:,}{off}. "
+                                 "Are seq_len, batch and bytes_per_element all used?")
 ### END HIDDEN TESTS
 
 # %% [markdown]

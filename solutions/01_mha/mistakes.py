@@ -51,4 +51,29 @@ MISTAKES = [
     Mistake("cache_size_fp32", "cache_size", "* batch * bytes_per_element", "* batch * 4", ("test_cache_size",)),
     Mistake("cache_size_hard_coded", "cache_size", "return 2 * n_heads * d_head * n_layers",
             "return 262_144", ("test_cache_size",)),
+
+    # Mistakes the visible checks let through: only the hidden tests catch them.
+    # The visible check's values are as wide as its keys, so the wrong width goes unseen.
+    Mistake("scale_by_value_width", "attention", " / math.sqrt(q.shape[-1])", " / math.sqrt(v.shape[-1])",
+            ("test_attention",), says="scaled by the values' width Dv", hidden_only=True),
+    # The head count of the visible example, typed in instead of n_heads.
+    Mistake("split_heads_four_heads", "heads", "x.view(B, T, n_heads, C // n_heads)", "x.view(B, T, 4, C // 4)",
+            ("test_heads",), says="split_heads(x, 6) of a (3, 5, 24)", hidden_only=True),
+    # .data gives the right values and no gradient to W_q; the visible check runs under no_grad.
+    Mistake("mha_q_from_weight_data", "mha", "q = split_heads(self.W_q(x), self.n_heads)",
+            "q = split_heads(x @ self.W_q.weight.data.T, self.n_heads)", ("test_mha",),
+            says="no gradient reaches W_q", hidden_only=True),
+    # A mask aligned top-left in the backward pass: right whenever Tq == Tk, as in the visible checks.
+    Mistake("backward_mask_top_left", "backward", "tril(diagonal=Tk - Tq)", "tril(diagonal=0)",
+            ("test_backward", "test_autograd_function"), says="2 queries against 7 keys", hidden_only=True),
+    # "Only the prompt needs a causal mask": right for a prefill into an empty cache and for one-token
+    # steps, wrong for a step of several tokens after earlier ones.
+    Mistake("kv_mask_only_prefill", "kv_cache", "k, v = cache.update(",
+            "prefill = len(cache) == 0\n    k, v = cache.update(", ("test_kv_cache",),
+            says="3 new token(s) after 6 cached ones", also=("causal=True)))", "causal=prefill)))"),
+            hidden_only=True),
+    # The visible check only asks for one sequence, so the batch it leaves out goes unseen.
+    Mistake("cache_bytes_ignore_batch", "cache_size", "* seq_len * batch * bytes_per_element",
+            "* seq_len * bytes_per_element", ("test_cache_size",), says="a batch of 3 sequence(s)",
+            hidden_only=True),
 ]
