@@ -120,14 +120,18 @@ print("repeat_kv and gqa_attention_expanded: correct")
 g = torch.Generator().manual_seed(211)
 for B, G, n_rep, Tq, Tk, D, causal in [(3, 3, 2, 4, 9, 6, True), (1, 1, 5, 2, 2, 3, False), (2, 4, 1, 1, 7, 5, True)]:
     hx = torch.randn(B, G, Tk, D, generator=g, dtype=torch.float64).to(device)
-    with exercise(globals(), allow=WORKBOOK_01):
+    case = f"repeat_kv of a ({B}, {G}, {Tk}, {D}) float64 tensor with n_rep={n_rep}"
+    with exercise(globals(), allow=WORKBOOK_01, case=case):
         got = repeat_kv(hx, n_rep)
-    expect_close(got, reference.repeat_kv(hx, n_rep), "repeat_kv (hidden test)")
+    expect_close(got, reference.repeat_kv(hx, n_rep), case,
+                 hint="Query head h reads K/V head h // n_rep, for any batch, size and dtype.")
     hq = torch.randn(B, G * n_rep, Tq, D, generator=g, dtype=torch.float64).to(device)
-    hv = torch.randn(B, G, Tk, D + 1, generator=g, dtype=torch.float64).to(device)
-    with exercise(globals(), allow=WORKBOOK_01):
+    hv = torch.randn(B, G, Tk, D + 1, generator=g, dtype=torch.float64).to(device)  # values wider than keys
+    case = (f"gqa_attention_expanded with {G * n_rep} query heads and {G} K/V heads, {Tq} queries against {Tk} "
+            f"keys, values {D + 1} wide (keys {D}), batch {B}, float64{', causal' if causal else ''}")
+    with exercise(globals(), allow=WORKBOOK_01, case=case):
         got = gqa_attention_expanded(hq, hx, hv, causal=causal)
-    expect_close(got, reference.gqa_attention(hq, hx, hv, causal), "gqa_attention_expanded (hidden test)")
+    expect_close(got, reference.gqa_attention(hq, hx, hv, causal), case)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -204,11 +208,17 @@ for B, G, n_rep, Tq, Tk, D, Dv, causal in [(3, 2, 3, 4, 11, 8, 5, True), (1, 4, 
     hq = torch.randn(B, G * n_rep, Tq, D, generator=g, dtype=torch.float64).to(device)
     hk = torch.randn(B, G, Tk, D, generator=g, dtype=torch.float64).to(device)
     hv = torch.randn(B, G, Tk, Dv, generator=g, dtype=torch.float64).to(device)
-    with exercise(globals(), allow=WORKBOOK_01), storage_watch() as watch:
+    case = (f"gqa_attention with {G * n_rep} query heads and {G} K/V heads, {Tq} queries against {Tk} keys, "
+            f"values {Dv} wide (keys {D}), batch {B}, float64{', causal' if causal else ''}")
+    with exercise(globals(), allow=WORKBOOK_01, case=case), storage_watch() as watch:
         got = gqa_attention(hq, hk, hv, causal=causal)
-    expect_close(got, reference.gqa_attention(hq, hk, hv, causal), "gqa_attention (hidden test)")
+    expect_close(got, reference.gqa_attention(hq, hk, hv, causal), case,
+                 hint="The output is (B, H, Tq, Dv): its width is the values' width, not the keys'.")
     if n_rep > 1 and Tk > 8 * Tq:
-        assert watch.largest < n_rep * hk.untyped_storage().nbytes(), "K or V was repeated (hidden test)"
+        repeated = n_rep * hk.untyped_storage().nbytes()
+        assert watch.largest < repeated, (
+            f"{case}: your code created a tensor of {watch.largest:,} bytes, as large as the keys repeated for "
+            f"every query head ({repeated:,} bytes); compute group by group instead of repeating K and V.")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -264,9 +274,9 @@ stand_ins = ["gqa_attention", "repeat_kv"]
 with torch.no_grad():
     for n_kv in (4, 2, 8, 1):
         gqa = GroupedQueryAttention(32, 8, n_kv).to(device)
-        want = reference.gqa_forward(x, *weights_of(gqa), n_heads=8, n_kv_heads=n_kv)
         with exercise(globals(), stand_ins=stand_ins, allow=WORKBOOK_01):
             got = gqa(x)
+        want = reference.gqa_forward(x, *weights_of(gqa), n_heads=8, n_kv_heads=n_kv)
         expect_close(got, want, f"GroupedQueryAttention(32, 8, {n_kv})(x)",
                      hint="Are K and V split into n_kv_heads heads? Is the mask causal?")
         if n_kv == 8:  # as many K/V heads as query heads: this is workbook 01's MHA
@@ -280,10 +290,10 @@ with torch.no_grad():
 
     # Prefill 4 tokens, then decode 3 one at a time, with a cache of 2 K/V heads.
     gqa = GroupedQueryAttention(32, 8, 2).to(device)
-    want = reference.gqa_forward(x, *weights_of(gqa), n_heads=8, n_kv_heads=2)
     kv = KVCache()
     with exercise(globals(), stand_ins=stand_ins, allow=WORKBOOK_01):
         steps = [gqa(x[:, :4], cache=kv)] + [gqa(x[:, t:t + 1], cache=kv) for t in range(4, 7)]
+    want = reference.gqa_forward(x, *weights_of(gqa), n_heads=8, n_kv_heads=2)
     expect_shape(kv.k, (2, 2, 7, 4), "the cache's keys after 7 tokens",
                  hint="The cache holds n_kv_heads heads. (An empty KVCache has length 0, so `if cache:` is "
                       "False: test `if cache is not None:`.)")
@@ -297,20 +307,28 @@ for B, C, H, G, chunks in [(3, 24, 6, 3, [5, 1, 2, 1]), (1, 40, 10, 5, [1, 1, 1]
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
     hm = GroupedQueryAttention(C, H, G).to(device).double()
     hx = torch.randn(B, sum(chunks), C, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    layer = f"GroupedQueryAttention({C}, {H}, {G}) on a batch of {B} sequences of {sum(chunks)} tokens, float64"
+    # The same layer with a KV cache, fed the tokens in steps of `chunks` tokens.
+    steps, kv, start = [], KVCache(), 0
+    with torch.no_grad():
+        for n in chunks:
+            case = f"{layer}, with a KV cache: the step of {n} token(s) at positions {start}..{start + n - 1}"
+            with exercise(globals(), stand_ins=stand_ins, allow=WORKBOOK_01, case=case):
+                out = hm(hx[:, start:start + n], cache=kv)
+            steps.append((case, start, n, out))
+            start += n
+    with exercise(globals(), stand_ins=stand_ins, allow=WORKBOOK_01, case=layer):
+        got = hm(hx)
+    got_grads = torch.autograd.grad(got.square().sum(), [hx] + weights_of(hm))
     want = reference.gqa_forward(hx, *weights_of(hm), n_heads=H, n_kv_heads=G)
     want_grads = torch.autograd.grad(want.square().sum(), [hx] + weights_of(hm))
-    with exercise(globals(), stand_ins=stand_ins, allow=WORKBOOK_01):
-        got = hm(hx)
-    expect_close(got, want.detach(), "GroupedQueryAttention (hidden test)")
-    for gg, wg in zip(torch.autograd.grad(got.square().sum(), [hx] + weights_of(hm)), want_grads):
-        expect_close(gg, wg, "a gradient of GroupedQueryAttention (hidden test)")
-    with torch.no_grad():
-        kv, start = KVCache(), 0
-        for n in chunks:
-            with exercise(globals(), stand_ins=stand_ins, allow=WORKBOOK_01):
-                got = hm(hx[:, start:start + n], cache=kv)
-            expect_close(got, want[:, start:start + n].detach(), "a cached GQA step (hidden test)")
-            start += n
+    expect_close(got, want.detach(), layer)
+    for name, gg, wg in zip(["x", "W_q", "W_k", "W_v", "W_o"], got_grads, want_grads):
+        expect_close(gg, wg, f"the gradient of {name} through {layer}")
+    for case, start, n, step in steps:
+        expect_close(step, want[:, start:start + n].detach(), case,
+                     hint="Every step of several new tokens needs the causal mask, aligned bottom-right, "
+                          "also when the cache already holds tokens.")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -352,9 +370,9 @@ k = torch.randn(2, 2, 4, 8, device=device, requires_grad=True)
 v = torch.randn(2, 2, 4, 8, device=device, requires_grad=True)
 dout = torch.randn(2, 6, 4, 8, device=device)
 for causal in (False, True):
-    want = torch.autograd.grad(reference.gqa_attention(q, k, v, causal), (q, k, v), dout)
     with exercise(globals(), stand_ins=["repeat_kv"], allow=WORKBOOK_01, no_autograd=True):
         got = gqa_attention_backward(q.detach(), k.detach(), v.detach(), dout, causal=causal)
+    want = torch.autograd.grad(reference.gqa_attention(q, k, v, causal), (q, k, v), dout)
     assert isinstance(got, (tuple, list)) and len(got) == 3, "gqa_attention_backward must return (dq, dk, dv)"
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
         expect_close(g_, w_, f"{name} (causal={causal})",
@@ -363,20 +381,26 @@ print("gqa_attention_backward: correct")
 
 ### BEGIN HIDDEN TESTS
 g = torch.Generator().manual_seed(244)
-for B, G, n_rep, Tq, Tk, D, causal in [(3, 2, 4, 3, 5, 6, True), (1, 3, 2, 4, 4, 5, False), (2, 1, 3, 1, 6, 4, True)]:
+for B, G, n_rep, Tq, Tk, D, Dv, causal in [(3, 2, 4, 3, 5, 6, 4, True), (1, 3, 2, 4, 4, 5, 5, False),
+                                            (2, 1, 3, 1, 6, 4, 7, True)]:
     hq = torch.randn(B, G * n_rep, Tq, D, generator=g, dtype=torch.float64).to(device).requires_grad_()
     hk = torch.randn(B, G, Tk, D, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    hv = torch.randn(B, G, Tk, D, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    hd = torch.randn(B, G * n_rep, Tq, D, generator=g, dtype=torch.float64).to(device)
-    want = torch.autograd.grad(reference.gqa_attention(hq, hk, hv, causal), (hq, hk, hv), hd)
-    with exercise(globals(), stand_ins=["repeat_kv"], allow=WORKBOOK_01, no_autograd=True):
+    hv = torch.randn(B, G, Tk, Dv, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    hd = torch.randn(B, G * n_rep, Tq, Dv, generator=g, dtype=torch.float64).to(device)
+    case = (f"gqa_attention_backward with {G * n_rep} query heads and {G} K/V heads, {Tq} queries against {Tk} "
+            f"keys, values {Dv} wide (keys {D}), batch {B}, float64{', causal' if causal else ''}")
+    with exercise(globals(), stand_ins=["repeat_kv"], allow=WORKBOOK_01, no_autograd=True, case=case):
         got = gqa_attention_backward(hq.detach(), hk.detach(), hv.detach(), hd, causal=causal)
+    want = torch.autograd.grad(reference.gqa_attention(hq, hk, hv, causal), (hq, hk, hv), hd)
+    assert isinstance(got, (tuple, list)) and len(got) == 3, f"{case}: your code must return (dq, dk, dv)"
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
-        expect_close(g_, w_, f"{name} (hidden test)")
-    hh = torch.randn(B, G * n_rep, Tk, D, generator=g, dtype=torch.float64).to(device)
-    with exercise(globals(), allow=WORKBOOK_01):
+        expect_close(g_, w_, f"{name} of {case}", hint="dq has the shape of q, dk of k, dv of v: take each "
+                     "shape from its own tensor (Tq and Tk, and the key and value widths, can differ).")
+    hh = torch.randn(B, G * n_rep, Tk, Dv, generator=g, dtype=torch.float64).to(device)
+    case = f"sum_over_groups of a ({B}, {G * n_rep}, {Tk}, {Dv}) float64 gradient into {G} K/V heads"
+    with exercise(globals(), allow=WORKBOOK_01, case=case):
         got = sum_over_groups(hh, G)
-    expect_close(got, hh.view(B, G, n_rep, Tk, D).sum(2), "sum_over_groups (hidden test)")
+    expect_close(got, hh.view(B, G, n_rep, Tk, Dv).sum(2), case)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -450,17 +474,25 @@ g = torch.Generator().manual_seed(255)
 allow = WORKBOOK_01 + ["mha_forward", "gqa_forward"]
 for H, G, D, C in [(6, 3, 4, 5), (4, 1, 3, 12), (10, 5, 2, 7)]:
     hW = torch.randn(H * D, C, generator=g, dtype=torch.float64).to(device)
-    with exercise(globals(), allow=allow):
+    case = f"mean_pool_heads of a ({H * D}, {C}) float64 projection, {H} heads of {D} rows into {G} K/V heads"
+    with exercise(globals(), allow=allow, case=case):
         got = mean_pool_heads(hW, H, G)
-    expect_close(got, reference.mean_pool_heads(hW, H, G), "mean_pool_heads (hidden test)")
-    hWs = [torch.randn(H * D, H * D, generator=g, dtype=torch.float64).to(device) for _ in range(4)]
-    hx = torch.randn(2, 6, H * D, generator=g, dtype=torch.float64).to(device)
-    with exercise(globals(), stand_ins=["mean_pool_heads"], allow=allow):
-        got = conversion_error(*hWs, H, G, hx)
+    expect_close(got, reference.mean_pool_heads(hW, H, G), case)
+# conversion_error again and again, with other weights and inputs each time (the first with the shapes of
+# the visible check): nothing may carry over from one call to the next.
+for B, T, H, G, D in [(2, 10, 8, 2, 4), (2, 10, 8, 2, 4), (3, 6, 6, 3, 4), (1, 5, 4, 1, 3), (2, 6, 10, 5, 2)]:
+    hWs = [torch.randn(H * D, H * D, generator=g, dtype=torch.float64).to(device) / (H * D) ** 0.5 for _ in range(4)]
+    hx = torch.randn(B, T, H * D, generator=g, dtype=torch.float64).to(device)
+    case = (f"conversion_error called again with new weights and inputs ({H} heads of {D} dims pooled into {G} "
+            f"K/V heads, x of shape ({B}, {T}, {H * D}), float64)")
+    with exercise(globals(), stand_ins=["mean_pool_heads"], allow=allow, case=case):
+        got = number(conversion_error(*hWs, H, G, hx), case)
     y = reference.mha_forward(hx, *hWs, H)
     pooled = [reference.mean_pool_heads(w, H, G) for w in hWs[1:3]]
     want = ((reference.gqa_forward(hx, hWs[0], *pooled, hWs[3], H, G) - y).norm() / y.norm()).item()
-    assert abs(got - want) < 1e-8, "conversion_error (hidden test)"
+    assert abs(got - want) < 1e-8, (
+        f"{case}: your code returns {got:.6g}; expected {want:.6g}. Does it keep something from an earlier call "
+        "(a stored output, say)? Compute everything from the arguments of this call.")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -548,14 +580,20 @@ assert abs(fraction - 0.25) < 1e-12, f"8 K/V heads for 32 query heads keep a qua
 print("GQA cache sizes: correct")
 
 ### BEGIN HIDDEN TESTS
-g = torch.Generator().manual_seed(266)
-for _ in range(5):
-    l, n_kv, d, rep = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (90, 17, 257, 9))
-    with exercise(globals(), allow=WORKBOOK_01):
+# Other models than the visible Llamas: every argument takes other values.
+for l, n_kv, d, n_h in [(61, 1, 64, 128), (27, 16, 192, 16), (5, 3, 7, 12), (80, 8, 96, 56), (1, 2, 1, 2)]:
+    model = f"a model with {l} layers and {n_kv} K/V heads of {d} dims"
+    with exercise(globals(), allow=WORKBOOK_01, case=model):
         got = number(gqa_cache_elements_per_token(l, n_kv, d), "gqa_cache_elements_per_token")
-        frac = number(cache_fraction_of_mha(n_kv * rep, n_kv), "cache_fraction_of_mha")
-    assert got == 2 * n_kv * d * l, "gqa_cache_elements_per_token (hidden test)"
-    assert abs(frac - 1 / rep) < 1e-12, "cache_fraction_of_mha (hidden test)"
+    with exercise(globals(), allow=WORKBOOK_01, case=f"cache_fraction_of_mha({n_h}, {n_kv})"):
+        frac = number(cache_fraction_of_mha(n_h, n_kv), "cache_fraction_of_mha")
+    want = 2 * n_kv * d * l
+    assert got == want, (
+        f"{model} caches 2 * {n_kv} * {d} * {l} = {want:,} elements per token; your gqa_cache_elements_per_token "
+        f"gives {got:,}." + (" Use the d_head it is given, not Llama's 128." if got == 2 * n_kv * 128 * l else ""))
+    assert abs(frac - n_kv / n_h) < 1e-12, (
+        f"{n_kv} K/V heads for {n_h} query heads keep {n_kv}/{n_h} = {n_kv / n_h:.6g} of the MHA cache; "
+        f"your cache_fraction_of_mha({n_h}, {n_kv}) gives {frac:.6g}.")
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -42,7 +42,7 @@ import torch
 
 import attnlab
 from attnlab import reference
-from attnlab.checks import exercise, expect_close, expect_shape, stand_in
+from attnlab.checks import exercise, expect_close, expect_shape
 # Workbooks 01 and 02's answers, as building blocks for this one.
 from attnlab.reference import KVCache, gqa_attention, merge_heads, split_heads
 
@@ -109,15 +109,29 @@ expect_close(sin.cpu(), angles.sin(), "sin of rope_tables(torch.arange(5, 8), 8)
 print("rope_frequencies and rope_tables: correct")
 
 ### BEGIN HIDDEN TESTS
+# Other widths and bases, and positions of long contexts (100,000 and beyond), where float32 angles drift.
 for d, base, positions in [(16, 10000.0, torch.arange(100, 107)), (6, 500000.0, torch.tensor([0, 3, 511])),
-                           (32, 100.0, torch.arange(0, 40))]:
-    with exercise(globals(), allow=EARLIER):
+                           (32, 100.0, torch.arange(0, 40)), (16, 10000.0, torch.arange(99_998, 100_003)),
+                           (128, 500000.0, torch.tensor([131_071, 524_287, 1_000_000]))]:
+    call = f"rope_frequencies({d}, base={base:,g})"
+    with exercise(globals(), allow=EARLIER, case=call):
         got_theta = rope_frequencies(d, base)
+    expect_close(got_theta, reference.rope_frequencies(d, base), call, atol=1e-7)
+    where = ", ".join(f"{m:,}" for m in positions.tolist()) if len(positions) <= 3 else \
+        f"{int(positions[0]):,}..{int(positions[-1]):,}"
+    case = f"rope_tables at positions {where}, d={d}, base={base:,g}"
+    with exercise(globals(), allow=EARLIER, case=case):
         got_cos, got_sin = rope_tables(positions.to(device), d, base)
-    expect_close(got_theta, reference.rope_frequencies(d, base), "rope_frequencies (hidden test)", atol=1e-7)
     want_cos, want_sin = reference.rope_tables(positions, d, base)
-    expect_close(got_cos.cpu(), want_cos, "rope_tables cos (hidden test)", atol=1e-4)
-    expect_close(got_sin.cpu(), want_sin, "rope_tables sin (hidden test)", atol=1e-4)
+    for name, got_t, want_t in [("cos", got_cos, want_cos), ("sin", got_sin, want_sin)]:
+        expect_shape(got_t, want_t.shape, f"the {name} table of {case}")
+        off = (got_t.detach().cpu().double() - want_t.double()).abs().amax(dim=1)  # (T,): the worst pair per position
+        worst = int(off.argmax())
+        assert not off[worst] > 1e-4, (
+            f"{case}: at position {int(positions[worst]):,} your {name} table is off by {off[worst]:.1g}."
+            + (" Far from the start float32 angles drift: form theta and m * theta in float64, then convert "
+               "the tables to float32." if positions[worst] >= 10_000 else ""))
+        expect_close(got_t.cpu(), want_t, f"the {name} table of {case}", atol=1e-4)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -196,13 +210,16 @@ print("rope_interleaved and rope_half: correct")
 
 ### BEGIN HIDDEN TESTS
 g = torch.Generator().manual_seed(311)
-for shape, offset in [((3, 2, 5, 8), 7), ((4, 6), 1000), ((1, 3, 1, 2), 0), ((2, 1, 9, 32), 123)]:
+for shape, offset in [((3, 2, 5, 8), 7), ((4, 6), 1000), ((1, 3, 1, 2), 0), ((2, 1, 9, 32), 123),
+                      ((2, 3, 4, 16), 100_000)]:
     hx = torch.randn(shape, generator=g, dtype=torch.float64).to(device)
     hc, hs = reference.rope_tables(torch.arange(offset, offset + shape[-2], device=device), shape[-1])
-    with exercise(globals(), allow=EARLIER):
-        got_i, got_h = rope_interleaved(hx, hc, hs), rope_half(hx, hc, hs)
-    expect_close(got_i, reference.rope_interleaved(hx, hc, hs), "rope_interleaved (hidden test)")
-    expect_close(got_h, reference.rope_half(hx, hc, hs), "rope_half (hidden test)")
+    for name, fn in [("rope_interleaved", rope_interleaved), ("rope_half", rope_half)]:
+        case = f"{name} of a {shape} float64 tensor at positions {offset:,}..{offset + shape[-2] - 1:,}"
+        with exercise(globals(), allow=EARLIER, case=case):
+            got = fn(hx, hc, hs)
+        expect_close(got, getattr(reference, name)(hx, hc, hs), case,
+                     hint="The tables broadcast over every leading axis; a float64 x gives a float64 result.")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -267,9 +284,11 @@ print("permute_for_rotate_half: correct; both layouts give the same scores")
 g = torch.Generator().manual_seed(322)
 for H, D, C in [(3, 4, 5), (1, 16, 2), (6, 2, 7)]:
     hW = torch.randn(H * D, C, generator=g, dtype=torch.float64).to(device)
-    with exercise(globals(), allow=EARLIER):
+    case = f"permute_for_rotate_half of a ({H * D}, {C}) float64 projection with {H} heads of {D} rows"
+    with exercise(globals(), allow=EARLIER, case=case):
         got = permute_for_rotate_half(hW, H)
-    expect_close(got, reference.permute_for_rotate_half(hW, H), "permute_for_rotate_half (hidden test)")
+    expect_close(got, reference.permute_for_rotate_half(hW, H), case,
+                 hint="Per head: its even rows first, then its odd rows; the values and dtype of W unchanged.")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -287,7 +306,8 @@ for H, D, C in [(3, 4, 5), (1, 16, 2), (6, 2, 7)]:
 # takes any position encoding `rope_fn(x, positions)` (with `x` a `(T, d)`
 # tensor and `positions` a `(T,)` integer tensor) and returns `True` when the
 # score of a query at $m$ with a key at $n$ equals the score at $m + s$, $n + s$
-# for random $q, k$ and several $m$, $n$ and shifts $s$, `False` otherwise.
+# for random $q, k$ and several $m$, $n$ and shifts $s$ (small ones, and shifts
+# of hundreds of positions), `False` otherwise.
 # The test hands your check real RoPE (both layouts) and encodings that are
 # *not* relative; it must tell them apart. Work in float64 and compare with a
 # tolerance around `1e-6`.
@@ -313,51 +333,77 @@ def is_relative(rope_fn, d):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_relative", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-def real_rope(layout):  # float64 tables, so that RoPE is relative to float64 precision
-    return stand_in(lambda x, positions: layout(x, *reference.rope_tables(positions, x.shape[-1], dtype=x.dtype)))
+# The encodings below run while your check does, with the course's rope_tables, rope_interleaved and
+# rope_half standing in for yours (so that a mistake in those costs points there, not here).
+course_rope = ["rope_tables", "rope_interleaved", "rope_half"]
+
+
+def interleaved_rope(x, positions):  # float64 tables, so that RoPE is relative to float64 precision
+    return rope_interleaved(x, *rope_tables(positions, x.shape[-1], dtype=x.dtype))
+
+
+def half_rope(x, positions):
+    return rope_half(x, *rope_tables(positions, x.shape[-1], dtype=x.dtype))
 
 
 def absolute_sinusoid(x, positions):  # the original Transformer's encoding, added instead of rotated
-    cos, sin = reference.rope_tables(positions, x.shape[-1])
+    cos, sin = rope_tables(positions, x.shape[-1])
     return x + torch.cat([sin, cos], dim=-1).to(x.dtype)
 
 
 def squared_angles(x, positions):  # rotations by m^2 * theta: position-dependent, not relative
-    return reference.rope_interleaved(x, *reference.rope_tables(positions**2, x.shape[-1]))
+    return rope_interleaved(x, *rope_tables(positions**2, x.shape[-1]))
 
 
-cases = {"interleaved RoPE": (real_rope(reference.rope_interleaved), True),
-         "rotate-half RoPE": (real_rope(reference.rope_half), True),
-         "an added sinusoidal (absolute) encoding": (stand_in(absolute_sinusoid), False),
-         "a rotation by m^2 * theta": (stand_in(squared_angles), False)}
-for name, (fn, relative) in cases.items():
-    with exercise(globals(), allow=EARLIER):
-        verdict = is_relative(fn, 8)
+cases = {"interleaved RoPE": interleaved_rope, "rotate-half RoPE": half_rope,
+         "an added sinusoidal (absolute) encoding": absolute_sinusoid, "a rotation by m^2 * theta": squared_angles}
+verdicts = {}
+for name, fn in cases.items():
+    with exercise(globals(), stand_ins=course_rope, allow=EARLIER, case=f"is_relative on {name}"):
+        verdicts[name] = is_relative(fn, 8)
+# The right answers, written down only after your check has run.
+relative = {"interleaved RoPE": True, "rotate-half RoPE": True,
+            "an added sinusoidal (absolute) encoding": False, "a rotation by m^2 * theta": False}
+for name, verdict in verdicts.items():
     assert verdict in (True, False), f"is_relative must return True or False, not {verdict!r}"
-    assert bool(verdict) == relative, (
-        f"is_relative says {bool(verdict)} for {name}; it should say {relative}."
-        + (" Does your check compare scores at (m, n) with scores at (m + s, n + s) for some s != 0?" if not relative else
+    assert bool(verdict) == relative[name], (
+        f"is_relative says {bool(verdict)} for {name}; it should say {relative[name]}."
+        + (" Does your check compare scores at (m, n) with scores at (m + s, n + s) for some s != 0?"
+           if not relative[name] else
            " Are you comparing in float64 with a tolerance, rather than with ==?"))
 print("is_relative tells relative encodings from absolute ones")
 
 ### BEGIN HIDDEN TESTS
 def log_angles(x, positions):  # rotations by log(1 + m) * theta
-    theta = reference.rope_frequencies(x.shape[-1]).double()
+    theta = 10000.0 ** (-2 * torch.arange(x.shape[-1] // 2, dtype=torch.float64) / x.shape[-1])
     a = torch.log1p(positions.double())[:, None] * theta
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack([x1 * a.cos() - x2 * a.sin(), x1 * a.sin() + x2 * a.cos()], -1).flatten(-2)
 
 
 def rope_base_500k(x, positions):
-    return reference.rope_half(x, *reference.rope_tables(positions, x.shape[-1], 500000.0, dtype=x.dtype))
+    return rope_half(x, *rope_tables(positions, x.shape[-1], 500000.0, dtype=x.dtype))
 
 
+def rope_short_table(x, positions):  # a table built for 128 positions: later positions reuse its last row
+    return rope_interleaved(x, *rope_tables(positions.clamp(max=127), x.shape[-1], dtype=x.dtype))
+
+
+encodings = {"rotations by log(1 + m) * theta": log_angles, "rotate-half RoPE with base 500,000": rope_base_500k,
+             "an added sinusoidal (absolute) encoding": absolute_sinusoid,
+             "a RoPE whose table stops at position 127 (later positions reuse its last row)": rope_short_table}
+verdicts = {}
 for d in (6, 32):
-    for name, fn, relative in [("log angles", log_angles, False), ("base 500k RoPE", rope_base_500k, True),
-                               ("absolute sinusoid", absolute_sinusoid, False)]:
-        with exercise(globals(), allow=EARLIER):
-            verdict = is_relative(stand_in(fn), d)
-        assert bool(verdict) == relative, f"is_relative gives the wrong verdict for {name}, d={d} (hidden test)"
+    for name, fn in encodings.items():
+        with exercise(globals(), stand_ins=course_rope, allow=EARLIER, case=f"is_relative on {name}, d={d}"):
+            verdicts[name, d] = is_relative(fn, d)
+relative = {"rotate-half RoPE with base 500,000": True}  # the others are not relative
+for (name, d), verdict in verdicts.items():
+    want = relative.get(name, False)
+    assert verdict in (True, False) and bool(verdict) == want, (
+        f"is_relative says {verdict!r} for {name}, d={d}; it should say {want}."
+        + (" An encoding can be relative near the start and not far from it: shift by hundreds of positions too."
+           if "table stops" in name else ""))
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -411,14 +457,14 @@ C, H, G = 32, 8, 2
 Ws = [torch.randn(C, C, device=device) / C**0.5, torch.randn(G * C // H, C, device=device) / C**0.5,
       torch.randn(G * C // H, C, device=device) / C**0.5, torch.randn(C, C, device=device) / C**0.5]
 x = torch.randn(2, 8, C, device=device)
-want = reference.rope_gqa_step(x, *Ws, H, G, KVCache())  # (2, 8, C): all 8 tokens at once
-at_zero, zero_cache = [], KVCache()  # what the position-0 bug produces
-for t0, t1 in [(0, 5), (5, 6), (6, 7), (7, 8)]:
-    at_zero.append(reference.rope_gqa_step(x[:, t0:t1], *Ws, H, G, zero_cache, start=0))
 kv, got = KVCache(), []
 with exercise(globals(), stand_ins=["rope_tables", "rope_interleaved"], allow=EARLIER):
     for t0, t1 in [(0, 5), (5, 6), (6, 7), (7, 8)]:
         got.append(rope_gqa_step(x[:, t0:t1], *Ws, H, G, kv))
+want = reference.rope_gqa_step(x, *Ws, H, G, KVCache())  # (2, 8, C): all 8 tokens at once
+at_zero, zero_cache = [], KVCache()  # what the position-0 bug produces
+for t0, t1 in [(0, 5), (5, 6), (6, 7), (7, 8)]:
+    at_zero.append(reference.rope_gqa_step(x[:, t0:t1], *Ws, H, G, zero_cache, start=0))
 expect_shape(kv.k, (2, G, 8, C // H), "the cache's keys after 8 tokens")
 for (t0, t1), step, bug in zip([(0, 5), (5, 6), (6, 7), (7, 8)], got, at_zero):
     expect_close(step, want[:, t0:t1], f"the step for positions {t0}..{t1 - 1}",
@@ -433,13 +479,31 @@ for B, C, H, G, chunks, base in [(3, 24, 6, 3, [4, 1, 2, 1], 10000.0), (1, 16, 4
     D = C // H
     hW = [torch.randn(n, C, generator=g, dtype=torch.float64).to(device) / C**0.5 for n in (C, G * D, G * D, C)]
     hx = torch.randn(B, sum(chunks), C, generator=g, dtype=torch.float64).to(device)
-    want = reference.rope_gqa_step(hx, *hW, H, G, KVCache(), base=base)
-    kv, start = KVCache(), 0
+    layer = f"rope_gqa_step with base={base:,g}, {H} query heads and {G} K/V heads of {D} dims, batch {B}, float64"
+    steps, kv, start = [], KVCache(), 0
     for n in chunks:
-        with exercise(globals(), stand_ins=["rope_tables", "rope_interleaved"], allow=EARLIER):
-            got = rope_gqa_step(hx[:, start:start + n], *hW, H, G, kv, base=base)
-        expect_close(got, want[:, start:start + n], "a RoPE GQA step (hidden test)")
+        case = f"{layer}: the step of {n} token(s) at positions {start}..{start + n - 1}"
+        with exercise(globals(), stand_ins=["rope_tables", "rope_interleaved"], allow=EARLIER, case=case):
+            steps.append((case, start, n, rope_gqa_step(hx[:, start:start + n], *hW, H, G, kv, base=base)))
         start += n
+    want = reference.rope_gqa_step(hx, *hW, H, G, KVCache(), base=base)
+    for case, start, n, got in steps:
+        expect_close(got, want[:, start:start + n], case,
+                     hint="" if base == 10000.0 else f"Are your tables built with the base you are given ({base:,g})?")
+# A decode step far into a long context: 100,000 tokens already cached.
+B, C, H, G, T0 = 1, 16, 4, 1, 100_000
+D = C // H
+hW = [torch.randn(n, C, generator=g, dtype=torch.float64).to(device) / C**0.5 for n in (C, G * D, G * D, C)]
+hx = torch.randn(B, 2, C, generator=g, dtype=torch.float64).to(device)
+cached = [torch.randn(B, G, T0, D, generator=g, dtype=torch.float64).to(device) for _ in range(2)]  # rotated K, V
+kv = KVCache()
+kv.k, kv.v = (t.clone() for t in cached)  # a copy: what your code does to it cannot change the expected result
+case = f"rope_gqa_step with base=500,000 for 2 new tokens after {T0:,} cached ones (positions {T0:,}..{T0 + 1:,})"
+with exercise(globals(), stand_ins=["rope_tables", "rope_interleaved"], allow=EARLIER, case=case):
+    got = rope_gqa_step(hx, *hW, H, G, kv, base=500000.0)
+ref_cache = KVCache()
+ref_cache.k, ref_cache.v = cached
+expect_close(got, reference.rope_gqa_step(hx, *hW, H, G, ref_cache, base=500000.0), case)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -499,15 +563,23 @@ print("absorb and absorbed_scores: correct (without RoPE)")
 
 ### BEGIN HIDDEN TESTS
 g = torch.Generator().manual_seed(344)
-for hD, hC, hdc, Tq, Tk in [(4, 6, 3, 2, 5), (8, 3, 10, 1, 7)]:
-    hWq = torch.randn(hD, hC, generator=g, dtype=torch.float64).to(device)
-    hWuk = torch.randn(hD, hdc, generator=g, dtype=torch.float64).to(device)
-    hh = torch.randn(Tq, hC, generator=g, dtype=torch.float64).to(device)
-    hc = torch.randn(Tk, hdc, generator=g, dtype=torch.float64).to(device)
-    with exercise(globals(), allow=EARLIER):
-        got_W, got_s = absorb(hWq, hWuk), absorbed_scores(hh, hc, hWq.T @ hWuk)
-    expect_close(got_W, hWq.T @ hWuk, "absorb (hidden test)")
-    expect_close(got_s, (hh @ hWq.T) @ (hc @ hWuk.T).T, "absorbed_scores (hidden test)")
+# Other weights than the notebook's (the first with the visible shapes and dtype), then Tq != Tk and float64.
+for hD, hC, hdc, Tq, Tk, dtype in [(16, 32, 8, 10, 10, torch.float32), (4, 6, 3, 2, 5, torch.float64),
+                                   (8, 3, 10, 1, 7, torch.float64)]:
+    hWq = torch.randn(hD, hC, generator=g, dtype=dtype).to(device)
+    hWuk = torch.randn(hD, hdc, generator=g, dtype=dtype).to(device)
+    hh = torch.randn(Tq, hC, generator=g, dtype=dtype).to(device)
+    hc = torch.randn(Tk, hdc, generator=g, dtype=dtype).to(device)
+    weights = f"W_q ({hD}, {hC}) and W_uk ({hD}, {hdc}), {str(dtype).removeprefix('torch.')}"
+    with exercise(globals(), allow=EARLIER, case=f"absorb of new weights {weights}"):
+        got_W = absorb(hWq, hWuk)
+    loose = dtype == torch.float32  # float32 sums in another order: the tolerances of the visible check
+    expect_close(got_W, hWq.T @ hWuk, f"absorb of new weights {weights}", atol=1e-4 if loose else None)
+    case = f"absorbed_scores for {Tq} queries against {Tk} latents, with new weights {weights}"
+    with exercise(globals(), allow=EARLIER, case=case):
+        got_s = absorbed_scores(hh, hc, hWq.T @ hWuk)
+    expect_close(got_s, (hh @ hWq.T) @ (hc @ hWuk.T).T, case, atol=1e-3 if loose else None,
+                 hint="absorbed_scores must use its arguments h, c and W_absorbed alone, not the notebook's W_q or W_uk.")
 ### END HIDDEN TESTS
 
 # %% [markdown]

@@ -51,4 +51,29 @@ MISTAKES = [
             ("test_absorb",), says="which one is transposed"),
     Mistake("absorbed_scores_transposed", "absorb", "return h @ W_absorbed @ c.T  # (Tq, Tk)",
             "return (h @ W_absorbed @ c.T).T", ("test_absorb",)),
+    # Hidden-only: each passes the visible test of its exercise and loses its points through the hidden tests.
+    Mistake("angles_in_float32", "tables", "angles = positions.double()[:, None]",
+            "angles = positions.float()[:, None]", ("test_tables",), says="your cos table is off by",
+            also=("i = torch.arange(d // 2, dtype=torch.float64, device=positions.device)",
+                  "i = torch.arange(d // 2, dtype=torch.float32, device=positions.device)"), hidden_only=True),
+    Mistake("rope_in_float32", "layouts", "x1, x2 = x[..., 0::2], x[..., 1::2]",
+            "x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]  # rotate in float32, as Meta's Llama code does",
+            ("test_layouts",), says="float64 tensor at positions 7..11 has dtype torch.float32", hidden_only=True),
+    Mistake("permutation_default_dtype", "permutation",
+            "return W.view(n_heads, D // 2, 2, C).transpose(1, 2).reshape(HD, C)",
+            "out = torch.empty(HD, C, device=W.device)  # (H * D, C), float32 whatever W is\n"
+            "    for h in range(n_heads):\n"
+            "        rows = W[h * D:(h + 1) * D]  # this head's rows\n"
+            "        out[h * D:h * D + D // 2], out[h * D + D // 2:(h + 1) * D] = rows[0::2], rows[1::2]\n"
+            "    return out",
+            ("test_permutation",), says="float64 projection with 3 heads of 4 rows has dtype torch.float32",
+            hidden_only=True),
+    Mistake("check_small_shifts_only", "relative", "for s in (1, 9, 250):", "for s in (1, 2, 3):",
+            ("test_relative",), says="shift by hundreds of positions too", hidden_only=True),
+    Mistake("tables_default_base", "rope_cache", "cos, sin = rope_tables(positions, q.shape[-1], base)",
+            "cos, sin = rope_tables(positions, q.shape[-1])", ("test_rope_cache",),
+            says="built with the base you are given (500,000)", hidden_only=True),
+    Mistake("absorbed_uses_notebook_weights", "absorb", "return h @ W_absorbed @ c.T  # (Tq, Tk)",
+            "return h @ (W_q.T @ W_uk) @ c.T  # (Tq, Tk)", ("test_absorb",), says="not the notebook's W_q",
+            hidden_only=True),
 ]
