@@ -96,26 +96,36 @@ assert fp32 == 576 * 61 * 4, f"in fp32 an element takes 4 bytes: {576 * 61 * 4:,
 print("cache_bytes_per_token: correct;", ", ".join(f"{m} {cache_math.format_bytes(b)}" for m, b in got.items()))
 
 ### BEGIN HIDDEN TESTS
-g = torch.Generator().manual_seed(511)
-for _ in range(6):
-    l, h, d, dc, dr = (int(torch.randint(1, hi, (1,), generator=g)) for hi in (100, 65, 257, 1025, 129))
-    kv = max(1, h // int(torch.randint(1, 9, (1,), generator=g)))
-    for dtype, es in (("fp32", 4), ("bf16", 2), ("fp8", 1)):
-        with exercise(globals()):
-            got = [number(cache_bytes_per_token(m, l, h, kv, d, dc, dr, dtype), "cache_bytes_per_token")
-                   for m in ("MHA", "GQA", "MQA", "MLA")]
-        assert got == [2 * h * d * l * es, 2 * kv * d * l * es, 2 * d * l * es, (dc + dr) * l * es], (
-            "cache_bytes_per_token (hidden test)")
+# Sizes the visible test never uses: d_rope unrelated to d_head, d_latent unrelated to 4 * d_head, from one K/V
+# head to as many as the heads, and every dtype. Each expected value is formed after the call it checks.
+for l, h, kv, d, dc, dr in [(7, 12, 4, 96, 200, 40), (3, 6, 1, 10, 37, 3), (52, 40, 40, 80, 300, 24),
+                            (1, 2, 2, 16, 1, 1)]:
+    for dtype in ("fp32", "bf16", "fp8"):
+        where = f"with {l} layers, {h} heads, {kv} K/V heads, d_head {d}, d_latent {dc}, d_rope {dr}, in {dtype}"
+        with exercise(globals(), case=f"cache_bytes_per_token {where}"):
+            got = {m: number(cache_bytes_per_token(m, l, h, kv, d, dc, dr, dtype), "cache_bytes_per_token")
+                   for m in ("MHA", "GQA", "MQA", "MLA")}
+        size = {"fp32": 4, "bf16": 2, "fp8": 1}[dtype]
+        elements = {"MHA": 2 * h * d * l, "GQA": 2 * kv * d * l, "MQA": 2 * d * l, "MLA": (dc + dr) * l}
+        for m, n in elements.items():
+            hint = ""
+            if got[m] in (n, 2 * n, 4 * n):
+                k = got[m] // n
+                hint = f" That is {k} byte{'s' * (k > 1)} per element; {dtype} takes {size}."
+            elif m == "MLA":
+                hint = " MLA caches d_latent + d_rope numbers per layer: both are arguments, whatever d_head is."
+            assert got[m] == n * size, f"{m} {where}: {n * size:,} bytes per token expected, you have {got[m]:,}.{hint}"
 ### END HIDDEN TESTS
 
 # %% [markdown]
 # ## 2 · How long a context fits?
 #
 # A GPU holds the model's weights and, in what is left, the caches of every
-# sequence in the batch. With weights in bf16 (2 bytes per parameter), the
-# longest context per sequence is
+# sequence in the batch. With $w$ bytes per parameter of the weights
+# (`weight_bytes_per_param`: 2 for bf16, the default; 1 for fp8, 4 for fp32),
+# the longest context per sequence is
 #
-# $$T_{max} = \left\lfloor \frac{\text{GPU bytes} - 2 \cdot \text{parameters}}{\text{bytes per token} \cdot \text{batch}} \right\rfloor,$$
+# $$T_{max} = \left\lfloor \frac{\text{GPU bytes} - w \cdot \text{parameters}}{\text{bytes per token} \cdot \text{batch}} \right\rfloor,$$
 #
 # and 0 when the weights alone do not fit. (A real server also needs room for
 # activations and fragmentation, so treat this as an upper bound.) The names
@@ -147,14 +157,27 @@ assert none == 0, f"70.6 billion bf16 parameters do not fit in 24 GB: the answer
 print(f"longest_context: correct; Llama-3-8B fits {one:,} tokens beside its weights on an 80 GB GPU")
 
 ### BEGIN HIDDEN TESTS
-g = torch.Generator().manual_seed(522)
-for _ in range(6):
-    gpu = float(torch.randint(1, 200, (1,), generator=g)) * 1e9
-    params = float(torch.randint(1, 100, (1,), generator=g)) * 1e9
-    bpt, b = int(torch.randint(1000, 10**6, (1,), generator=g)), int(torch.randint(1, 64, (1,), generator=g))
-    with exercise(globals()):
-        got = number(longest_context(gpu, params, bpt, b, 1), "longest_context")
-    assert got == max(0, int((gpu - params) // (bpt * b))), "longest_context (hidden test)"
+# Every argument varies: the batch, and weights of 1 byte a parameter (fp8) or 4 (fp32), not only bf16's 2.
+# Each expected value is formed after the call it checks.
+for gpu, params, bpt, batch, wbytes in [(141e9, 70.6e9, 327_680, 1, 1),  # Llama-3-70B, fp8 weights, on an H200
+                                        (80e9, 8.03e9, 131_072, 3, 4),  # fp32 weights, a batch of 3
+                                        (40e9, 12e9, 100_000, 1, 4),  # fits at 2 bytes a parameter, not at 4
+                                        (2_012_000, 1_000_000, 1_000, 4, 2),  # exactly 3 tokens per sequence left
+                                        (16e9, 20e9, 1_000, 2, 1)]:  # even 1-byte weights do not fit
+    case = (f"longest_context with {gpu:,.0f} bytes of GPU memory, {params:,.0f} parameters of "
+            f"{wbytes} byte{'s' * (wbytes > 1)} each, {bpt:,} bytes per token and a batch of {batch}")
+    with exercise(globals(), case=case):
+        got = number(longest_context(gpu, params, bpt, batch=batch, weight_bytes_per_param=wbytes), "longest_context")
+    assert isinstance(got, int), f"{case}: longest_context must return an int (a number of tokens), not {got!r}"
+    want = max(0, int((gpu - params * wbytes) // (bpt * batch)))
+    hint = ""
+    if wbytes != 2 and got == max(0, int((gpu - params * 2) // (bpt * batch))):
+        hint = " That is the answer for 2 bytes a parameter: use weight_bytes_per_param, whatever its default."
+    elif batch > 1 and got == max(0, int((gpu - params * wbytes) // bpt)):
+        hint = f" That is the answer for one sequence: a batch of {batch} shares the memory."
+    elif got < 0:
+        hint = " When the weights alone do not fit, no token fits: the answer is 0."
+    assert got == want, f"{case}: {want:,} tokens expected, you have {got:,}.{hint}"
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -233,13 +256,55 @@ assert med_cpu > 0, "with sync=None, median_time must still time the function"
 print("median_time: correct")
 
 ### BEGIN HIDDEN TESTS
-for warm, reps, steps in [(0, 5, [0.003] * 5), (4, 9, [1.0] * 4 + [0.002, 0.004] * 8), (1, 1, [0.5, 0.01])]:
-    hg = FakeGPU(steps)
-    with exercise(globals()):
-        hm, hs = median_time(hg.fn, hg.clock, hg.sync, warmup=warm, repeats=reps)
-    want_samples = [s + 1e-6 for s in (steps[min(i, len(steps) - 1)] for i in range(warm, warm + reps))]
-    assert len(hs) == reps and hg.calls == warm + reps, "median_time (hidden test): calls or samples"
-    assert abs(hm - statistics.median(want_samples)) < 1e-9, "median_time (hidden test): median"
+class FakeCPU:
+    """fn() works `durations[i]` seconds before it returns: the clock moves with the work, nothing to sync."""
+
+    def __init__(self, durations):
+        self.now, self.calls, self.durations = 0.0, 0, list(durations)
+
+    def clock(self):
+        return self.now
+
+    def fn(self):
+        self.now += self.durations[min(self.calls, len(self.durations) - 1)]
+        self.calls += 1
+
+
+def in_ms(seconds):
+    return "[" + ", ".join(f"{s * 1e3:.4f}" for s in seconds) + "] ms"
+
+
+# Even and odd sample counts, outliers above and below the middle, one sample, sync=None; a new device for each
+# case, so that nothing may carry over from one call to the next. Expected values are formed after each call.
+for what, warm, reps, steps, on_gpu in [
+        ("4 samples (an even count), one of them slow", 1, 4, [1.0, 0.002, 0.009, 0.004, 0.080], True),
+        ("6 samples (an even count), one of them far faster than the others", 2, 6,
+         [0.5, 0.5, 0.006, 0.0001, 0.007, 0.005, 0.009, 0.004], True),
+        ("5 samples with outliers on both sides", 0, 5, [0.0001, 0.003, 0.2, 0.004, 0.0035], True),
+        ("a single sample after 3 warm-up calls", 3, 1, [0.4, 0.4, 0.4, 0.012], True),
+        ("8 samples on a CPU (sync=None), with outliers on both sides", 2, 8,
+         [0.3, 0.3, 0.02, 0.001, 0.03, 0.025, 0.5, 0.022, 0.028, 0.024], False)]:
+    dev = FakeGPU(steps) if on_gpu else FakeCPU(steps)
+    case = f"median_time with warmup={warm}, repeats={reps} and {what}"
+    with exercise(globals(), case=case):
+        got_med, got_samples = median_time(dev.fn, dev.clock, dev.sync if on_gpu else None, warmup=warm, repeats=reps)
+        got_med = number(got_med, "the median median_time returns")
+        got_samples = [number(t, "a sample median_time returns") for t in got_samples]
+    assert dev.calls == warm + reps, (
+        f"{case}: fn was called {dev.calls} times; expected {warm} warm-up calls and {reps} timed ones")
+    assert len(got_samples) == reps, f"{case}: {len(got_samples)} samples returned; expected {reps}" + (
+        ". Are samples kept from an earlier call? Each call must start a new list." if len(got_samples) > reps else "")
+    want_samples = [steps[min(i, len(steps) - 1)] + (1e-6 if on_gpu else 0.0) for i in range(warm, warm + reps)]
+    assert all(abs(a - b) < 1e-9 for a, b in zip(sorted(got_samples), sorted(want_samples))), (
+        f"{case}: your samples are {in_ms(got_samples)}; expected {in_ms(want_samples)}")
+    want, hint = statistics.median(want_samples), ""
+    if reps % 2 == 0 and min(abs(got_med - statistics.median_low(want_samples)),
+                             abs(got_med - statistics.median_high(want_samples))) < 1e-9:
+        hint = " With an even number of samples the median is the mean of the two middle ones."
+    elif abs(got_med - statistics.mean(want_samples)) < 1e-9:
+        hint = " That is the mean, which an outlier pulls: use the median."
+    assert abs(got_med - want) < 1e-9, (
+        f"{case}: the median is {want * 1e3:.4f} ms; you have {got_med * 1e3:.4f} ms.{hint}")
 ### END HIDDEN TESTS
 
 # %% [markdown]

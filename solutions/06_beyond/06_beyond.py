@@ -141,17 +141,27 @@ print(f"GQA written as MLA: the same outputs, and the same cache: {W_dkv.shape[0
       f"(2 * G * D = {2 * G * D})")
 
 ### BEGIN HIDDEN TESTS
-for (hC, hH, hG, hD), seed in [((24, 6, 1, 4), 601), ((16, 4, 4, 4), 602), ((40, 10, 5, 6), 603)]:
-    hq, hk, hv, ho = gqa_weights(hC, hH, hG, hD, seed)
-    hx = torch.randn(3, 5, hC, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    with exercise(globals(), allow=EARLIER):
+# Other layers: MQA (one K/V head), MHA (a K/V head per query head), head widths that are not the model width over
+# the heads, batches of 1 to 3, float32. Each expected value is formed after the call it checks.
+for (hC, hH, hG, hD), hB, dtype, seed in [((24, 6, 1, 4), 3, torch.float64, 601),
+                                         ((16, 4, 4, 4), 1, torch.float64, 602),
+                                         ((40, 10, 5, 6), 2, torch.float64, 603),
+                                         ((12, 4, 2, 8), 3, torch.float32, 604)]:
+    hq, hk, hv, ho = (w.to(dtype) for w in gqa_weights(hC, hH, hG, hD, seed))
+    hx = torch.randn(hB, 5, hC, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+    layer = f"{hH} query heads and {hG} K/V heads of width {hD}, model width {hC}, {str(dtype).removeprefix('torch.')}"
+    with exercise(globals(), allow=EARLIER, case=f"gqa_as_mla for {layer}"):
         h_dkv, h_uk, h_uv = gqa_as_mla(hk, hv, hH, hG)
-    expect_shape(h_dkv, (2 * hG * hD, hC), "W_dkv (hidden test)")
+    for name, t, shape in [("W_dkv", h_dkv, (2 * hG * hD, hC)), ("W_uk", h_uk, (hH * hD, 2 * hG * hD)),
+                           ("W_uv", h_uv, (hH * hD, 2 * hG * hD))]:
+        expect_shape(t, shape, f"{name} for {layer}")
+        assert t.dtype == dtype, f"{name} for {layer} is {t.dtype}: it must have the dtype of W_k and W_v"
     for rope in (False, True):
         h_want = (reference.rope_gqa_step(hx, hq, hk, hv, ho, hH, hG, reference.KVCache()) if rope
                   else reference.gqa_forward(hx, hq, hk, hv, ho, hH, hG))
         expect_close(beyond.latent_attention(hx, hq, h_dkv, h_uk, h_uv, ho, hH, rope=rope), h_want,
-                     "GQA as MLA (hidden test)")
+                     f"the MLA layer built from your weights{' with RoPE' if rope else ''}, against GQA with {layer}, "
+                     f"on a batch of {hB}")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -177,28 +187,32 @@ plt.show()
 # \underbrace{U_r \Sigma_r}_{\text{up}} \; \underbrace{V_r^\top}_{W^{DKV}_r}, $$
 #
 # keeping the $r$ largest singular values. The new latent $c = V_r^\top x$ has
-# $r$ numbers per token; the keys and values are decompressed by the two halves
-# of $U_r \Sigma_r$ (then routed to the heads by section 1's selections). By
-# the Eckart–Young theorem this is the best rank-$r$ approximation of the
+# $r$ numbers per token; the keys and values are decompressed by the two parts
+# of $U_r \Sigma_r$, its rows for $W^K$ and its rows for $W^V$ (then routed to
+# the heads by section 1's selections). By the Eckart–Young theorem this is the best rank-$r$ approximation of the
 # stack in the Frobenius norm, and its error is
 # $\sqrt{\sum_{i > r} \sigma_i^2}$. Keys and values share one latent, which is
 # why the SVD is *joint* (of the stack) rather than one per matrix: MHA2MLA
 # compares the two and keeps the joint one.
 #
-# Write `joint_svd`: return `W_down` `(rank, C)` and `W_k_up`, `W_v_up`, each
-# `(G*D, rank)`, with $W^K \approx$ `W_k_up @ W_down` and
-# $W^V \approx$ `W_v_up @ W_down`. `torch.linalg.svd(A, full_matrices=False)`
-# returns $U$, $\sigma$ (in descending order) and $V^\top$.
+# Write `joint_svd`: return `W_down` `(rank, C)` and `W_k_up`, `W_v_up` with
+# $W^K \approx$ `W_k_up @ W_down` and $W^V \approx$ `W_v_up @ W_down`.
+# `W_k` and `W_v` need not have the same number of rows: here both are
+# `(G*D, C)`, but once partial RoPE (section 3) keeps some key features
+# rotated, only the others join the values in the SVD. So `W_k_up` has as
+# many rows as `W_k`, `(n_k, rank)`, and `W_v_up` as `W_v`, `(n_v, rank)`.
+# `torch.linalg.svd(A, full_matrices=False)` returns $U$, $\sigma$ (in
+# descending order) and $V^\top$.
 
 # %% nbgrader={"grade": false, "grade_id": "joint_svd", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def joint_svd(W_k, W_v, rank):
-    """Truncated SVD of [W_k; W_v] (2*G*D, C): W_down (rank, C), W_k_up (G*D, rank), W_v_up (G*D, rank)."""
+    """Truncated SVD of [W_k; W_v] (n_k + n_v, C): W_down (rank, C), W_k_up (n_k, rank), W_v_up (n_v, rank)."""
     ### BEGIN SOLUTION
-    GD = W_k.shape[0]
-    stacked = torch.cat([W_k, W_v], dim=0)  # (2*G*D, C)
+    n_k = W_k.shape[0]  # the keys' rows; W_v may have more or fewer
+    stacked = torch.cat([W_k, W_v], dim=0)  # (n_k + n_v, C)
     U, S, Vh = torch.linalg.svd(stacked, full_matrices=False)  # S in descending order
-    up = U[:, :rank] * S[:rank]  # (2*G*D, rank): U_r Sigma_r
-    return Vh[:rank], up[:GD], up[GD:]
+    up = U[:, :rank] * S[:rank]  # (n_k + n_v, rank): U_r Sigma_r
+    return Vh[:rank], up[:n_k], up[n_k:]
     ### END SOLUTION
 
 
@@ -232,14 +246,26 @@ expect_close(k_up @ down, W_k, "W_k_up @ W_down at full rank 16", hint="At full 
 print("joint_svd: correct; at full rank the factors rebuild W_k and W_v exactly")
 
 ### BEGIN HIDDEN TESTS
-for (GD, hC, r), seed in [((12, 20, 5), 621), ((6, 40, 1), 622), ((10, 8, 8), 623)]:
+# Other sizes and ranks (1, and as many as the columns), keys with fewer or more rows than the values, float32.
+# Each expected value is formed after the call it checks.
+for n_k, n_v, hC, r, dtype, seed in [(12, 12, 20, 5, torch.float64, 621), (6, 6, 40, 1, torch.float64, 622),
+                                     (10, 10, 8, 8, torch.float64, 623), (4, 12, 24, 6, torch.float64, 624),
+                                     (12, 6, 16, 9, torch.float32, 625)]:
     g = torch.Generator().manual_seed(seed)
-    hk, hv = torch.randn(GD, hC, generator=g, dtype=torch.float64), torch.randn(GD, hC, generator=g, dtype=torch.float64)
-    with exercise(globals(), allow=EARLIER):
+    hk, hv = (torch.randn(n, hC, generator=g, dtype=torch.float64).to(dtype) for n in (n_k, n_v))
+    case = (f"joint_svd at rank {r} of a W_k with {n_k} rows and a W_v with {n_v} rows, {hC} columns, "
+            f"{str(dtype).removeprefix('torch.')}")
+    with exercise(globals(), allow=EARLIER, case=case):
         h_down, h_kup, h_vup = joint_svd(hk, hv, r)
-    h_best_k, h_best_v, _ = svd_suspects(hk, hv, r)
-    expect_close(h_kup @ h_down, h_best_k, "joint_svd (hidden test): keys")
-    expect_close(h_vup @ h_down, h_best_v, "joint_svd (hidden test): values")
+    for name, t, shape, hint in [("W_down", h_down, (r, hC), ""),
+                                 ("W_k_up", h_kup, (n_k, r), "One row per row of W_k: the stack splits where W_k ends."),
+                                 ("W_v_up", h_vup, (n_v, r), "One row per row of W_v.")]:
+        expect_shape(t, shape, f"{name} from {case}", hint=hint)
+        assert t.dtype == dtype, f"{name} from {case} is {t.dtype}: it must have the dtype of W_k and W_v"
+    h_best_k, h_best_v, _ = svd_suspects(hk.double(), hv.double(), r)
+    tol = {} if dtype == torch.float64 else {"atol": 1e-4, "rtol": 1e-3}  # float32's SVD rounds at about 1e-6
+    expect_close(h_kup @ h_down, h_best_k.to(dtype), f"W_k_up @ W_down from {case}", **tol)
+    expect_close(h_vup @ h_down, h_best_v.to(dtype), f"W_v_up @ W_down from {case}", **tol)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -365,14 +391,25 @@ expect_close(nothing, x, "partial_rope keeping no pair (no rotation at all)")
 print("partial_rope: correct")
 
 ### BEGIN HIDDEN TESTS
+# Other shapes and batches, shared and per-head masks, float32, and tables for positions that do not start at 0
+# (up to 250,000): the cos and sin handed over say where the tokens are. Expected values are formed after each call.
 g = torch.Generator().manual_seed(631)
-for shape, per_head in [((1, 4, 7, 12), True), ((3, 2, 4, 6), False), ((2, 5, 3, 16), True)]:
-    hx = torch.randn(shape, generator=g, dtype=torch.float64)
-    hcos, hsin = reference.rope_tables(torch.arange(11, 11 + shape[2]), shape[3], dtype=torch.float64)
-    hkeep = torch.rand((shape[1], shape[3] // 2) if per_head else (shape[3] // 2,), generator=g) < 0.5
-    with exercise(globals(), allow=EARLIER):
+for shape, per_head, start, dtype in [((1, 4, 7, 12), True, 11, torch.float64),
+                                      ((3, 2, 4, 6), False, 100_000, torch.float64),
+                                      ((2, 5, 3, 16), True, 250_000, torch.float32)]:
+    hB, hH, hT, hd = shape
+    hx = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    hcos, hsin = reference.rope_tables(torch.arange(start, start + hT), hd, dtype=dtype)
+    hkeep = torch.rand((hH, hd // 2) if per_head else (hd // 2,), generator=g) < 0.5
+    case = (f"partial_rope on x of shape {shape} in {str(dtype).removeprefix('torch.')} "
+            f"at positions {start:,} to {start + hT - 1:,}, "
+            f"keep={hkeep.int().tolist()}")
+    with exercise(globals(), allow=EARLIER, case=case):
         hgot = partial_rope(hx, hcos, hsin, hkeep)
-    expect_close(hgot, reference.partial_rope(hx, hcos, hsin, hkeep), "partial_rope (hidden test)")
+    from_zero = reference.rope_tables(torch.arange(hT), hd, dtype=dtype)
+    expect_close(hgot, reference.partial_rope(hx, hcos, hsin, hkeep), case,
+                 suspects={"the tables are rebuilt from positions 0 .. T-1 instead of using the cos and sin passed in":
+                           reference.partial_rope(hx, *from_zero, hkeep), **partial_suspects(hx, hcos, hsin, hkeep)})
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -494,14 +531,31 @@ assert torch.equal(got, want), f"the mask is {got.int().tolist()}; expected {wan
 print("pairs_by_norm: correct")
 
 ### BEGIN HIDDEN TESTS
+def varied_pairs(shape, g):
+    """Random (B, H, T, d) values; in each sequence and head the pairs have sizes of their own, 1.6**k apart."""
+    B, H, T, d = shape
+    sizes = 1.6 ** torch.rand(B, H, d // 2, generator=g).argsort(-1).double()  # (B, H, d/2)
+    return torch.randn(shape, generator=g, dtype=torch.float64) * sizes.repeat_interleave(2, -1)[:, :, None, :]
+
+
+# Batches and heads in other numbers (the visible test has 2 of each), other widths, n_keep from 1 to every pair,
+# float32, and sequences that differ in which pairs are large, so that the means must run over the whole batch.
+# Expected masks are formed after each call.
 g = torch.Generator().manual_seed(641)
-for shape, n in [((3, 4, 9, 12), 2), ((1, 2, 20, 8), 3), ((2, 3, 6, 16), 1)]:
-    hq = torch.randn(shape, generator=g, dtype=torch.float64) * torch.rand(shape[-1], generator=g, dtype=torch.float64)
-    hk = torch.randn(shape, generator=g, dtype=torch.float64) * torch.rand(shape[-1], generator=g, dtype=torch.float64)
-    with exercise(globals(), allow=EARLIER):
+for (hB, hH, hT, hd), n, dtype in [((3, 4, 9, 12), 2, torch.float64), ((1, 2, 20, 8), 3, torch.float64),
+                                   ((2, 3, 6, 16), 1, torch.float32), ((4, 1, 5, 6), 3, torch.float64)]:
+    hq, hk = (varied_pairs((hB, hH, hT, hd), g).to(dtype) for _ in range(2))
+    case = (f"pairs_by_norm keeping {n} of {hd // 2} pairs, with q and k of shape {(hB, hH, hT, hd)} "
+            f"(a batch of {hB}, {hH} heads) in {str(dtype).removeprefix('torch.')}")
+    with exercise(globals(), allow=EARLIER, case=case):
         hgot = pairs_by_norm(hq, hk, n)
-    assert isinstance(hgot, torch.Tensor) and hgot.dtype == torch.bool, "pairs_by_norm (hidden test): a bool mask"
-    assert torch.equal(hgot, reference.pairs_by_norm(hq, hk, n)), "pairs_by_norm (hidden test)"
+    assert isinstance(hgot, torch.Tensor) and hgot.dtype == torch.bool, f"{case}: the mask must be a bool tensor"
+    expect_shape(hgot, (hH, hd // 2), f"the mask from {case}", hint="One row per head, one column per frequency pair.")
+    h_want = reference.pairs_by_norm(hq, hk, n)
+    for h in range(hH):
+        assert torch.equal(hgot[h], h_want[h]), (
+            f"{case}: in head {h} you keep pairs {hgot[h].nonzero().flatten().tolist()}; "
+            f"the {n} with the largest scores are {h_want[h].nonzero().flatten().tolist()}")
 ### END HIDDEN TESTS
 
 # %% [markdown]
