@@ -50,38 +50,39 @@ lab: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# A learner's own check: the visible tests of course/*, run on copies.
+# A learner's own check: the visible tests of course/*, run on copies. An edited or
+# deleted test cell scores nothing; it fails only for what was attempted or changed.
 check: $(STAMP)
-	$(BIN)/python -m attnlab.check $(NOTEBOOKS)
+	@$(BIN)/python -m attnlab.check $(NOTEBOOKS)
 
 notebooks: $(STAMP)
 	$(BIN)/python -m attnlab.notebooks
 
+# make check tells an edited test cell by the checksums recorded here (attnlab/data/release_test_cells.json).
 release: notebooks
-	@cd autograde && for a in $(ASSIGNMENTS); do $(NBGRADER) generate_assignment "$$a" --force --log-level=WARN || exit 1; done
+	@cd autograde && for a in $(ASSIGNMENTS); do $(NBGRADER) generate_assignment "$$a" --force --log-level=ERROR || exit 1; done
+	@$(BIN)/python -m attnlab.check --record
 
 collect: $(STAMP)
 	@test -n "$(FROM)" || (echo "usage: make collect FROM=folder-of-student-folders-or-zips" && exit 2)
-	$(BIN)/python -m attnlab.grading collect "$(FROM)"
+	@$(BIN)/python -m attnlab.grading collect "$(FROM)"
 
 # Grading processes for make grade (default: one per core); FORCE=1 grades again what is graded.
 JOBS  ?=
 FORCE ?=
 
+# One process grades, writes grades.csv (the course's exporter: empty, not 0, where
+# nothing was graded) and prints the summary. ATTNLAB_SANDBOX=off grades without the
+# sandbox; the summary flags what was graded so.
 grade: $(STAMP)
 	@$(BIN)/python -m attnlab.grading grade $(if $(JOBS),--jobs $(JOBS)) $(if $(FORCE),--force)
-	@cd autograde && $(NBGRADER) export --to grades.csv --log-level=ERROR
-	@echo "grades: autograde/grades.csv; feedback: autograde/feedback/"
-	@$(BIN)/python -m attnlab.grading summary
 
 regrade: $(STAMP)
 	@test -n "$(STUDENT)" || (echo "usage: make regrade STUDENT=id" && exit 2)
 	@$(BIN)/python -m attnlab.grading grade --student "$(STUDENT)" --force
-	@cd autograde && $(NBGRADER) export --to grades.csv --log-level=ERROR
-	@$(BIN)/python -m attnlab.grading summary
 
 summary: $(STAMP)
 	@$(BIN)/python -m attnlab.grading summary
 
 clean-grading:
-	rm -rf autograde/submitted autograde/autograded autograde/feedback autograde/gradebook.db autograde/grades.csv autograde/summary.csv
+	rm -rf autograde/submitted autograde/autograded autograde/feedback autograde/gradebook.db autograde/grades.csv autograde/summary.csv autograde/skipped.json autograde/unsandboxed.json

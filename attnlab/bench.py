@@ -85,6 +85,7 @@ class BenchConfig:
     def torch_dtype(self) -> torch.dtype:
         return {"bf16": torch.bfloat16, "fp32": torch.float32}[self.dtype]
 
+    @guarded  # workbook 05's cache_bytes_per_token, per layer: not for graded code
     def elements_per_token(self, mechanism: str) -> int:
         """Cached elements per token for one layer."""
         kv = self.d_nope + self.d_rope + self.d_v  # one head's key and value
@@ -194,6 +195,7 @@ class _Layer:
     # Every product below is a plain batched matmul on the tensors as they lie
     # in memory (no hidden copies of the cache), and softmax reads the scores
     # in the cache's dtype (it accumulates in float32 inside).
+    @guarded  # attention over a cache: not for graded code
     def decode(self):
         cfg, B, H, T = self.cfg, self.cfg.batch, self.cfg.n_heads, self.T
         if self.m in ("MHA", "GQA", "MQA"):
@@ -232,6 +234,7 @@ class _Layer:
         weights = H * (cfg.d_nope + cfg.d_v) * cfg.d_latent * es
         return cache + weights, 2 * B * H * T * (cfg.d_latent + cfg.d_rope) + 2 * B * H * T * cfg.d_latent
 
+    @guarded
     def prefill(self, heads_at_once: int = 8):
         """Causal attention with all T cached tokens as queries, naive or absorbed.
 

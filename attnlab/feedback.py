@@ -74,6 +74,16 @@ def secret_lines(nb) -> set[str]:
     return out
 
 
+def workbook_secrets(source, release, answers=()) -> set[str]:
+    """The lines of a workbook's hidden tests (in the nbgrader ``source``
+    notebook) that neither the ``release`` nor a model answer (``answers``,
+    the solution cells' code) also shows: `with exercise(globals()):` is in
+    both. No feedback may hold one of them; the tests scan for each."""
+    public = "\n".join([c.source for c in release.cells] + list(answers))
+    return {ln.strip() for c in source.cells if is_test_cell(c)
+            for ln in split_hidden(c.source)[1] if len(ln.strip()) >= 8 and ln.strip() not in public}
+
+
 def _machine_paths(extra=()) -> list[str]:
     paths = {sys.prefix, sys.base_prefix, os.path.expanduser("~"), tempfile.gettempdir(),
              os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *extra}

@@ -2,20 +2,29 @@
 
 Each entry builds a submission from the model answers (a notebook, or raw
 bytes for a file that is not one) and says which test cells must score zero;
-every other test cell must keep its points. ``flag`` is a word the summary's
-flags column must show for that student; ``graded=False`` means nbgrader
-cannot grade the file at all, which the summary must say.
+every other test cell must keep its points. ``flag`` is a word (or several)
+the summary's flags column must show for that student; ``graded=False`` means
+nbgrader cannot grade the file at all, which the summary must say.
+
+The ``cheat_*`` entries try the routes around the grading guard, one per
+exercise, so that one graded notebook tries several (each exercise is graded
+on its own: the tests hand later exercises the course's versions of earlier
+ones). ``loses_unsandboxed`` is what a route costs where the kernel runs
+without isolation (it can then read the answer key's source).
 """
 from __future__ import annotations
 
+import ast
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import nbformat
 
 from attnlab import grading
+
+ROOT = grading.ROOT
 
 ASSIGNMENT = "01_mha"
 ALL_TESTS = ("test_attention", "test_heads", "test_mha", "test_backward", "test_autograd_function",
@@ -27,10 +36,15 @@ class Hostile:
     name: str
     build: Callable  # (model answers notebook) -> notebook or bytes
     loses: tuple[str, ...] = ()
-    flag: str = ""
+    flag: str | tuple[str, ...] = ""
     graded: bool = True
     why: str = ""
     filename: str = ""  # where the file lands in the student's folder, if not <assignment>.ipynb
+    loses_unsandboxed: tuple[str, ...] | None = None  # what it loses where the kernel is not isolated
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return (self.flag,) if isinstance(self.flag, str) and self.flag else tuple(self.flag)
 
 
 def _edit(grade_id, old, new):
@@ -60,6 +74,30 @@ def _replace_test(grade_id, source):
         for c in nb.cells:
             if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
                 c.source = source
+        return nb
+    return build
+
+
+def _before(grade_id, anchor, code, indent=4):
+    """Insert ``code`` (indented like the function body) in cell ``grade_id`` just before ``anchor``:
+    the cheat runs first, and the model answer below it is never reached."""
+    pad = " " * indent
+    body = "\n".join(pad + ln if ln else ln for ln in code.strip("\n").splitlines())
+    return _edit(grade_id, anchor, body.lstrip() + "\n" + pad + anchor)
+
+
+def _reference_source(*names):
+    """The answer key's functions as attnlab/reference.py spells them, without their decorator:
+    what a learner pastes after opening the installed package."""
+    text = (ROOT / "attnlab" / "reference.py").read_text()
+    fns = {n.name: n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef)}
+    return "\n\n\n".join(ast.get_source_segment(text, fns[n]) for n in names)
+
+
+def _replace_cell(grade_id, code):
+    def build(nb):
+        nb = copy.deepcopy(nb)
+        next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id).source = code
         return nb
     return build
 
@@ -102,6 +140,122 @@ def _connect():
     return "connected"
 _try("network", _connect)
 print("SNOOP " + _json.dumps(_seen))
+'''
+
+# Anchors: the first line of each model answer's body.
+ATTENTION = "Tq, Tk = q.shape[-2], k.shape[-2]\n    scores = q @ k.transpose(-2, -1) / math.sqrt"
+SPLIT = "B, T, C = x.shape\n    return x.view"
+FORWARD = "q = split_heads(self.W_q(x), self.n_heads)"
+BACKWARD = "Tq, Tk = q.shape[-2], k.shape[-2]\n    scale = 1.0"
+UPDATE = "if self.k is None:\n            self.k, self.v = k_new, v_new"
+STEP = "q = split_heads(mha.W_q(x), mha.n_heads)"
+MASK = ("mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device)"
+        ".tril(k.shape[-2] - q.shape[-2]) if causal else None")
+
+# a. torch's lower-level operators and the switches of the grading's torch modes (and b. a stand-in
+#    smuggled in as a default argument, which no test admitted).
+CHEAT_TORCH = _compose(
+    _before("attention", ATTENTION, MASK + """
+with torch._C.DisableTorchFunction():
+    return torch.ops.aten._scaled_dot_product_attention_math(q, k, v, attn_mask=mask)[0]"""),
+    _edit("heads", "def split_heads(x, n_heads):",
+          "from attnlab import checks\n\n\ndef split_heads(x, n_heads, _key=checks.stand_in(reference.split_heads)):"),
+    _before("heads", SPLIT, "return _key(x, n_heads)"),
+    _before("mha", FORWARD, """
+B, T, C = x.shape
+q, k, v = (W(x).view(B, T, self.n_heads, -1).transpose(1, 2) for W in (self.W_q, self.W_k, self.W_v))
+mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril() if causal else None
+return self.W_o(torch._C._nn.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, T, C))""",
+            indent=8),
+    _before("backward", BACKWARD, """
+from torch.overrides import _pop_mode_temporarily
+with _pop_mode_temporarily(), torch.inference_mode(False), torch.enable_grad():
+    q2, k2, v2 = (t.clone().requires_grad_() for t in (q, k, v))
+    return torch.autograd.grad(attention(q2, k2, v2, causal), (q2, k2, v2), dout)"""),
+)
+
+# b. the guard's own state or the unguarded function through a function's attributes, a reload under
+#    another name; h. a ban left behind at the end of a cell.
+CHEAT_GUARD = _compose(
+    _before("attention", ATTENTION, "return reference.attention.__wrapped__(q, k, v, causal)"),
+    _before("heads", SPLIT, "return reference.split_heads.__closure__[0].cell_contents(x, n_heads)"),
+    _before("mha", FORWARD, """
+import importlib.util
+spec = importlib.util.spec_from_file_location("attnlab.answers", reference.__file__)
+answers = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(answers)
+return answers.mha_forward(x, self.W_q.weight, self.W_k.weight, self.W_v.weight, self.W_o.weight, self.n_heads, causal)""",
+            indent=8),
+    _before("backward", BACKWARD, """
+reference.attention_backward.__globals__["_state"].trusted = 10**9
+return reference.attention_backward(q, k, v, dout, causal)"""),
+    _before("kv_cache", STEP, """
+import attnlab.guard
+attnlab.guard._LEDGER.clear()
+return reference.mha_step(x, mha.W_q.weight, mha.W_k.weight, mha.W_v.weight, mha.W_o.weight, mha.n_heads, cache)"""),
+    _append("cache_size", "import attnlab.guard as _guard\n"
+                          "_guard._LEDGER.append(_guard._Block((frozenset({'kv_cache_bytes'}), ())))"),
+)
+
+# c. an unguarded copy of an answer elsewhere in the package; d. the answer key's source, executed;
+# f. the test's own expected value, read from the notebook's globals or the caller's frame;
+# g. the notebook file read back from disk.
+CHEAT_SOURCES = _compose(
+    _before("attention", ATTENTION, """
+from attnlab import bench
+layer = object.__new__(bench._Layer)
+B, H, Tq, D = q.shape
+layer.m, layer.G, layer.cfg = "MHA", H, type("Config", (), {"batch": B, "n_heads": H})()
+layer.q, layer.cache = q / math.sqrt(D), [k, v]
+return layer.decode()"""),
+    _before("heads", SPLIT, """
+import inspect
+namespace = {"__name__": __name__}
+exec(inspect.getsource(reference).replace("from .guard import guarded", "guarded = lambda f: f")
+     .replace("from . import validate", "from attnlab import validate"), namespace)
+return namespace["split_heads"](x, n_heads)"""),
+    _before("mha", FORWARD, 'return globals()["want"]', indent=8),
+    _before("kv_cache", STEP, "import sys\nreturn sys._getframe(1).f_globals['want'][:, -x.shape[1]:]"),
+    _append("cache_size", """
+import glob, nbformat
+for _path in glob.glob("*.ipynb"):
+    try:
+        _hidden = nbformat.read(_path, as_version=4)
+    except Exception:
+        pass"""),
+)
+
+# What scores in the same process and only the summary's flags catch: a. both torch switches at once;
+# e. the answer key pasted from attnlab/reference.py; b. the raw function behind a guarded one, from its
+# code's constants; g. the notebook's file opened.
+CHEAT_FLAGGED = _compose(
+    _before("attention", ATTENTION, MASK + """
+with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)"""),
+    lambda nb: _replace_cell("heads", "from attnlab import validate\n\n\n"
+                             + _reference_source("split_heads", "merge_heads"))(nb),
+    _edit("kv_cache", "class KVCache:", "_raw_update = next(c for c in reference.KVCache.update.__code__.co_consts\n"
+                                        "                   if callable(c) and getattr(c, '__name__', '') == 'update')\n\n\n"
+                                        "class KVCache:"),
+    _before("kv_cache", UPDATE, "return _raw_update(self, k_new, v_new)", indent=8),
+    _append("cache_size", """
+import glob
+for _path in glob.glob("*.ipynb"):
+    try:
+        _text = open(_path).read()
+    except OSError:
+        _text = ""
+"""),
+)
+
+# Carries the hidden tests out through the feedback: the source of every test
+# cell run so far is in IPython's history, hidden blocks and all.
+EXFILTRATE = r'''
+_history = "\n".join(In)
+print(_history)
+with open("hidden-tests.txt", "w") as _f:
+    _f.write(_history)
+raise RuntimeError(_history[-2000:])
 '''
 
 WRONG_ATTENTION = ("return torch.softmax(scores, dim=-1) @ v  # (B, H, Tq, Dv)",
@@ -165,8 +319,28 @@ HOSTILE = [
         "        return torch.autograd.grad(attention(q2, k2, v2, causal), (q2, k2, v2), dout)\n"
         "    Tq, Tk = q.shape[-2], k.shape[-2]\n    scale"),
         ("test_backward",), flag="inference_mode(False)"),
+    Hostile("exfiltrate", _append("cache_size", EXFILTRATE), (), flag="reads IPython's In",
+            why="what it prints, writes or raises never reaches its feedback (tests/test_hostile.py scans it)"),
     Hostile("snoop", _append("cache_size", SNOOP), (),
             why="reads and writes outside its folder and the network are refused"),
     Hostile("giant_print", _append("cache_size", "print('x' * 50_000_000)"), (),
             why="the output is cut at the kernel's limit"),
+    Hostile("cheat_torch_internals", CHEAT_TORCH,
+            ("test_attention", "test_heads", "test_mha", "test_backward", "test_autograd_function"),
+            flag=("torch._C", "torch.overrides", "torch.ops", "attnlab.checks"),
+            why="torch.ops, torch._C._nn, a popped torch function mode: the ATen-level mode refuses them or "
+                "the two modes find each other switched off; a stand-in the test did not admit is not trusted"),
+    Hostile("cheat_guard_internals", CHEAT_GUARD, ALL_TESTS,
+            flag=("__wrapped__", "__closure__", "__globals__", "importlib", "attnlab.guard"),
+            why="no __wrapped__, no closure, an empty __globals__; a fresh copy of the answer key is guarded "
+                "too; the ban also sits on the torch modes; a ban left behind fails the next test"),
+    Hostile("cheat_sources", CHEAT_SOURCES, ("test_attention", "test_heads", "test_mha", "test_kv_cache"),
+            loses_unsandboxed=("test_attention", "test_mha", "test_kv_cache"),
+            flag=("inspect", "runs code from a string (exec)", "reads the notebook's globals()",
+                  "sys._getframe", "nbformat"),
+            why="the benchmark's attention is guarded; the answer key has no source in the sandbox; expected "
+                "values are computed after the learner's function returns"),
+    Hostile("cheat_flagged_only", CHEAT_FLAGGED, (),
+            flag=("torch._C", "is attnlab.reference.split_heads line for line", "__code__", "opens a file"),
+            why="what code in the same process can still do: it scores, and the summary flags each route"),
 ]

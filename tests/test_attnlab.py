@@ -98,12 +98,17 @@ def test_cache_arithmetic_matches_the_papers():
 
 
 # ------------------------------------------------------------- the guard
-def test_forbidden_reference_raises_and_trusted_gets_through():
+def test_forbidden_reference_raises_and_admitted_trusted_gets_through():
     q = rand(1, 1, 2, 2)
-    with guard.forbidden():
+    admitted, other = guard.trusted(reference.attention), guard.trusted(reference.attention)
+    with guard.forbidden(trust=[admitted]):
         with pytest.raises(guard.ReferenceForbidden, match="switched off"):
             reference.attention(q, q, q)
-        torch.testing.assert_close(guard.trusted(reference.attention)(q, q, q), F.scaled_dot_product_attention(q, q, q))
+        torch.testing.assert_close(admitted(q, q, q), F.scaled_dot_product_attention(q, q, q))
+        with pytest.raises(guard.ReferenceForbidden):  # a wrapper the block did not admit, as a learner would make
+            other(q, q, q)
+        with pytest.raises(guard.ReferenceForbidden):
+            guard.trusted(reference.attention)(q, q, q)
     reference.attention(q, q, q)  # allowed again outside
 
 
@@ -274,3 +279,174 @@ def test_autograd_is_off_in_backward_exercises():
         with checks.exercise({}, no_autograd=True):
             with torch.inference_mode(False), torch.enable_grad():
                 torch.autograd.grad((x * x).sum(), x)
+
+
+# ------------------------------------------------------------- no way around the guard
+# Each route a learner's code could take around the guard, tried in this process.
+Q = rand(1, 2, 4, 8)
+W8 = torch.ones(8, dtype=torch.float64)
+
+
+def _graded(fn, **kw):
+    """Run ``fn`` as a learner's code inside exercise(); return its result."""
+    with checks.exercise({}, **kw):
+        return fn()
+
+
+def test_a_guarded_function_leads_to_neither_the_original_nor_the_state():
+    import inspect
+
+    f = reference.attention
+    assert guard.is_guarded(f) and not hasattr(f, "__wrapped__") and f.__closure__ is None
+    assert set(f.__globals__) <= {"__name__", "__builtins__"}  # no ledger, no original behind it
+    assert str(inspect.signature(f)).startswith("(q: 'torch.Tensor'") and "Scaled dot-product" in f.__doc__
+    with pytest.raises(OSError):  # no source to read through the function either
+        inspect.getsource(f)
+
+
+def test_the_guard_and_the_checks_refuse_to_be_reloaded():
+    import importlib
+
+    for module in (guard, checks):
+        with pytest.raises(ImportError, match="cannot be reloaded"):
+            importlib.reload(module)
+    q = rand(1, 1, 2, 2)
+    with pytest.raises(guard.ReferenceForbidden):  # the one ledger still holds
+        _graded(lambda: reference.attention(q, q, q))
+
+
+def test_emptying_the_ledger_lifts_no_ban_and_fails_the_check():
+    def cheat():
+        guard._LEDGER.clear()  # the torch modes still carry the ban
+        return reference.attention(Q, Q, Q)
+
+    with pytest.raises(guard.ReferenceForbidden):
+        _graded(cheat)
+    with pytest.raises(checks.CheckFailed, match="changed the course's guard"):
+        _graded(lambda: guard._LEDGER.clear())
+    _graded(lambda: None)  # and nothing is left behind
+
+
+def test_a_ban_left_behind_fails_one_check_then_is_cleared():
+    guard._LEDGER.append(guard._Block((frozenset({"attention"}), ())))
+    with pytest.raises(checks.CheckFailed, match="left in a state no test leaves it in"):
+        _graded(lambda: None)
+    assert guard.anomalies() == []
+    _graded(lambda: None)
+
+
+def test_only_the_stand_ins_the_test_admits_are_trusted():
+    smuggled = checks.stand_in(reference.attention)  # made by a learner, e.g. as a default argument
+    with pytest.raises(guard.ReferenceForbidden):
+        _graded(lambda: smuggled(Q, Q, Q))
+    with pytest.raises(guard.ReferenceForbidden):
+        _graded(lambda: guard.trusted(reference.split_heads)(rand(1, 2, 4), 2))
+    ns = {}
+    with checks.exercise(ns, stand_ins=["attention"]):
+        got = ns["attention"](Q, Q, Q, True)  # the test's own stand-in is admitted
+    torch.testing.assert_close(got, F.scaled_dot_product_attention(Q, Q, Q, is_causal=True))
+
+
+def test_the_original_behind_a_guarded_function_cannot_call_the_others():
+    raw = next(c for c in reference.attention.__code__.co_consts if callable(c) and c.__name__ == "attention")
+    with pytest.raises(guard.ReferenceForbidden, match="attention_weights"):  # a learner's frame breaks the trust
+        _graded(lambda: raw(Q, Q, Q))
+
+
+ROUTES = {
+    "torch.ops.aten math": lambda: torch.ops.aten._scaled_dot_product_attention_math(Q, Q, Q)[0],
+    "torch.ops overload": lambda: torch.ops.aten._scaled_dot_product_attention_math.default(Q, Q, Q)[0],
+    "torch._C._nn": lambda: torch._C._nn.scaled_dot_product_attention(Q, Q, Q),
+    "torch._C._VariableFunctions": lambda: torch._C._VariableFunctions._scaled_dot_product_attention_math(Q, Q, Q),
+    "flash kernel": lambda: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(Q.float(), Q.float(), Q.float()),
+    "aten.rms_norm": lambda: torch.ops.aten.rms_norm(Q, [8], W8),
+    "nn.RMSNorm": lambda: torch.nn.RMSNorm(8, dtype=torch.float64)(Q),
+}
+
+
+def _with(ctx, fn):
+    def run():
+        with ctx():
+            return fn()
+    return run
+
+
+SWITCHES = {
+    "DisableTorchFunction + sdpa": _with(torch._C.DisableTorchFunction, lambda: F.scaled_dot_product_attention(Q, Q, Q)),
+    "DisableTorchFunction + rms_norm": _with(torch._C.DisableTorchFunction, ROUTES["aten.rms_norm"]),
+    "DisableTorchFunction + math": _with(torch._C.DisableTorchFunction, ROUTES["torch.ops.aten math"]),
+    "DisableTorchFunctionSubclass": _with(torch._C.DisableTorchFunctionSubclass, ROUTES["nn.RMSNorm"]),
+    "_pop_mode_temporarily": _with(torch.overrides._pop_mode_temporarily, ROUTES["aten.rms_norm"]),
+    "_DisableTorchDispatch": _with(torch._C._DisableTorchDispatch, ROUTES["aten.rms_norm"]),
+    "dispatch mode popped": _with(torch.utils._python_dispatch._pop_mode_temporarily, ROUTES["aten.rms_norm"]),
+}
+
+
+@pytest.mark.parametrize("route", [*ROUTES, *SWITCHES])
+def test_torch_answers_are_off_at_every_level_and_the_switches_are_caught(route):
+    with pytest.raises((guard.ReferenceForbidden, checks.CheckFailed)):
+        _graded({**ROUTES, **SWITCHES}[route])
+    _graded(lambda: torch.softmax(Q, -1))  # and the next exercise runs normally
+
+
+def test_a_torch_mode_popped_and_not_restored_fails_the_check_and_is_repaired():
+    with pytest.raises(checks.CheckFailed, match="popped"):
+        _graded(lambda: torch.overrides._pop_mode())
+    assert torch._C._len_torch_function_stack() == 0 and torch._C._len_torch_dispatch_stack() == 0
+    _graded(lambda: None)
+
+
+@pytest.mark.parametrize("route", ["softmax backward", "torch.func.grad", "torch.func.vjp"])
+def test_autograd_in_disguise_is_off_where_backward_is_by_hand(route):
+    x = torch.randn(3)
+    fn = {"softmax backward": lambda: torch.ops.aten._softmax_backward_data(x, x, 0, torch.float32),
+          "torch.func.grad": lambda: torch.func.grad(lambda t: (t * t).sum())(x),
+          "torch.func.vjp": lambda: torch.func.vjp(lambda t: t * t, x)[1](x)}[route]
+    with pytest.raises(guard.ReferenceForbidden):
+        _graded(fn, no_autograd=True)
+
+
+def test_the_answers_copied_elsewhere_in_the_package_are_guarded_too():
+    from attnlab import bench, beyond
+
+    cfg = bench.choose("cpu", quick=True)
+    layer = bench._Layer("MHA", cfg, 4, torch.Generator())
+    cos, sin = reference.rope_tables(torch.arange(4), 8)
+    for copy_ in (lambda: beyond._rms(Q, W8), lambda: beyond._rope(Q, cos, sin), lambda: layer.decode(),
+                  lambda: cfg.elements_per_token("MHA")):
+        copy_()  # they work outside a graded block
+        with pytest.raises(guard.ReferenceForbidden):
+            _graded(copy_)
+
+
+def test_replacing_the_answer_key_or_a_comparison_during_the_call_fails_before_the_test_compares():
+    saved = reference.attention, torch.allclose
+    try:
+        with pytest.raises(checks.CheckFailed, match="attnlab.reference.attention"):
+            _graded(lambda: setattr(reference, "attention", lambda *a, **k: 0))
+        reference.attention = saved[0]
+        with pytest.raises(checks.CheckFailed, match="torch.allclose"):
+            _graded(lambda: setattr(torch, "allclose", lambda *a, **k: True))
+    finally:
+        reference.attention, torch.allclose = saved
+    _graded(lambda: None)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the refusals, in the threads
+def test_a_thread_started_in_the_block_runs_under_the_same_bans():
+    import threading
+
+    def in_a_thread(fn):
+        def run():
+            out = []
+            t = threading.Thread(target=lambda: out.append(fn()))
+            t.start()
+            t.join()
+            return out
+        return run
+
+    assert _graded(in_a_thread(lambda: F.scaled_dot_product_attention(Q, Q, Q))) == []  # refused in the thread
+    assert len(_graded(in_a_thread(lambda: torch.softmax(Q, -1)))) == 1  # honest work in a thread is fine
+    with pytest.raises(checks.CheckFailed, match="in a thread"):
+        _graded(in_a_thread(SWITCHES["DisableTorchFunction + rms_norm"]))
+    assert threading._start_new_thread is __import__("_thread").start_new_thread  # put back

@@ -26,8 +26,8 @@ FULL = {"test_attention": 3, "test_heads": 2, "test_mha": 3, "test_backward": 3,
         "test_kv_cache": 3, "test_cache_size": 2}
 SERIAL = ["good", "syntax_error", "os_exit", "corrupt_json", "noisy", "patch_allclose", "deleted_test_cell"]
 
-needs_isolation = pytest.mark.skipif(not sandbox.report()["isolation"].startswith(("root", "user")),
-                                     reason="this machine refuses the namespaces the grading sandbox uses")
+ISOLATED = sandbox.report()["isolation"].startswith(("root", "user"))
+needs_isolation = pytest.mark.skipif(not ISOLATED, reason="this machine refuses the namespaces the grading sandbox uses")
 
 
 def _class(answers, release):
@@ -66,7 +66,8 @@ def graded(tmp_path_factory):
     listener.listen()
     saved = dict(os.environ)
     # What the snooping submission tries to reach (kernels inherit the environment).
-    os.environ.update(SNOOP_PORT=str(listener.getsockname()[1]),
+    # The kernel's environment is an allow-list: name the snoop's variables.
+    os.environ.update(ATTNLAB_KERNEL_ENV="SNOOP_*", SNOOP_PORT=str(listener.getsockname()[1]),
                       SNOOP_GRADEBOOK=str(tmp / "parallel" / "autograde" / "gradebook.db"),
                       SNOOP_SUBMITTED=str(tmp / "parallel" / "autograde" / "submitted"))
     checks_before = (ROOT / "attnlab" / "checks.py").read_bytes()
@@ -117,11 +118,12 @@ def test_hostile_submission(graded, hostile):
         assert row[A] == "not graded", row
     else:
         assert set(scores) == set(ALL_TESTS), f"{hostile.name}: test cells missing from the gradebook: {scores}"
+        loses = hostile.loses if ISOLATED or hostile.loses_unsandboxed is None else hostile.loses_unsandboxed
         for cell, (score, max_score) in scores.items():
-            want = 0 if cell in hostile.loses else max_score
+            want = 0 if cell in loses else max_score
             assert score == want, f"{hostile.name}: {cell} scored {score}/{max_score}, expected {want} ({hostile.why})"
-    if hostile.flag:
-        assert hostile.flag in row["flags"], f"{hostile.name}: the summary should flag {hostile.flag!r}: {row['flags']!r}"
+    for flag in hostile.flags:
+        assert flag in row["flags"], f"{hostile.name}: the summary should flag {flag!r}: {row['flags']!r}"
 
 
 @needs_isolation
@@ -184,11 +186,122 @@ def test_the_model_answers_raise_no_flags(tmp_path, assignment):
 def test_code_flags_name_what_an_instructor_should_read():
     flag = grading.code_flags
     assert flag("torch.allclose = lambda *a, **k: True") == ["replaces torch.allclose"]
-    assert flag("import attnlab.checks as c\nc.expect_close = print") == ["replaces c.expect_close"]
+    assert "replaces c.expect_close" in flag("import attnlab.checks as c\nc.expect_close = print")
     assert flag("from attnlab.guard import trusted") == ["imports attnlab.guard", "imports trusted from attnlab.guard"]
     assert flag("class A:\n    def __eq__(self, o):\n        return True") == ["defines __eq__"]
     assert flag("with torch.inference_mode(False):\n    pass") == ["turns autograd on (inference_mode(False))"]
-    assert flag("open('../../solutions/01_mha/01_mha.py')")[0].startswith("names a grading path")
+    assert any(f.startswith("names a grading path") for f in flag("open('../../solutions/01_mha/01_mha.py')"))
     assert flag("def f(:") == ["does not parse"]
     assert flag("%timeit f()\nx = 1") == []
     assert flag("scores = q @ k.transpose(-2, -1)\nout = torch.softmax(scores, dim=-1)") == []
+
+
+# Each construct only a way around the guard needs, and a word its flag must hold.
+CHEATS = {
+    "torch.ops.aten._scaled_dot_product_attention_math(q, k, v)": "torch.ops",
+    "import torch._C as C\nC._nn.scaled_dot_product_attention(q, k, v)": "torch._C",
+    "from torch import _C\nwith _C.DisableTorchFunction():\n    pass": "torch._C",
+    "from torch.overrides import _pop_mode_temporarily": "torch.overrides",
+    "import torch.utils._python_dispatch as d\nd._disable_current_modes()": "_python_dispatch",
+    "f = torch._VF.einsum": "torch._VF",
+    "lib = torch.library.Library('aten', 'IMPL')": "torch.library",
+    "out = F.scaled_dot_product_attention(q, k, v)": "torch's own answer",
+    "norm = nn.RMSNorm(8)": "torch's own answer",
+    "f = reference.attention.__wrapped__": "__wrapped__",
+    "f = reference.attention.__closure__[0].cell_contents": "__closure__",
+    "s = reference.attention.__globals__": "__globals__",
+    "c = reference.split_heads.__code__.co_consts": "__code__",
+    "f = getattr(reference.attention, '__globals__')": "__globals__",
+    "f = getattr(reference, name)": "computed name",
+    "d = vars(reference)": "namespace",
+    "d = attnlab.reference.__dict__": "__dict__",
+    "import types\nf = types.FunctionType(code, {})": "types",
+    "import importlib\nimportlib.reload(attnlab.guard)": "importlib",
+    "from importlib import reload\nreload(reference)": "reloads a module",
+    "spec = importlib.util.spec_from_file_location('r', path)": "importlib",
+    "exec(source)": "exec",
+    "eval('1')": "eval",
+    "code = compile(source, 'f', 'exec')": "compile",
+    "text = open(path).read()": "opens a file",
+    "text = pathlib.Path(path).read_text()": "read_text",
+    "data = pathlib.Path(path).read_bytes()": "read_bytes",
+    "import nbformat": "nbformat",
+    "import io": "imports io",
+    "import json\nnb = json.load(f)": "json.load",
+    "import builtins\nprint(builtins.open)": "builtins",
+    "b = __builtins__": "__builtins__",
+    "import gc\nobjs = gc.get_objects()": "gc",
+    "import inspect\nsrc = inspect.getsource(reference)": "inspect",
+    "import sys\nr = sys.modules['attnlab.reference']": "sys.modules",
+    "import sys\nf = sys._getframe(1)": "sys._getframe",
+    "import sys\nsys.settrace(None)": "settrace",
+    "import attnlab.guard as g\ng._LEDGER.clear()": "attnlab.guard",
+    "import threading": "threading",
+    "import __main__": "__main__",
+    "x = In[-1]": "IPython",
+    "def attention(q, k, v, causal=False):\n    return globals()['want']": "globals()",
+    "def attention(q, k, v, causal=False):\n    return want": "only the test cells bind",
+    "w = namespace['want']": "only the test cells bind",
+    "frame = tb.tb_frame.f_back.f_locals": "f_locals",
+    "p = 'attnlab/reference.py'": "course file",
+}
+
+
+@pytest.mark.parametrize("source", list(CHEATS), ids=[f"cheat{i}" for i in range(len(CHEATS))])
+def test_code_flags_catch_each_construct_only_a_cheat_needs(source):
+    found = grading.code_flags(source, test_names=frozenset({"want"}))
+    assert any(CHEATS[source] in f for f in found), (source, found)
+
+
+@pytest.mark.parametrize("source", [
+    "def attention(q, k, v, causal=False):\n    want = q @ k.transpose(-2, -1)\n    return torch.softmax(want, -1) @ v",
+    "def f(x):\n    d = x.shape[-1]\n    return torch.compile  # not exec\n",
+    "import re\npattern = re.compile('x')",
+    "import math\nscale = 1 / math.sqrt(8)",
+    "y = torch.einsum('bhtd,bhsd->bhts', q, k)",
+    "def forward(self, x):\n    return self.W_o(x)",
+    "n = sum(p.numel() for p in model.parameters())",
+])
+def test_code_flags_leave_honest_code_alone(source):
+    assert grading.code_flags(source, test_names=frozenset({"want"})) == []
+
+
+def test_flags_find_test_names_copies_of_the_answer_key_and_leave_given_cells_alone(tmp_path):
+    release = nbformat.read(ROOT / "course" / A / f"{A}.ipynb", as_version=4)
+    source = nbformat.read(ROOT / "solutions" / A / f"{A}.ipynb", as_version=4)
+    nb = grading.filled(release, source)
+    from hostile_submissions import _reference_source
+
+    nb = grading.edit_cell(nb, "heads", "def split_heads(x, n_heads):",
+                           _reference_source("split_heads") + "\n\n\ndef split_heads_mine(x, n_heads):")
+    nb = grading.edit_cell(nb, "cache_size", "return 2 * n_heads * d_head * n_layers",
+                           "return kv_cache_elements_per_token.__code__ and got")
+    path = tmp_path / f"{A}.ipynb"
+    nbformat.write(nb, path)
+    found = grading.flags(path)
+    assert "heads: split_heads is attnlab.reference.split_heads line for line" in found, found
+    assert "cache_size: reads got, a name only the test cells bind" in found, found
+    assert "cache_size: reaches __code__" in found, found
+    assert all(f.split(":")[0] in ("heads", "cache_size") for f in found), found  # the given cells raise none
+
+
+def test_no_feedback_of_the_class_reveals_a_hidden_test(graded):
+    """Every file handed back to every student of the hostile class, the one
+    that prints, writes and raises the hidden tests' source included, holds no
+    line of a hidden test and no path of the grading machine."""
+    import html
+    import re
+    import sys
+
+    from test_grading import _secrets
+
+    ws, _ = graded["parallel"]
+    secrets = _secrets(A)
+    pages = sorted((ws / "autograde" / "feedback").glob(f"*/{A}/*"))
+    assert {p.parent.parent.name for p in pages} >= {"good", "blank", "exfiltrate", "snoop"}
+    for page in pages:
+        assert page.name == f"{A}.html", f"{page.parent.parent.name} is handed back {page.name}"
+        text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text()))
+        leaked = sorted(s for s in secrets if s in text)
+        assert not leaked, f"{page.parent.parent.name}'s feedback shows hidden-test lines: {leaked[:3]}"
+        assert not [p for p in (str(ws), str(ROOT), sys.prefix) if p in text], page
