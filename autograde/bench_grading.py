@@ -30,7 +30,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(ROOT)]
 from attnlab import grading, mistakes as planted  # noqa: E402
 
-TARGET_S = 10.0
+TARGET_S = 5.0
 
 
 def submissions(assignment: str, n: int) -> dict:
