@@ -9,7 +9,10 @@
 - :mod:`attnlab.bench`: the KV-cache benchmark and its command line;
 - :mod:`attnlab.beyond`: workbook 06's latent attention and tiny character-level language models;
 - :mod:`attnlab.notebooks`: builds the .ipynb notebooks from their text sources;
-- :mod:`attnlab.grading`, :mod:`attnlab.check`: grading through nbgrader, for instructors and learners.
+- :mod:`attnlab.grading`, :mod:`attnlab.check`: grading through nbgrader, for instructors and learners;
+- :mod:`attnlab.sandbox`: the kernel that runs a student's notebook while it is graded;
+- :mod:`attnlab.feedback`: the feedback a student gets back, without the hidden tests;
+- :mod:`attnlab.mistakes`: the planted mistakes that prove the tests catch real errors.
 """
 from __future__ import annotations
 
