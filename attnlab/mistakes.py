@@ -4,7 +4,10 @@ Each workbook's mistakes live beside its source, in
 ``solutions/NN_topic/mistakes.py`` (never released: nbgrader ignores ``*.py``
 there). A mistake is a text substitution in one solution cell of the notebook
 filled with the model answers. Graded, it must lose the points of the test
-cells in ``loses`` and keep every other point.
+cells in ``loses`` and keep every other point. A mistake marked
+``hidden_only`` is one the visible tests let through: it must pass them when
+the notebook runs as a learner runs it, and lose its points only when graded,
+which proves that the hidden tests check something.
 
 Grading a whole notebook per mistake is what made the suite slow, and it is
 not needed: the tests hand every exercise correct versions of the earlier ones

@@ -1,12 +1,4 @@
-"""Planted mistakes for workbook 03_rope: the errors learners really make.
-
-Each is a text substitution in one solution cell of the notebook filled with
-the model answers (see attnlab/mistakes.py). Graded, it must lose the points of
-the test cells in ``loses`` and keep every other point. ``hidden_only`` marks a
-mistake that the visible tests let through: it must pass them and lose its
-points only through the hidden tests. This file is not released (nbgrader
-ignores *.py in the source folder).
-"""
+"""Planted mistakes of workbook 03_rope; attnlab/mistakes.py says what each must show."""
 from attnlab.mistakes import Mistake
 
 MISTAKES = [
