@@ -106,10 +106,13 @@ PRESETS = {
 
 
 def format_bytes(n: float) -> str:
-    """1536 -> '1.50 KiB'; powers of two, as memory is sold and allocated."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+    """1536 -> '1.50 KiB'; powers of two, as memory is sold and allocated.
+    Past the exbibytes a number stays short: '8.67e+06 EiB', not 22 digits."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if abs(n) < 1024 or unit == "EiB":
+            if unit == "B":
+                return f"{n:.0f} {unit}"
+            return f"{n:.2f} {unit}" if abs(n) < 1e4 else f"{n:.3g} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
 

@@ -49,6 +49,7 @@ def _check_qkv(q, k, v):
             "q, k and v must have the same number of dimensions, at least 3, as in (B, H, T, D); "
             f"got shapes {tuple(q.shape)}, {tuple(k.shape)} and {tuple(v.shape)}"
         )
+    validate.same_dtype(q=q, k=k, v=v)
     validate.same("q.shape[-1]", q.shape[-1], "k.shape[-1]", k.shape[-1])
     validate.same("k.shape[-2]", k.shape[-2], "v.shape[-2]", v.shape[-2])
     try:  # leading axes (batch, heads, ...) may broadcast: a K/V head of size 1 serves every query head
@@ -63,6 +64,7 @@ def _check_qkv(q, k, v):
 @guarded
 def attention_weights(q: torch.Tensor, k: torch.Tensor, causal: bool = False) -> torch.Tensor:
     """softmax(q k^T / sqrt(D)), shape (B, H, Tq, Tk)."""
+    validate.flag("causal", causal)
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
     if causal:
         allowed = causal_mask(q.shape[-2], k.shape[-2], device=q.device)
@@ -207,6 +209,8 @@ def gqa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     if H % G:
         raise ValueError(f"the number of K/V heads ({G}) must divide the number of query heads ({H})")
     validate.same("q.shape[-1]", D, "k.shape[-1]", k.shape[-1])
+    validate.same_dtype(q=q, k=k, v=v)
+    validate.flag("causal", causal)
     n_rep = H // G
     qg = q.reshape(B, G, n_rep * Tq, D)  # (B, G, n_rep * Tq, D): a group's heads, stacked
     scores = qg @ k.transpose(-2, -1) / math.sqrt(D)  # (B, G, n_rep * Tq, Tk)
@@ -423,6 +427,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.
     validate.tensor("x", x)
     validate.tensor("weight", weight, 1, "(d,)")
     validate.same("weight.shape[0]", weight.shape[0], "x.shape[-1]", x.shape[-1])
+    validate.same_dtype(x=x, weight=weight)
+    validate.non_negative("eps", eps)
     return x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + eps) * weight
 
 

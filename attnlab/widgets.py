@@ -11,7 +11,7 @@ import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import cache
+from . import cache, validate
 
 CUSTOM = "custom"
 
@@ -130,6 +130,7 @@ class RopeRotation(widgets.VBox):
     """
 
     def __init__(self, d: int = 64, base: float = 10000.0):
+        validate.int_in_range("d", d, 8, 256, step=8)
         style = {"description_width": "6em"}
         self.position = widgets.IntSlider(value=1, min=0, max=256, description="position m", style=style)
         self.d = widgets.IntSlider(value=d, min=8, max=256, step=8, description="head dim d", style=style)
@@ -178,6 +179,8 @@ class RopeScores(widgets.VBox):
     """
 
     def __init__(self, d: int = 64, length: int = 64, seed: int = 0):
+        validate.int_in_range("d", d, 8, 256, step=8)
+        validate.int_in_range("length", length, 8, 256, step=8)
         style = {"description_width": "6em"}
         self.d = widgets.IntSlider(value=d, min=8, max=256, step=8, description="head dim d", style=style)
         self.base = widgets.FloatLogSlider(value=10000, base=10, min=2, max=6, step=0.25, description="base", style=style)

@@ -450,3 +450,29 @@ def test_a_thread_started_in_the_block_runs_under_the_same_bans():
     with pytest.raises(checks.CheckFailed, match="in a thread"):
         _graded(in_a_thread(SWITCHES["DisableTorchFunction + rms_norm"]))
     assert threading._start_new_thread is __import__("_thread").start_new_thread  # put back
+
+
+def test_public_helpers_refuse_bad_arguments_by_name():
+    """What torch would promote, clamp or take for True is refused with the argument's name."""
+    from attnlab import cache, reference, widgets
+
+    q = torch.randn(1, 2, 3, 4)
+    with pytest.raises(ValueError, match="q, k, v must share one dtype"):
+        reference.attention(q, q.double(), q)
+    with pytest.raises(ValueError, match="causal must be True or False"):
+        reference.attention(q, q, q, causal="yes")
+    with pytest.raises(ValueError, match="causal must be True or False"):
+        reference.gqa_attention(q, q, q, causal=1)
+    with pytest.raises(ValueError, match="eps must be a number >= 0"):
+        reference.rms_norm(q, torch.ones(4), eps=-1e-6)
+    with pytest.raises(ValueError, match="x, weight must share one dtype"):
+        reference.rms_norm(q.double(), torch.ones(4))
+    with pytest.raises(ValueError, match="d must be an int from 8 to 256 in steps of 8, got 7"):
+        widgets.RopeRotation(d=7)
+    with pytest.raises(ValueError, match="length must be an int from 8 to 256"):
+        widgets.RopeScores(length=0)
+    with pytest.raises(ValueError, match="mechanism must be one of"):
+        cache.mechanism_elements_per_token("mha", 1, 1, 1, 1, 1, 1)
+    assert cache.format_bytes(1536) == "1.50 KiB"
+    assert cache.format_bytes(2**60 * 3) == "3.00 EiB"
+    assert cache.format_bytes(1e30) == "8.67e+11 EiB"
