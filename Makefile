@@ -20,9 +20,9 @@ PYTEST_ARGS ?=
 .PHONY: help env lab test check notebooks release collect grade regrade summary clean-grading
 
 help:
-	@echo "make lab      set up the environment if needed, then open the course in JupyterLab"
+	@echo "make lab      set up the environment if needed, copy new workbooks into work/, open it in JupyterLab"
 	@echo "make test     set up the environment if needed, then run the whole test suite"
-	@echo "make check    run the visible tests of your notebooks in course/ (they are not changed)"
+	@echo "make check    run the visible tests of your notebooks in work/ (they are not changed)"
 	@echo "make release  rebuild solutions/*.ipynb from their .py sources and course/ from solutions/"
 	@echo "make collect FROM=dir  copy per-student folders or zips from dir into autograde/submitted"
 	@echo "make grade    autograde what was submitted (in parallel, JOBS=n), write feedback, grades.csv and the summary"
@@ -44,8 +44,11 @@ env: $(STAMP)
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # The nbgrader extensions find the course's config through JUPYTER_CONFIG_PATH.
+# Learners work in work/ (git-ignored): each workbook of course/ not there yet is
+# copied in, and nothing ever overwrites one that is (attnlab/workspace.py).
 lab: $(STAMP)
-	JUPYTER_CONFIG_PATH=$(CURDIR)/autograde $(BIN)/jupyter lab --ServerApp.root_dir=course $(ALLOW_ROOT) $(LAB_ARGS)
+	@$(BIN)/python -m attnlab.workspace course work
+	JUPYTER_CONFIG_PATH=$(CURDIR)/autograde $(BIN)/jupyter lab --ServerApp.root_dir=work $(ALLOW_ROOT) $(LAB_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,6 +1,6 @@
 """Check your own notebooks with their visible tests, without changing them.
 
-    python -m attnlab.check                      # every notebook in course/
+    python -m attnlab.check                      # every notebook in work/ (course/ before make lab)
     python -m attnlab.check course/01_mha/01_mha.ipynb
 
 Each notebook is run top to bottom on a copy, in a temporary folder; then
@@ -34,7 +34,8 @@ from nbformat.warnings import MissingIDFieldWarning
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The released workbooks, and the default set that `make check` runs.
 COURSE = ROOT / "course"
-DEFAULT = COURSE
+WORK = ROOT / "work"  # the learner's own copies (make lab fills it; attnlab/workspace.py)
+DEFAULT = WORK
 RELEASE_CELLS = pathlib.Path(__file__).resolve().parent / "data" / "release_test_cells.json"
 
 
@@ -200,10 +201,14 @@ def main(argv=None) -> int:
         dest = record()
         print(f"recorded the test cells of {len(json.loads(dest.read_text()))} workbooks in {dest}")
         return 0
-    paths = args.notebooks or sorted(p for p in DEFAULT.glob("*/*.ipynb") if p.stem == p.parent.name)
+    folder = DEFAULT
+    if not args.notebooks and not folder.is_dir():
+        print(f"{folder} does not exist yet (`make lab` creates it): checking the blank release in {COURSE}")
+        folder = COURSE
+    paths = args.notebooks or sorted(p for p in folder.glob("*/*.ipynb") if p.stem == p.parent.name)
     missing = [p for p in paths if not p.exists()]
     if missing or not paths:
-        print("\n".join(f"{p}: no such notebook" for p in missing) or f"no notebooks in {DEFAULT}")
+        print("\n".join(f"{p}: no such notebook" for p in missing) or f"no notebooks in {folder}")
         return 2
     released = json.loads(RELEASE_CELLS.read_text())
     got = total = 0.0

@@ -46,14 +46,15 @@ def make_lab(tmp_path: pathlib.Path, course: pathlib.Path | None = None, env: di
     """Run `make lab` until the block ends; yield a :class:`Lab` once its REST
     API answers.
 
-    It serves the repository's course/, or the folder ``course`` if given. In
-    that case the repository's own Makefile runs (``make -f``) in a scratch
-    folder, ``tmp_path/site``, whose course/ is ``course`` and whose other
-    entries link to the repository's environment and nbgrader config: `make
-    lab` fixes its folder (``--ServerApp.root_dir=course``, which a second
-    ``--ServerApp.root_dir`` in LAB_ARGS cannot override), so its recipe runs
-    unchanged where course/ is the given folder. The gradebook nbgrader may
-    create stays in the scratch folder.
+    It serves the repository's work/ (filled from course/), or, if ``course``
+    is given, a work/ filled from that folder. In that case the repository's
+    own Makefile runs (``make -f``) in a scratch folder, ``tmp_path/site``,
+    whose course/ is ``course`` and whose other entries link to the
+    repository's environment and nbgrader config: `make lab` fixes its folder
+    (``--ServerApp.root_dir=work``, which a second ``--ServerApp.root_dir`` in
+    LAB_ARGS cannot override), so its recipe runs unchanged and fills
+    ``tmp_path/site/work``. The gradebook nbgrader may create stays in the
+    scratch folder.
 
     ``env`` is laid over this process's environment (a value of None removes
     the variable). JupyterLab's runtime, workspace and user-settings folders

@@ -23,7 +23,9 @@ def test_committed_release_is_what_nbgrader_generates(tmp_path, assignment):
     (ws / "course" / assignment / f"{assignment}.ipynb").unlink()
     assert grading.api(ws).generate_assignment(assignment)["success"]
     generated = sorted(p.relative_to(ws / "course") for p in (ws / "course").rglob("*") if p.is_file())
-    committed = sorted(p.relative_to(ROOT / "course") for p in (ROOT / "course" / assignment).rglob("*") if p.is_file())
+    # JupyterLab's .ipynb_checkpoints/ (a learner opened course/) are no part of the release: nbgrader ignores them.
+    committed = sorted(p.relative_to(ROOT / "course") for p in (ROOT / "course" / assignment).rglob("*")
+                       if p.is_file() and ".ipynb_checkpoints" not in p.parts)
     assert generated == committed, "course/ holds other files than the release: run `make release`"
     for rel in generated:
         assert (ws / "course" / rel).read_bytes() == (ROOT / "course" / rel).read_bytes(), (
@@ -33,6 +35,8 @@ def test_committed_release_is_what_nbgrader_generates(tmp_path, assignment):
 @pytest.mark.parametrize("folder", ["solutions", "course"])
 def test_notebooks_have_no_outputs_or_widget_state(folder):
     for path in (ROOT / folder).rglob("*.ipynb"):
+        if ".ipynb_checkpoints" in path.parts:
+            continue  # JupyterLab's copies of a notebook someone opened: not committed (.gitignore)
         nb = json.loads(path.read_text())
         assert "widgets" not in nb["metadata"], f"{path} holds widget state"
         for cell in nb["cells"]:

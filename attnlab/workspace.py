@@ -1,0 +1,50 @@
+"""The learner's workspace: work/, a copy of course/ that nothing overwrites.
+
+``make lab`` runs ``python -m attnlab.workspace course work`` before it opens
+JupyterLab on work/. Each workbook folder of course/ that work/ does not have
+yet is copied in whole; a workbook already in work/ is never touched, so
+neither ``make release`` (which rewrites course/), ``git pull`` nor ``make
+test`` can reach what a learner wrote. To take an updated release of a
+workbook already started, rename its folder in work/ (``mv work/01_mha
+work/01_mha-mine``) and run ``make lab`` again: the new release is copied in
+beside the old work.
+"""
+from __future__ import annotations
+
+import pathlib
+import shutil
+import sys
+
+SKIP = shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__")
+
+
+def workbooks(folder: pathlib.Path) -> list[pathlib.Path]:
+    """The workbook folders of ``folder``: NN_topic/NN_topic.ipynb."""
+    return sorted(p for p in pathlib.Path(folder).iterdir() if (p / f"{p.name}.ipynb").is_file())
+
+
+def fill(course: pathlib.Path, work: pathlib.Path) -> list[str]:
+    """Copy into ``work`` every workbook of ``course`` that it lacks; returns their names."""
+    course, work = pathlib.Path(course), pathlib.Path(work)
+    if not course.is_dir():
+        raise ValueError(f"course must be the release folder, got {course} (no such folder)")
+    work.mkdir(exist_ok=True)
+    added = []
+    for src in workbooks(course):
+        if not (work / src.name).exists():
+            shutil.copytree(src, work / src.name, ignore=SKIP)
+            added.append(src.name)
+    return added
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    course, work = (pathlib.Path(a) for a in (argv or ["course", "work"]))
+    added = fill(course, work)
+    if added:
+        print(f"copied into {work}/: {', '.join(added)} (your own copies: nothing overwrites them)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
