@@ -137,6 +137,10 @@ def _verdict(cell, learner_counts, scrub) -> list:
     from nbformat.v4 import new_output
 
     errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+    if not errors and any(o.get("name") == "stderr" for o in cell.get("outputs", [])):
+        # nbgrader gives such a cell no points; its words stay out, as every print does.
+        return [new_output("stream", name="stdout", text="the checks passed, but the cell wrote to stderr (a warning "
+                           "or a progress bar of your code's), and the grader gives such a cell no points\n")]
     if not errors:
         return [new_output("stream", name="stdout", text="passed every check of this cell, the hidden ones too\n")]
     error = errors[-1]
