@@ -11,6 +11,7 @@
 - :mod:`attnlab.notebooks`: builds the .ipynb notebooks from their text sources;
 - :mod:`attnlab.grading`, :mod:`attnlab.check`: grading through nbgrader, for instructors and learners;
 - :mod:`attnlab.sandbox`: the kernel that runs a student's notebook while it is graded;
+- :mod:`attnlab.grading_kernel`: what that kernel sets up in itself (output cap, memory reserve);
 - :mod:`attnlab.feedback`: the feedback a student gets back, without the hidden tests;
 - :mod:`attnlab.mistakes`: the planted mistakes that prove the tests catch real errors.
 """

@@ -14,6 +14,7 @@ import math
 import numbers
 import sys
 import threading
+import traceback
 import warnings
 
 import torch
@@ -523,6 +524,7 @@ def exercise(namespace: dict, stand_ins=(), allow=(), no_autograd=False, case: s
             except (AssertionError, NotImplementedError):
                 raise  # a check's own sentence; an exercise not attempted yet (make check counts it apart)
             except Exception as e:  # noqa: BLE001  (any error of the learner's code is reported the same way)
+                traceback.clear_frames(e.__traceback__)  # what filled memory lives on in its frames: free it
                 if not case:
                     raise
                 raise CheckFailed(f"{case}: your code raised {type(e).__name__}: {e}") from e

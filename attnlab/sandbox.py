@@ -29,7 +29,8 @@ first shuts the kernel in. On Linux:
   there, in ``/tmp`` or ``/dev/shm`` stays in a private ``tmpfs`` that
   disappears with it;
 * limits: address space (``ATTNLAB_KERNEL_MEMORY``, default 6G: a memory bomb
-  ends in a ``MemoryError`` in its own cell), processes and threads
+  ends in a ``MemoryError`` in its own cell, and the kernel goes on, see
+  :mod:`attnlab.grading_kernel`), processes and threads
   (``ATTNLAB_KERNEL_PROCESSES``, default 256 or 4 per core: a fork bomb fails
   with ``BlockingIOError`` in its own notebook), CPU time
   (``ATTNLAB_KERNEL_CPU``, default 600 s for the whole notebook, see
@@ -503,44 +504,6 @@ def isolate(cmd: list[str], workdir: str, sockets: str | None, connection: str |
     return code if code >= 0 else 128 - code
 
 
-# ------------------------------------------------------------------ inside the kernel
-
-class _CappedStream:
-    """A stream that passes on at most ``limit`` characters per cell."""
-
-    def __init__(self, stream, limit: int):
-        self._stream, self._limit, self.used = stream, limit, 0
-
-    def write(self, text):
-        room = self._limit - self.used
-        self.used += len(text)
-        if room > 0:
-            self._stream.write(text[:room])
-        if room >= 0 and self.used > self._limit:
-            self._stream.write(f"\n[output cut: more than {self._limit:,} characters in one cell]\n")
-        return len(text)
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
-def cap_output(limit: int) -> None:
-    """Run inside the kernel before the first cell (``IPKernelApp.exec_lines``).
-
-    A student's code can undo this, as it can anything in its own process: it
-    guards the grader against accidents, not against the isolation above."""
-    from IPython import get_ipython
-
-    streams = [_CappedStream(sys.stdout, limit), _CappedStream(sys.stderr, limit)]
-    sys.stdout, sys.stderr = streams
-
-    def reset(*_):
-        for s in streams:
-            s.used = 0
-
-    get_ipython().events.register("pre_run_cell", reset)
-
-
 # ------------------------------------------------------------------ the launcher
 
 def _connection(argv: list[str]) -> tuple[str | None, str | None]:
@@ -629,7 +592,7 @@ def main(argv: list[str]) -> None:
     if probe:
         cmd = [sys.executable, "-c", _PROBE, str(ROOT), *secret_paths()]
     else:
-        cap = f"import attnlab.sandbox as _s; _s.cap_output({lim['output']}); del _s"
+        cap = f"import attnlab.grading_kernel as _k; _k.setup({lim['output']}); del _k"
         cmd = [sys.executable, "-m", "ipykernel_launcher", *argv, f"--IPKernelApp.exec_lines={cap}"]
     linux = sys.platform.startswith("linux")
     if mode == "off" or not linux:

@@ -326,3 +326,39 @@ def test_a_fork_bomb_loses_only_its_own_notebook(tmp_path, monkeypatch, kernel):
             break
         time.sleep(0.1)
     assert not _sleepers(), "the fork bomb's processes outlived the kernel"
+
+
+MEMORY_BOMBS = {
+    "a list in a function": "def fill():\n    hog = []\n    while True:\n        hog.append(bytearray(10**8))\nfill()",
+    "a list in a check": ("from attnlab.checks import exercise\ndef fill():\n    hog = []\n    while True:\n"
+                          "        hog.append(bytearray(10**7))\nwith exercise(globals(), case='a case'):\n    fill()"),
+    "tensors in a function": ("import torch\ndef fill():\n    hog = []\n    while True:\n"
+                              "        hog.append(torch.ones(10**7))\nfill()"),
+    "one huge tensor": "import torch\nx = torch.empty(2**40, dtype=torch.uint8)",
+}
+
+
+def test_a_memory_bomb_loses_its_cell_and_the_kernel_goes_on(tmp_path, monkeypatch):
+    """At the address-space limit the cell fails with a MemoryError and its memory comes back,
+    again and again: the kernel keeps a reserve to report the error (attnlab.grading_kernel),
+    without which it died in its own machinery in some runs and nbgrader graded nothing."""
+    monkeypatch.setenv("ATTNLAB_KERNEL_MEMORY", "3G")  # torch takes 1.4 GiB of it
+    if not NAMESPACES:
+        monkeypatch.setenv("ATTNLAB_SANDBOX", "off")
+    k = Kernel(tmp_path)
+    try:
+        for _ in range(3):
+            for name, code in MEMORY_BOMBS.items():
+                errors = []
+
+                def hook(msg):
+                    if msg["msg_type"] == "error":
+                        errors.append(f"{msg['content']['ename']}: {msg['content']['evalue']}")
+                reply = k.kc.execute_interactive(code, output_hook=hook, timeout=60)
+                assert reply["content"]["status"] == "error", name
+                assert len(errors) == 1 and ("MemoryError" in errors[0] or "can't allocate memory" in errors[0]), \
+                    (name, errors)
+                # The memory is back: 1 GiB more, written to.
+                assert k.run("b = bytearray(2**30); b[::4096] = bytes(len(b[::4096])); del b\nprint('ok')") == "ok\n"
+    finally:
+        k.stop()
