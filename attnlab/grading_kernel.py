@@ -54,17 +54,20 @@ def _chain(error: BaseException | None):
 
 
 def _free_before_reporting(showtraceback):
-    """Wrap IPython's ``showtraceback``: before an error is reported, use the reserve
-    and drop the locals of the frames it went through (a list that filled memory
-    inside a function lives on in them), so that memory is back at once. A
-    MemoryError, or torch's RuntimeError for the same, is then reported as usual."""
+    """Wrap IPython's ``showtraceback``: report an error with the reserve to spare,
+    then drop the locals of the frames it went through (a list that filled memory
+    inside a function lives on in them), so that memory is back for the next cell.
+    A MemoryError, or torch's RuntimeError for the same, is reported as usual."""
 
     def show(exc_tuple=None, *args, **kwargs):
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         resource.setrlimit(resource.RLIMIT_AS, (hard, hard))  # post_run_cell takes the reserve back
-        for e in _chain((exc_tuple or sys.exc_info())[1]):
-            traceback.clear_frames(e.__traceback__)
-        return showtraceback(exc_tuple, *args, **kwargs)
+        error = (exc_tuple or sys.exc_info())[1]
+        try:
+            return showtraceback(exc_tuple, *args, **kwargs)
+        finally:
+            for e in _chain(error):
+                traceback.clear_frames(e.__traceback__)
 
     return show
 
