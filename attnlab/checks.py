@@ -20,13 +20,54 @@ import warnings
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from . import reference
+from . import exercises, reference
 from .guard import ReferenceForbidden, forbidden, trusted
 
 if "_GENUINE" in globals():
     # importlib.reload would run this file again in the same namespace and take
     # what the notebook replaced (torch.allclose, say) for the genuine article.
     raise ImportError("attnlab.checks cannot be reloaded: restart the kernel instead")
+
+
+class CheckFailed(AssertionError):
+    """A check of the learner's code failed; the message says which and why.
+
+    In a notebook it shows as that sentence, then the test's own line and,
+    when the learner's code raised, the lines of the learner's cells it went
+    through: no frames from inside the course package (IPython calls
+    ``_render_traceback_`` in place of its own traceback)."""
+
+    def _render_traceback_(self) -> list[str]:
+        try:
+            return [f"\x1b[31m{type(self).__name__}\x1b[39m: {self}", *_cell_lines(self)]
+        except Exception:  # noqa: BLE001  (a failure here must not hide the sentence)
+            return [f"{type(self).__name__}: {self}"]
+
+
+def _cell_lines(error: BaseException) -> list[str]:
+    """'Cell In[7], line 3' and the line itself, for each notebook cell the error went through."""
+    import linecache
+
+    try:
+        from IPython import get_ipython
+
+        names = get_ipython().compile._filename_map
+    except (ImportError, AttributeError):
+        return []
+    lines, seen, shown = [], set(), set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            if code.co_filename in names and (code.co_filename, tb.tb_lineno) not in shown:
+                shown.add((code.co_filename, tb.tb_lineno))
+                where = "" if code.co_name == "<module>" else f", in {code.co_name}"
+                text = linecache.getline(code.co_filename, tb.tb_lineno).strip()
+                lines.append(f"Cell In[{names[code.co_filename]}], line {tb.tb_lineno}{where}\n----> {text}")
+            tb = tb.tb_next
+        error = error.__cause__
+    return lines
 
 
 def _shape(t) -> tuple:
@@ -38,11 +79,11 @@ def expect_tensor(got, what: str) -> torch.Tensor:
 
     A subclass is refused too: it could redefine comparisons (``__torch_function__``)."""
     if got is None:
-        raise AssertionError(f"{what} is None: is it ever computed, stored or returned?")
+        raise CheckFailed(f"{what} is None: is it ever computed, stored or returned?")
     if type(got) is not torch.Tensor:
         if isinstance(got, torch.Tensor):
-            raise AssertionError(f"{what} is a {type(got).__name__}, a subclass of torch.Tensor; return a plain tensor")
-        raise AssertionError(f"{what} is a {type(got).__name__}; expected a torch.Tensor")
+            raise CheckFailed(f"{what} is a {type(got).__name__}, a subclass of torch.Tensor; return a plain tensor")
+        raise CheckFailed(f"{what} is a {type(got).__name__}; expected a torch.Tensor")
     return got
 
 
@@ -56,7 +97,7 @@ def number(got, what: str):
     elif type(got).__module__ == "numpy" and isinstance(got, numbers.Number):
         got = got.item()
     if type(got) not in (int, float):
-        raise AssertionError(f"{what} is a {type(got).__name__}; expected a number (an int or a float)")
+        raise CheckFailed(f"{what} is a {type(got).__name__}; expected a number (an int or a float)")
     return got
 
 
@@ -65,7 +106,7 @@ def expect_shape(got, shape, what: str, hint: str = "") -> None:
     expect_tensor(got, what)
     if _shape(got) != tuple(shape):
         msg = f"{what} has shape {_shape(got)}; expected {tuple(shape)}."
-        raise AssertionError(f"{msg} {hint}".strip())
+        raise CheckFailed(f"{msg} {hint}".strip())
 
 
 def _close(a, b, atol, rtol) -> bool:
@@ -90,22 +131,22 @@ def expect_close(got, want, what: str, suspects: dict | None = None, hint: str =
     """
     expect_shape(got, _shape(want), what, hint)
     if got.dtype != want.dtype:
-        raise AssertionError(f"{what} has dtype {got.dtype}; expected {want.dtype}.")
+        raise CheckFailed(f"{what} has dtype {got.dtype}; expected {want.dtype}.")
     d_atol, d_rtol = default_tolerance(want.dtype)
     atol, rtol = atol if atol is not None else d_atol, rtol if rtol is not None else d_rtol
     if _close(got, want, atol, rtol):
         return
     for mistake, wrong in (suspects or {}).items():
         if _close(got, wrong, atol, rtol):
-            raise AssertionError(f"{what} is wrong: it matches what you get when {mistake}.")
+            raise CheckFailed(f"{what} is wrong: it matches what you get when {mistake}.")
     if not torch.isfinite(got).all() and torch.isfinite(want).all():
-        raise AssertionError(
+        raise CheckFailed(
             f"{what} contains NaN or inf where the expected values are finite (a softmax over a row "
             f"that is all -inf gives NaN: can every query see at least one key?). {hint}".strip()
         )
     err = (got.detach().to(want.dtype) - want).abs()
     idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
-    raise AssertionError(
+    raise CheckFailed(
         f"{what} is wrong: the largest difference is {err.max().item():.3g} at index {idx} "
         f"(allowed: {atol:g} + {rtol:g} * |expected|). {hint}".strip()
     )
@@ -426,7 +467,7 @@ def _snapshot() -> dict:
     return out
 
 
-_OWN = ("expect_tensor", "expect_shape", "expect_close", "number", "exercise", "_close", "default_tolerance",
+_OWN = ("expect_tensor", "expect_shape", "expect_close", "number", "exercise", "exercise_in", "_close", "default_tolerance",
         "_refuse_tampering", "_refuse_leftovers", "_torch_answers_off", "stand_in")
 
 
@@ -472,12 +513,20 @@ def _refuse_leftovers() -> None:
                           "the notebook changed it. This check fails; restart the kernel and run all cells.")
 
 
-class CheckFailed(AssertionError):
-    """A check of the learner's code failed; the message says which and why."""
+def exercise(*names: str, case: str = ""):
+    """Run the learner's code for the exercises ``names`` (as the workbook names
+    its function or class: ``"attention"``, ``"MultiHeadAttention"``) on its own.
+
+    A test cell says only which exercise it checks; :mod:`attnlab.exercises`
+    knows what that exercise builds on and is given, and the test cell's
+    notebook is the namespace (see :func:`exercise_in`)."""
+    spec = exercises.lookup(*names)
+    namespace = sys._getframe(1).f_globals  # the notebook's: the test cell runs in it
+    return exercise_in(namespace, stand_ins=spec.uses, allow=spec.given, no_autograd=spec.by_hand, case=case)
 
 
 @contextlib.contextmanager
-def exercise(namespace: dict, stand_ins=(), allow=(), no_autograd=False, case: str = ""):
+def exercise_in(namespace: dict, stand_ins=(), allow=(), no_autograd=False, case: str = ""):
     """Run a learner's exercise on its own.
 
     Inside the block the course's reference answers and the torch functions
@@ -524,7 +573,8 @@ def exercise(namespace: dict, stand_ins=(), allow=(), no_autograd=False, case: s
             except (AssertionError, NotImplementedError):
                 raise  # a check's own sentence; an exercise not attempted yet (make check counts it apart)
             except Exception as e:  # noqa: BLE001  (any error of the learner's code is reported the same way)
-                traceback.clear_frames(e.__traceback__)  # what filled memory lives on in its frames: free it
+                if isinstance(e, MemoryError):  # what filled memory lives on in the frames: free it first
+                    traceback.clear_frames(e.__traceback__)
                 if not case:
                     raise
                 raise CheckFailed(f"{case}: your code raised {type(e).__name__}: {e}") from e

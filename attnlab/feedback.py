@@ -77,7 +77,7 @@ def secret_lines(nb) -> set[str]:
 def workbook_secrets(source, release, answers=()) -> set[str]:
     """The lines of a workbook's hidden tests (in the nbgrader ``source``
     notebook) that neither the ``release`` nor a model answer (``answers``,
-    the solution cells' code) also shows: `with exercise(globals()):` is in
+    the solution cells' code) also shows: `with exercise("attention"):` is in
     both. No feedback may hold one of them; the tests scan for each."""
     public = "\n".join([c.source for c in release.cells] + list(answers))
     return {ln.strip() for c in source.cells if is_test_cell(c)

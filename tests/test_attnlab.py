@@ -119,7 +119,7 @@ def test_exercise_swaps_stand_ins_and_restores_everything():
         return "learner's"
 
     ns = {"attention": mine}
-    with checks.exercise(ns, stand_ins=["attention", "split_heads"]):
+    with checks.exercise_in(ns, stand_ins=["attention", "split_heads"]):
         assert ns["attention"] is not mine and "split_heads" in ns
         with pytest.raises(guard.ReferenceForbidden):
             F.scaled_dot_product_attention(rand(1, 1, 2, 2), rand(1, 1, 2, 2), rand(1, 1, 2, 2))
@@ -136,7 +136,7 @@ def test_exercise_silences_warnings_and_can_switch_autograd_off(recwarn):
     import warnings
 
     x = rand(3).requires_grad_()
-    with checks.exercise({}, no_autograd=True):
+    with checks.exercise_in({}, no_autograd=True):
         warnings.warn("a learner's harmless warning")
         with torch.enable_grad():
             with pytest.raises(RuntimeError):
@@ -147,7 +147,7 @@ def test_exercise_silences_warnings_and_can_switch_autograd_off(recwarn):
 def test_exercise_restores_after_an_exception():
     sdpa = F.scaled_dot_product_attention
     with pytest.raises(KeyError):
-        with checks.exercise({}):
+        with checks.exercise_in({}):
             raise KeyError
     assert F.scaled_dot_product_attention is sdpa
     reference.attention(rand(1, 1, 2, 2), rand(1, 1, 2, 2), rand(1, 1, 2, 2))
@@ -244,7 +244,7 @@ def test_only_trusted_wrappers_carry_the_mark_exercise_refuses():
     assert not hasattr(checks.stand_in(reference.attention), "__attnlab_trusted__")
     ns = {"attention": guard.trusted(reference.attention)}
     with pytest.raises(AssertionError, match="let through with attnlab.guard.trusted"):
-        with checks.exercise(ns):
+        with checks.exercise_in(ns):
             pass
 
 
@@ -255,12 +255,12 @@ def test_exercise_refuses_replaced_checkers_and_numbers_must_be_plain():
     torch.allclose = lambda *a, **k: True
     try:
         with pytest.raises(AssertionError, match="torch.allclose"):
-            with checks.exercise({}):
+            with checks.exercise_in({}):
                 pass
     finally:
         torch.allclose = saved
     with pytest.raises(AssertionError, match="expect_close"):
-        with checks.exercise({"expect_close": lambda *a, **k: None}):
+        with checks.exercise_in({"expect_close": lambda *a, **k: None}):
             pass
 
     class Yes(int):
@@ -276,7 +276,7 @@ def test_autograd_is_off_in_backward_exercises():
 
     x = torch.randn(3, requires_grad=True)
     with pytest.raises(guard.ReferenceForbidden, match="autograd.grad"):
-        with checks.exercise({}, no_autograd=True):
+        with checks.exercise_in({}, no_autograd=True):
             with torch.inference_mode(False), torch.enable_grad():
                 torch.autograd.grad((x * x).sum(), x)
 
@@ -289,7 +289,7 @@ W8 = torch.ones(8, dtype=torch.float64)
 
 def _graded(fn, **kw):
     """Run ``fn`` as a learner's code inside exercise(); return its result."""
-    with checks.exercise({}, **kw):
+    with checks.exercise_in({}, **kw):
         return fn()
 
 
@@ -342,7 +342,7 @@ def test_only_the_stand_ins_the_test_admits_are_trusted():
     with pytest.raises(guard.ReferenceForbidden):
         _graded(lambda: guard.trusted(reference.split_heads)(rand(1, 2, 4), 2))
     ns = {}
-    with checks.exercise(ns, stand_ins=["attention"]):
+    with checks.exercise_in(ns, stand_ins=["attention"]):
         got = ns["attention"](Q, Q, Q, True)  # the test's own stand-in is admitted
     torch.testing.assert_close(got, F.scaled_dot_product_attention(Q, Q, Q, is_causal=True))
 

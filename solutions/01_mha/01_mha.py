@@ -32,6 +32,11 @@
 # `raise NotImplementedError()`; replace it with your code, then run the cell
 # below it. The check there tells you what is wrong in words; more checks that
 # you cannot see run when the notebook is graded.
+#
+# **Stuck?** Every workbook's model answers are in the course repository, in
+# `solutions/NN_topic/NN_topic.py`, inside each exercise's SOLUTION markers
+# (here `solutions/01_mha/01_mha.py`). Try first: the checks' messages name the
+# usual mistakes.
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false, "task": false}
 import math
@@ -107,14 +112,14 @@ def attention(q, k, v, causal=False):
 # Your attention against PyTorch's, without and with the causal mask.
 q, k, v = (torch.randn(2, 3, 5, 8, device=device) for _ in range(3))
 for causal in (False, True):
-    with exercise(globals()):
+    with exercise("attention"):
         out = attention(q, k, v, causal=causal)
     expect_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=causal),
                  f"attention(q, k, v, causal={causal})", suspects=attention_suspects(q, k, v, causal))
 
 # Fewer queries than keys, as in decoding: the mask is aligned bottom-right.
 q2 = q[:, :, -2:]  # (B, H, 2, D): the queries at positions 3 and 4
-with exercise(globals()):
+with exercise("attention"):
     out = attention(q2, k, v, causal=True)
 expect_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True)[:, :, -2:],
              "attention(q, k, v, causal=True) with 2 queries and 5 keys",
@@ -122,7 +127,7 @@ expect_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True)[:, :, 
 
 # float64 in, float64 out, to float64 precision (the hidden tests use float64 too).
 q64, k64, v64 = (t.double() for t in (q, k, v))
-with exercise(globals()):
+with exercise("attention"):
     out = attention(q64, k64, v64, causal=True)
 expect_close(out, F.scaled_dot_product_attention(q64, k64, v64, is_causal=True), "attention in float64",
              hint="Keep the input's dtype throughout: no float32 softmax for float64 inputs.")
@@ -144,7 +149,7 @@ for B, H, Tq, Tk, D, Dv, dtype, causal in [
     hv = torch.randn(B, H, Tk, Dv, generator=g).to(device, dtype)
     case = (f"attention with {Tq} queries against {Tk} keys {D} wide, values {Dv} wide, batch {B}, {H} heads, "
             f"{str(dtype).removeprefix('torch.')}, {'causal' if causal else 'not causal'}")
-    with exercise(globals(), case=case):
+    with exercise("attention", case=case):
         got = attention(hq, hk, hv, causal=causal)
     # bfloat16 is compared with the float64 result, so that more careful rounding never costs a point.
     want = reference.attention(hq.double(), hk.double(), hv.double(), causal=causal).to(dtype)
@@ -212,14 +217,14 @@ def merge_heads(x):
 
 # %% nbgrader={"grade": true, "grade_id": "test_heads", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 x = torch.arange(2 * 3 * 8, dtype=torch.float32, device=device).view(2, 3, 8)  # (B=2, T=3, C=8)
-with exercise(globals()):
+with exercise("split_heads"):
     heads = split_heads(x, 4)
 expect_close(heads, x.view(2, 3, 4, 2).transpose(1, 2), "split_heads(x, 4) of a (2, 3, 8) tensor",
              suspects={"x is viewed as (B, H, T, D) without the transpose: tokens end up mixed into heads":
                        x.view(2, 4, 3, 2),
                        "the features of a head are taken with a stride instead of contiguously":
                        x.view(2, 3, 2, 4).permute(0, 3, 1, 2)})
-with exercise(globals()):
+with exercise("merge_heads"):
     merged = merge_heads(heads.contiguous())
 expect_close(merged, x, "merge_heads(split_heads(x, 4))",
              suspects={"the heads are flattened without first moving T in front of H":
@@ -233,17 +238,17 @@ for B, T, H, D, dtype in [(3, 5, 6, 4, torch.float64), (1, 7, 2, 9, torch.bfloat
     kind = str(dtype).removeprefix("torch.")
     hx = torch.randn(B, T, H * D, generator=g).to(device, dtype)
     case = f"split_heads(x, {H}) of a ({B}, {T}, {H * D}) {kind} tensor, {H} heads of {D} features"
-    with exercise(globals(), case=case):
+    with exercise("split_heads", case=case):
         got = split_heads(hx, H)
     expect_close(got, reference.split_heads(hx, H), case,
                  hint="The number of heads is the argument n_heads, and each head is C // n_heads features wide.")
     hh = torch.randn(B, H, T, D, generator=g).to(device, dtype)
     case = f"merge_heads of a ({B}, {H}, {T}, {D}) {kind} tensor"
-    with exercise(globals(), case=case):
+    with exercise("merge_heads", case=case):
         got = merge_heads(hh)
     expect_close(got, reference.merge_heads(hh), case)
     case = f"merge_heads of a ({B}, {H}, {T}, {D}) {kind} tensor that is not contiguous in memory"
-    with exercise(globals(), case=case):
+    with exercise("merge_heads", case=case):
         got = merge_heads(hh.transpose(1, 2).contiguous().transpose(1, 2))
     expect_close(got, reference.merge_heads(hh), case)
 ### END HIDDEN TESTS
@@ -305,7 +310,7 @@ x = torch.randn(2, 6, 32, device=device)
 future = torch.ones(6, 6, dtype=torch.bool, device=device).triu(1)  # True = may not attend
 for causal in (False, True):
     with torch.no_grad():
-        with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"]):
+        with exercise("MultiHeadAttention"):
             got = mha(x, causal=causal)
         want, _ = torch_mha(x, x, x, attn_mask=future if causal else None, need_weights=False)
     expect_close(got, want, f"MultiHeadAttention(x, causal={causal})",
@@ -325,7 +330,7 @@ for B, T, C, H, causal in [(3, 9, 24, 3, True), (1, 4, 20, 5, False), (2, 1, 16,
     weights = [hm.W_q.weight, hm.W_k.weight, hm.W_v.weight, hm.W_o.weight]
     case = (f"MultiHeadAttention({C}, {H}) on {B} sequence(s) of {T} token(s), float64, "
             + ("with the default causal=True" if causal else "causal=False"))
-    with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"], case=case):
+    with exercise("MultiHeadAttention", case=case):
         got = hm(hx) if causal else hm(hx, causal=False)
     want = reference.mha_forward(hx, *weights, n_heads=H, causal=causal)
     expect_close(got, want.detach(), case)
@@ -420,7 +425,7 @@ class AttentionFunction(torch.autograd.Function):
 q, k, v = (torch.randn(2, 2, 5, 4, device=device, requires_grad=True) for _ in range(3))
 dout = torch.randn(2, 2, 5, 4, device=device)
 for causal in (False, True):
-    with exercise(globals(), no_autograd=True):  # by hand: autograd is switched off here
+    with exercise("attention_backward"):  # by hand: autograd is switched off here
         got = attention_backward(q.detach(), k.detach(), v.detach(), dout, causal=causal)
     assert isinstance(got, (tuple, list)) and len(got) == 3, "attention_backward must return (dq, dk, dv)"
     want = torch.autograd.grad(reference.attention(q, k, v, causal=causal), (q, k, v), dout)
@@ -438,7 +443,7 @@ for B, H, Tq, Tk, D, Dv, causal in [(3, 2, 6, 6, 8, 5, True), (1, 3, 2, 7, 4, 6,
     hd = torch.randn(B, H, Tq, Dv, generator=g, dtype=torch.float64).to(device)
     case = (f"attention_backward with {Tq} queries against {Tk} keys {D} wide, values {Dv} wide, batch {B}, "
             f"{H} heads, float64, {'causal' if causal else 'not causal'}")
-    with exercise(globals(), no_autograd=True, case=case):
+    with exercise("attention_backward", case=case):
         got = attention_backward(hq, hk, hv, hd, causal=causal)
     assert isinstance(got, (tuple, list)) and len(got) == 3, f"{case}: attention_backward must return (dq, dk, dv)"
     qkv = [t.clone().requires_grad_() for t in (hq, hk, hv)]
@@ -455,7 +460,7 @@ for B, H, Tq, Tk, D, Dv, causal in [(3, 2, 6, 6, 8, 5, True), (1, 3, 2, 7, 4, 6,
 # same, in a fraction of the time.)
 q, k, v = (torch.randn(1, 2, 4, 3, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3))
 for causal in (False, True):
-    with exercise(globals(), stand_ins=["attention"]):
+    with exercise("AttentionFunction"):
         out = AttentionFunction.apply(q, k, v, causal)
         passed = torch.autograd.gradcheck(AttentionFunction.apply, (q, k, v, causal), raise_exception=False,
                                           fast_mode=True)
@@ -472,7 +477,7 @@ for B, H, Tq, Tk, D, Dv, causal in [(2, 1, 3, 6, 5, 2, True), (1, 2, 4, 4, 3, 5,
     hv = torch.randn(B, H, Tk, Dv, generator=g, dtype=torch.float64).to(device).requires_grad_()
     case = (f"AttentionFunction with {Tq} queries against {Tk} keys {D} wide, values {Dv} wide, batch {B}, "
             f"{H} head(s), float64, {'causal' if causal else 'not causal'}")
-    with exercise(globals(), stand_ins=["attention"], case=case):
+    with exercise("AttentionFunction", case=case):
         passed = torch.autograd.gradcheck(AttentionFunction.apply, (hq, hk, hv, causal), raise_exception=False,
                                           fast_mode=True)
     assert passed, f"{case}: gradcheck finds that your backward does not match finite differences"
@@ -541,7 +546,7 @@ x = torch.randn(2, 8, 32, device=device)
 weights = [mha.W_q.weight, mha.W_k.weight, mha.W_v.weight, mha.W_o.weight]
 with torch.no_grad():
     cache = KVCache()
-    with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"]):
+    with exercise("mha_step"):
         outs = [mha_step(mha, x[:, :5], cache)] + [mha_step(mha, x[:, t:t + 1], cache) for t in range(5, 8)]
     want = reference.mha_forward(x, *weights, n_heads=4, causal=True)  # (2, 8, 32)
 expect_shape(cache.k, (2, 4, 8, 8), "cache.k after 8 tokens",
@@ -566,7 +571,7 @@ for B, C, H, chunks in [(3, 24, 6, [4, 1, 1, 3, 1]), (1, 12, 2, [1, 1, 1, 1]), (
         cache, start, steps = KVCache(), 0, []
         for n in chunks:
             case = f"mha_step of {n} new token(s) after {start} cached ones ({layer})"
-            with exercise(globals(), stand_ins=["attention", "split_heads", "merge_heads"], case=case):
+            with exercise("mha_step", case=case):
                 steps.append((case, start, n, mha_step(hm, hx[:, start:start + n], cache)))
             start += n
         want = reference.mha_forward(hx, *hw, n_heads=H, causal=True)
@@ -586,7 +591,7 @@ for step, n in enumerate([3, 2, 1, 1]):
         seen[i].append(kv)
         case = (f"KVCache.update of cache {i + 1} of two filled in turn, step {step + 1} "
                 f"({n} token(s), keys 4 wide, values 7 wide)")
-        with exercise(globals(), case=case):
+        with exercise("KVCache", case=case):
             got = cache.update(*kv)
         assert isinstance(got, (tuple, list)) and len(got) == 2, f"{case}: update must return (keys, values)"
         for name, j, g_ in zip(["keys", "values"], (0, 1), got):
@@ -630,7 +635,7 @@ def kv_cache_bytes(n_layers, n_heads, d_head, seq_len, batch=1, bytes_per_elemen
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_cache_size", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-with exercise(globals()):
+with exercise("kv_cache_elements_per_token", "kv_cache_bytes"):
     per_token = number(kv_cache_elements_per_token(n_layers=32, n_heads=32, d_head=128), "kv_cache_elements_per_token")
     llama_4k = number(kv_cache_bytes(32, 32, 128, seq_len=4096), "kv_cache_bytes")
     dsv3_128k = number(kv_cache_bytes(61, 128, 128, seq_len=131_072, batch=1, bytes_per_element=2), "kv_cache_bytes")
@@ -648,7 +653,7 @@ for l, h, d, t, b, nbytes in [(27, 16, 128, 32_768, 3, 2), (80, 64, 128, 100_000
                               (7, 3, 96, 1_000_001, 5, 1), (61, 128, 128, 131_072, 8, 4)]:
     case = (f"{l} layers of {h} heads of {d} dims, a batch of {b} sequence(s) of {t:,} tokens, "
             f"{nbytes} byte(s) per element")
-    with exercise(globals(), case=case):
+    with exercise("kv_cache_elements_per_token", "kv_cache_bytes", case=case):
         got_e = number(kv_cache_elements_per_token(l, h, d), f"{case}: kv_cache_elements_per_token")
         got_pos = number(kv_cache_bytes(l, h, d, t, b, nbytes), f"{case}: kv_cache_bytes")
         got_kw = number(kv_cache_bytes(n_layers=l, n_heads=h, d_head=d, seq_len=t, batch=b, bytes_per_element=nbytes),
@@ -736,5 +741,5 @@ CacheGrowth()
 # - PyTorch documentation of `torch.nn.functional.scaled_dot_product_attention`:
 #   the top-left alignment of `is_causal`.
 #
-# **Next:** workbook 02 shares each key and value among a group of query heads
+# **Next:** [workbook 02](../02_gqa/02_gqa.ipynb) shares each key and value among a group of query heads
 # and divides this cache by the group size.

@@ -52,8 +52,6 @@ from attnlab.checks import exercise, expect_close, expect_shape, number, storage
 # Workbook 01's answers, as building blocks for this one.
 from attnlab.reference import KVCache, attention, attention_backward, merge_heads, split_heads
 
-WORKBOOK_01 = ["attention", "attention_backward", "split_heads", "merge_heads", "KVCache.update"]
-
 torch.manual_seed(0)
 device = attnlab.pick_device()
 print(f"torch {torch.__version__}, running on {device}")
@@ -98,7 +96,7 @@ def gqa_attention_expanded(q, k, v, causal=False):
 # %% nbgrader={"grade": true, "grade_id": "test_expand", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 # K/V head g is filled with the number g, so the output shows which head each query head reads.
 labelled = torch.arange(2.0, device=device).view(1, 2, 1, 1).expand(1, 2, 3, 4)  # (B=1, G=2, T=3, D=4)
-with exercise(globals(), allow=WORKBOOK_01):
+with exercise("repeat_kv"):
     got = repeat_kv(labelled, 4)
 expect_shape(got, (1, 8, 3, 4), "repeat_kv of a (1, 2, 3, 4) tensor with n_rep=4",
              hint="The head axis is dim=1; T and D must not change.")
@@ -111,7 +109,7 @@ assert heads_read == [0, 0, 0, 0, 1, 1, 1, 1], (
 q = torch.randn(2, 8, 5, 16, device=device)
 k, v = torch.randn(2, 2, 5, 16, device=device), torch.randn(2, 2, 5, 16, device=device)
 for causal in (False, True):
-    with exercise(globals(), allow=WORKBOOK_01):
+    with exercise("gqa_attention_expanded"):
         got = gqa_attention_expanded(q, k, v, causal=causal)
     expect_close(got, reference.gqa_attention(q, k, v, causal), f"gqa_attention_expanded(causal={causal})")
 print("repeat_kv and gqa_attention_expanded: correct")
@@ -121,7 +119,7 @@ g = torch.Generator().manual_seed(211)
 for B, G, n_rep, Tq, Tk, D, causal in [(3, 3, 2, 4, 9, 6, True), (1, 1, 5, 2, 2, 3, False), (2, 4, 1, 1, 7, 5, True)]:
     hx = torch.randn(B, G, Tk, D, generator=g, dtype=torch.float64).to(device)
     case = f"repeat_kv of a ({B}, {G}, {Tk}, {D}) float64 tensor with n_rep={n_rep}"
-    with exercise(globals(), allow=WORKBOOK_01, case=case):
+    with exercise("repeat_kv", case=case):
         got = repeat_kv(hx, n_rep)
     expect_close(got, reference.repeat_kv(hx, n_rep), case,
                  hint="Query head h reads K/V head h // n_rep, for any batch, size and dtype.")
@@ -129,7 +127,7 @@ for B, G, n_rep, Tq, Tk, D, causal in [(3, 3, 2, 4, 9, 6, True), (1, 1, 5, 2, 2,
     hv = torch.randn(B, G, Tk, D + 1, generator=g, dtype=torch.float64).to(device)  # values wider than keys
     case = (f"gqa_attention_expanded with {G * n_rep} query heads and {G} K/V heads, {Tq} queries against {Tk} "
             f"keys, values {D + 1} wide (keys {D}), batch {B}, float64{', causal' if causal else ''}")
-    with exercise(globals(), allow=WORKBOOK_01, case=case):
+    with exercise("gqa_attention_expanded", case=case):
         got = gqa_attention_expanded(hq, hx, hv, causal=causal)
     expect_close(got, reference.gqa_attention(hq, hx, hv, causal), case)
 ### END HIDDEN TESTS
@@ -185,7 +183,7 @@ q = torch.randn(2, 8, 1, 32, device=device)  # one decode step
 k, v = torch.randn(2, 2, 64, 32, device=device), torch.randn(2, 2, 64, 32, device=device)
 repeated_bytes = 4 * k.untyped_storage().nbytes()  # what repeat_kv(k, 4) would allocate
 for causal in (False, True):
-    with exercise(globals(), allow=WORKBOOK_01), storage_watch() as watch:
+    with exercise("gqa_attention"), storage_watch() as watch:
         got = gqa_attention(q, k, v, causal=causal)
     expect_close(got, reference.gqa_attention(q, k, v, causal), f"gqa_attention(causal={causal})",
                  suspects={"query heads are grouped with a stride (q.view(B, n_rep, G, ...)) instead of "
@@ -194,7 +192,7 @@ for causal in (False, True):
         f"gqa_attention created a tensor of {watch.largest:,} bytes, as large as the keys repeated for every "
         f"query head ({repeated_bytes:,} bytes): compute group by group instead of repeating K and V.")
 q = torch.randn(2, 8, 3, 32, device=device)  # three new tokens against 64 keys
-with exercise(globals(), allow=WORKBOOK_01):
+with exercise("gqa_attention"):
     got = gqa_attention(q, k, v, causal=True)
 expect_close(got, reference.gqa_attention(q, k, v, True), "gqa_attention with 3 queries and 64 keys, causal",
              hint="Row r * Tq + i of a group belongs to query i: is the (Tq, Tk) mask stacked n_rep times "
@@ -210,7 +208,7 @@ for B, G, n_rep, Tq, Tk, D, Dv, causal in [(3, 2, 3, 4, 11, 8, 5, True), (1, 4, 
     hv = torch.randn(B, G, Tk, Dv, generator=g, dtype=torch.float64).to(device)
     case = (f"gqa_attention with {G * n_rep} query heads and {G} K/V heads, {Tq} queries against {Tk} keys, "
             f"values {Dv} wide (keys {D}), batch {B}, float64{', causal' if causal else ''}")
-    with exercise(globals(), allow=WORKBOOK_01, case=case), storage_watch() as watch:
+    with exercise("gqa_attention", case=case), storage_watch() as watch:
         got = gqa_attention(hq, hk, hv, causal=causal)
     expect_close(got, reference.gqa_attention(hq, hk, hv, causal), case,
                  hint="The output is (B, H, Tq, Dv): its width is the values' width, not the keys'.")
@@ -263,18 +261,14 @@ class GroupedQueryAttention(nn.Module):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_module", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
+from attnlab.suspects import weights_of
 # (Your module runs with the course's gqa_attention and repeat_kv here, so that a
 # mistake in sections 1-2 costs points there, not again here.)
-def weights_of(m):
-    return [m.W_q.weight, m.W_k.weight, m.W_v.weight, m.W_o.weight]
-
-
 x = torch.randn(2, 7, 32, device=device)
-stand_ins = ["gqa_attention", "repeat_kv"]
 with torch.no_grad():
     for n_kv in (4, 2, 8, 1):
         gqa = GroupedQueryAttention(32, 8, n_kv).to(device)
-        with exercise(globals(), stand_ins=stand_ins, allow=WORKBOOK_01):
+        with exercise("GroupedQueryAttention"):
             got = gqa(x)
         want = reference.gqa_forward(x, *weights_of(gqa), n_heads=8, n_kv_heads=n_kv)
         expect_close(got, want, f"GroupedQueryAttention(32, 8, {n_kv})(x)",
@@ -291,7 +285,7 @@ with torch.no_grad():
     # Prefill 4 tokens, then decode 3 one at a time, with a cache of 2 K/V heads.
     gqa = GroupedQueryAttention(32, 8, 2).to(device)
     kv = KVCache()
-    with exercise(globals(), stand_ins=stand_ins, allow=WORKBOOK_01):
+    with exercise("GroupedQueryAttention"):
         steps = [gqa(x[:, :4], cache=kv)] + [gqa(x[:, t:t + 1], cache=kv) for t in range(4, 7)]
     want = reference.gqa_forward(x, *weights_of(gqa), n_heads=8, n_kv_heads=2)
     expect_shape(kv.k, (2, 2, 7, 4), "the cache's keys after 7 tokens",
@@ -313,11 +307,11 @@ for B, C, H, G, chunks in [(3, 24, 6, 3, [5, 1, 2, 1]), (1, 40, 10, 5, [1, 1, 1]
     with torch.no_grad():
         for n in chunks:
             case = f"{layer}, with a KV cache: the step of {n} token(s) at positions {start}..{start + n - 1}"
-            with exercise(globals(), stand_ins=stand_ins, allow=WORKBOOK_01, case=case):
+            with exercise("GroupedQueryAttention", case=case):
                 out = hm(hx[:, start:start + n], cache=kv)
             steps.append((case, start, n, out))
             start += n
-    with exercise(globals(), stand_ins=stand_ins, allow=WORKBOOK_01, case=layer):
+    with exercise("GroupedQueryAttention", case=layer):
         got = hm(hx)
     got_grads = torch.autograd.grad(got.square().sum(), [hx] + weights_of(hm))
     want = reference.gqa_forward(hx, *weights_of(hm), n_heads=H, n_kv_heads=G)
@@ -370,7 +364,7 @@ k = torch.randn(2, 2, 4, 8, device=device, requires_grad=True)
 v = torch.randn(2, 2, 4, 8, device=device, requires_grad=True)
 dout = torch.randn(2, 6, 4, 8, device=device)
 for causal in (False, True):
-    with exercise(globals(), stand_ins=["repeat_kv"], allow=WORKBOOK_01, no_autograd=True):
+    with exercise("gqa_attention_backward"):
         got = gqa_attention_backward(q.detach(), k.detach(), v.detach(), dout, causal=causal)
     want = torch.autograd.grad(reference.gqa_attention(q, k, v, causal), (q, k, v), dout)
     assert isinstance(got, (tuple, list)) and len(got) == 3, "gqa_attention_backward must return (dq, dk, dv)"
@@ -389,7 +383,7 @@ for B, G, n_rep, Tq, Tk, D, Dv, causal in [(3, 2, 4, 3, 5, 6, 4, True), (1, 3, 2
     hd = torch.randn(B, G * n_rep, Tq, Dv, generator=g, dtype=torch.float64).to(device)
     case = (f"gqa_attention_backward with {G * n_rep} query heads and {G} K/V heads, {Tq} queries against {Tk} "
             f"keys, values {Dv} wide (keys {D}), batch {B}, float64{', causal' if causal else ''}")
-    with exercise(globals(), stand_ins=["repeat_kv"], allow=WORKBOOK_01, no_autograd=True, case=case):
+    with exercise("gqa_attention_backward", case=case):
         got = gqa_attention_backward(hq.detach(), hk.detach(), hv.detach(), hd, causal=causal)
     want = torch.autograd.grad(reference.gqa_attention(hq, hk, hv, causal), (hq, hk, hv), hd)
     assert isinstance(got, (tuple, list)) and len(got) == 3, f"{case}: your code must return (dq, dk, dv)"
@@ -398,7 +392,7 @@ for B, G, n_rep, Tq, Tk, D, Dv, causal in [(3, 2, 4, 3, 5, 6, 4, True), (1, 3, 2
                      "shape from its own tensor (Tq and Tk, and the key and value widths, can differ).")
     hh = torch.randn(B, G * n_rep, Tk, Dv, generator=g, dtype=torch.float64).to(device)
     case = f"sum_over_groups of a ({B}, {G * n_rep}, {Tk}, {Dv}) float64 gradient into {G} K/V heads"
-    with exercise(globals(), allow=WORKBOOK_01, case=case):
+    with exercise("sum_over_groups", case=case):
         got = sum_over_groups(hh, G)
     expect_close(got, hh.view(B, G, n_rep, Tk, Dv).sum(2), case)
 ### END HIDDEN TESTS
@@ -451,7 +445,7 @@ def conversion_error(W_q, W_k, W_v, W_o, n_heads, n_kv_heads, x):
 
 # %% nbgrader={"grade": true, "grade_id": "test_mean_pool", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 W = torch.arange(8 * 2 * 3, dtype=torch.float32, device=device).view(8 * 2, 3)  # H=8 heads of D=2 rows, C=3
-with exercise(globals(), allow=WORKBOOK_01 + ["mha_forward", "gqa_forward"]):
+with exercise("mean_pool_heads"):
     pooled = mean_pool_heads(W, 8, 2)
 expect_close(pooled, W.view(2, 4, 2, 3).mean(1).reshape(4, 3), "mean_pool_heads(W, 8, 2)",
              suspects={"each group keeps its first head instead of the mean": W.view(2, 4, 2, 3)[:, 0].reshape(4, 3),
@@ -459,7 +453,7 @@ expect_close(pooled, W.view(2, 4, 2, 3).mean(1).reshape(4, 3), "mean_pool_heads(
                        W.view(4, 2, 2, 3).mean(0).reshape(4, 3)})
 Ws = [torch.randn(32, 32, device=device) / 32**0.5 for _ in range(4)]
 x = torch.randn(2, 10, 32, device=device)
-with exercise(globals(), stand_ins=["mean_pool_heads"], allow=WORKBOOK_01 + ["mha_forward", "gqa_forward"]):
+with exercise("conversion_error"):
     errors = {n_kv: conversion_error(*Ws, 8, n_kv, x) for n_kv in (8, 2)}
 assert isinstance(errors[8], float), f"conversion_error must return a Python float, not {type(errors[8]).__name__}"
 assert errors[8] < 1e-5, f"with n_kv_heads = n_heads nothing is pooled, so the error must be 0; you have {errors[8]:.3g}"
@@ -471,11 +465,10 @@ print("mean_pool_heads and conversion_error: correct")
 
 ### BEGIN HIDDEN TESTS
 g = torch.Generator().manual_seed(255)
-allow = WORKBOOK_01 + ["mha_forward", "gqa_forward"]
 for H, G, D, C in [(6, 3, 4, 5), (4, 1, 3, 12), (10, 5, 2, 7)]:
     hW = torch.randn(H * D, C, generator=g, dtype=torch.float64).to(device)
     case = f"mean_pool_heads of a ({H * D}, {C}) float64 projection, {H} heads of {D} rows into {G} K/V heads"
-    with exercise(globals(), allow=allow, case=case):
+    with exercise("mean_pool_heads", case=case):
         got = mean_pool_heads(hW, H, G)
     expect_close(got, reference.mean_pool_heads(hW, H, G), case)
 # conversion_error again and again, with other weights and inputs each time (the first with the shapes of
@@ -485,7 +478,7 @@ for B, T, H, G, D in [(2, 10, 8, 2, 4), (2, 10, 8, 2, 4), (3, 6, 6, 3, 4), (1, 5
     hx = torch.randn(B, T, H * D, generator=g, dtype=torch.float64).to(device)
     case = (f"conversion_error called again with new weights and inputs ({H} heads of {D} dims pooled into {G} "
             f"K/V heads, x of shape ({B}, {T}, {H * D}), float64)")
-    with exercise(globals(), stand_ins=["mean_pool_heads"], allow=allow, case=case):
+    with exercise("conversion_error", case=case):
         got = number(conversion_error(*hWs, H, G, hx), case)
     y = reference.mha_forward(hx, *hWs, H)
     pooled = [reference.mean_pool_heads(w, H, G) for w in hWs[1:3]]
@@ -569,7 +562,7 @@ def cache_fraction_of_mha(n_heads, n_kv_heads):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_cache_size", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-with exercise(globals(), allow=WORKBOOK_01):
+with exercise("gqa_cache_elements_per_token", "cache_fraction_of_mha"):
     llama8 = number(gqa_cache_elements_per_token(n_layers=32, n_kv_heads=8, d_head=128), "gqa_cache_elements_per_token")
     llama70 = number(gqa_cache_elements_per_token(80, 8, 128), "gqa_cache_elements_per_token")
     fraction = number(cache_fraction_of_mha(32, 8), "cache_fraction_of_mha")
@@ -583,9 +576,9 @@ print("GQA cache sizes: correct")
 # Other models than the visible Llamas: every argument takes other values.
 for l, n_kv, d, n_h in [(61, 1, 64, 128), (27, 16, 192, 16), (5, 3, 7, 12), (80, 8, 96, 56), (1, 2, 1, 2)]:
     model = f"a model with {l} layers and {n_kv} K/V heads of {d} dims"
-    with exercise(globals(), allow=WORKBOOK_01, case=model):
+    with exercise("gqa_cache_elements_per_token", case=model):
         got = number(gqa_cache_elements_per_token(l, n_kv, d), "gqa_cache_elements_per_token")
-    with exercise(globals(), allow=WORKBOOK_01, case=f"cache_fraction_of_mha({n_h}, {n_kv})"):
+    with exercise("cache_fraction_of_mha", case=f"cache_fraction_of_mha({n_h}, {n_kv})"):
         frac = number(cache_fraction_of_mha(n_h, n_kv), "cache_fraction_of_mha")
     want = 2 * n_kv * d * l
     assert got == want, (
@@ -656,5 +649,5 @@ plt.show()
 # - Llama Team 2024, *The Llama 3 Herd of Models*, arXiv 2407.21783, Table 3: the 8B and 70B
 #   dimensions (8 K/V heads).
 #
-# **Next:** workbook 03 adds rotary position embeddings, and shows why they
+# **Next:** [workbook 03](../03_rope/03_rope.ipynb) adds rotary position embeddings, and shows why they
 # get in the way of the trick that makes MLA's cache small *and* fast.

@@ -46,8 +46,6 @@ from attnlab.checks import exercise, expect_close, expect_shape
 # Workbooks 01 and 02's answers, as building blocks for this one.
 from attnlab.reference import KVCache, gqa_attention, merge_heads, split_heads
 
-EARLIER = ["attention", "split_heads", "merge_heads", "KVCache.update", "gqa_attention", "repeat_kv", "gqa_forward"]
-
 torch.manual_seed(0)
 device = attnlab.pick_device()
 print(f"torch {torch.__version__}, running on {device}")
@@ -95,11 +93,11 @@ def rope_tables(positions, d, base=10000.0):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_tables", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-with exercise(globals(), allow=EARLIER):
+with exercise("rope_frequencies"):
     theta = rope_frequencies(8)
 expect_close(theta, torch.tensor([1.0, 0.1, 0.01, 0.001]), "rope_frequencies(8)",
              suspects={"the exponent is -i/d instead of -2i/d": torch.tensor([1.0, 10**-0.5, 0.1, 10**-1.5])})
-with exercise(globals(), allow=EARLIER):
+with exercise("rope_tables"):
     cos, sin = rope_tables(torch.arange(5, 8, device=device), 8)
 angles = torch.arange(5.0, 8.0)[:, None] * torch.tensor([1.0, 0.1, 0.01, 0.001])  # (3, 4)
 expect_close(cos.cpu(), angles.cos(), "cos of rope_tables(torch.arange(5, 8), 8)", atol=1e-6,
@@ -114,13 +112,13 @@ for d, base, positions in [(16, 10000.0, torch.arange(100, 107)), (6, 500000.0, 
                            (32, 100.0, torch.arange(0, 40)), (16, 10000.0, torch.arange(99_998, 100_003)),
                            (128, 500000.0, torch.tensor([131_071, 524_287, 1_000_000]))]:
     call = f"rope_frequencies({d}, base={base:,g})"
-    with exercise(globals(), allow=EARLIER, case=call):
+    with exercise("rope_frequencies", case=call):
         got_theta = rope_frequencies(d, base)
     expect_close(got_theta, reference.rope_frequencies(d, base), call, atol=1e-7)
     where = ", ".join(f"{m:,}" for m in positions.tolist()) if len(positions) <= 3 else \
         f"{int(positions[0]):,}..{int(positions[-1]):,}"
     case = f"rope_tables at positions {where}, d={d}, base={base:,g}"
-    with exercise(globals(), allow=EARLIER, case=case):
+    with exercise("rope_tables", case=case):
         got_cos, got_sin = rope_tables(positions.to(device), d, base)
     want_cos, want_sin = reference.rope_tables(positions, d, base)
     for name, got_t, want_t in [("cos", got_cos, want_cos), ("sin", got_sin, want_sin)]:
@@ -183,7 +181,7 @@ def rope_half(x, cos, sin):
 # %% nbgrader={"grade": true, "grade_id": "test_layouts", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 x = torch.tensor([[1.0, 0.0, 0.0, 1.0]], device=device).expand(3, 4)  # (T=3, d=4): the same vector at 3 positions
 cos, sin = reference.rope_tables(torch.arange(3, device=device), 4)
-with exercise(globals(), allow=EARLIER):
+with exercise("rope_interleaved"):
     got = rope_interleaved(x, cos, sin)
 # pair 0 = (1, 0) turns by m radians; pair 1 = (0, 1) by m/100 radians
 want = torch.stack([torch.cos(torch.arange(3.0)), torch.sin(torch.arange(3.0)),
@@ -193,7 +191,7 @@ expect_close(got, want, "rope_interleaved of (1, 0, 0, 1) at positions 0, 1, 2",
                        reference.rope_interleaved(x, cos, -sin),
                        "the pairs are (x[i], x[i + d/2]): that is the rotate-half layout":
                        reference.rope_half(x, cos, sin)})
-with exercise(globals(), allow=EARLIER):
+with exercise("rope_half"):
     got = rope_half(x, cos, sin)
 expect_close(got, reference.rope_half(x, cos, sin), "rope_half of (1, 0, 0, 1) at positions 0, 1, 2",
              suspects={"the rotation goes the wrong way (the sign of sin is flipped)": reference.rope_half(x, cos, -sin),
@@ -201,7 +199,7 @@ expect_close(got, reference.rope_half(x, cos, sin), "rope_half of (1, 0, 0, 1) a
                        reference.rope_interleaved(x, cos, sin)})
 q = torch.randn(2, 4, 6, 16, device=device)  # (B, H, T, D)
 cos, sin = reference.rope_tables(torch.arange(10, 16, device=device), 16)
-with exercise(globals(), allow=EARLIER):
+with exercise("rope_interleaved", "rope_half"):
     got_i, got_h = rope_interleaved(q, cos, sin), rope_half(q, cos, sin)
 expect_close(got_i, reference.rope_interleaved(q, cos, sin), "rope_interleaved on a (2, 4, 6, 16) tensor",
              hint="The tables are (T, d/2): they broadcast over the batch and head axes.")
@@ -216,7 +214,7 @@ for shape, offset in [((3, 2, 5, 8), 7), ((4, 6), 1000), ((1, 3, 1, 2), 0), ((2,
     hc, hs = reference.rope_tables(torch.arange(offset, offset + shape[-2], device=device), shape[-1])
     for name, fn in [("rope_interleaved", rope_interleaved), ("rope_half", rope_half)]:
         case = f"{name} of a {shape} float64 tensor at positions {offset:,}..{offset + shape[-2] - 1:,}"
-        with exercise(globals(), allow=EARLIER, case=case):
+        with exercise("rope_interleaved", "rope_half", case=case):
             got = fn(hx, hc, hs)
         expect_close(got, getattr(reference, name)(hx, hc, hs), case,
                      hint="The tables broadcast over every leading axis; a float64 x gives a float64 result.")
@@ -255,7 +253,7 @@ def permute_for_rotate_half(W, n_heads):
 
 # %% nbgrader={"grade": true, "grade_id": "test_permutation", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 W = torch.arange(12.0, device=device)[:, None].expand(12, 3)  # (H*D = 2*6, C = 3): row r is filled with r
-with exercise(globals(), allow=EARLIER):
+with exercise("permute_for_rotate_half"):
     got = permute_for_rotate_half(W, n_heads=2)
 rows = [int(r) for r in got[:, 0].tolist()]
 assert rows == [0, 2, 4, 1, 3, 5, 6, 8, 10, 7, 9, 11], (
@@ -267,7 +265,7 @@ H, D, C, T = 4, 8, 32, 6
 W_q, W_k = torch.randn(H * D, C, device=device), torch.randn(H * D, C, device=device)
 x = torch.randn(1, T, C, device=device)
 cos, sin = reference.rope_tables(torch.arange(T, device=device), D)
-with exercise(globals(), allow=EARLIER):
+with exercise("permute_for_rotate_half"):
     W_q2, W_k2 = permute_for_rotate_half(W_q, H), permute_for_rotate_half(W_k, H)
 
 
@@ -285,7 +283,7 @@ g = torch.Generator().manual_seed(322)
 for H, D, C in [(3, 4, 5), (1, 16, 2), (6, 2, 7)]:
     hW = torch.randn(H * D, C, generator=g, dtype=torch.float64).to(device)
     case = f"permute_for_rotate_half of a ({H * D}, {C}) float64 projection with {H} heads of {D} rows"
-    with exercise(globals(), allow=EARLIER, case=case):
+    with exercise("permute_for_rotate_half", case=case):
         got = permute_for_rotate_half(hW, H)
     expect_close(got, reference.permute_for_rotate_half(hW, H), case,
                  hint="Per head: its even rows first, then its odd rows; the values and dtype of W unchanged.")
@@ -335,9 +333,6 @@ def is_relative(rope_fn, d):
 # %% nbgrader={"grade": true, "grade_id": "test_relative", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 # The encodings below run while your check does, with the course's rope_tables, rope_interleaved and
 # rope_half standing in for yours (so that a mistake in those costs points there, not here).
-course_rope = ["rope_tables", "rope_interleaved", "rope_half"]
-
-
 def interleaved_rope(x, positions):  # float64 tables, so that RoPE is relative to float64 precision
     return rope_interleaved(x, *rope_tables(positions, x.shape[-1], dtype=x.dtype))
 
@@ -359,7 +354,7 @@ cases = {"interleaved RoPE": interleaved_rope, "rotate-half RoPE": half_rope,
          "an added sinusoidal (absolute) encoding": absolute_sinusoid, "a rotation by m^2 * theta": squared_angles}
 verdicts = {}
 for name, fn in cases.items():
-    with exercise(globals(), stand_ins=course_rope, allow=EARLIER, case=f"is_relative on {name}"):
+    with exercise("is_relative", case=f"is_relative on {name}"):
         verdicts[name] = is_relative(fn, 8)
 # The right answers, written down only after your check has run.
 relative = {"interleaved RoPE": True, "rotate-half RoPE": True,
@@ -395,7 +390,7 @@ encodings = {"rotations by log(1 + m) * theta": log_angles, "rotate-half RoPE wi
 verdicts = {}
 for d in (6, 32):
     for name, fn in encodings.items():
-        with exercise(globals(), stand_ins=course_rope, allow=EARLIER, case=f"is_relative on {name}, d={d}"):
+        with exercise("is_relative", case=f"is_relative on {name}, d={d}"):
             verdicts[name, d] = is_relative(fn, d)
 relative = {"rotate-half RoPE with base 500,000": True}  # the others are not relative
 for (name, d), verdict in verdicts.items():
@@ -458,7 +453,7 @@ Ws = [torch.randn(C, C, device=device) / C**0.5, torch.randn(G * C // H, C, devi
       torch.randn(G * C // H, C, device=device) / C**0.5, torch.randn(C, C, device=device) / C**0.5]
 x = torch.randn(2, 8, C, device=device)
 kv, got = KVCache(), []
-with exercise(globals(), stand_ins=["rope_tables", "rope_interleaved"], allow=EARLIER):
+with exercise("rope_gqa_step"):
     for t0, t1 in [(0, 5), (5, 6), (6, 7), (7, 8)]:
         got.append(rope_gqa_step(x[:, t0:t1], *Ws, H, G, kv))
 want = reference.rope_gqa_step(x, *Ws, H, G, KVCache())  # (2, 8, C): all 8 tokens at once
@@ -483,7 +478,7 @@ for B, C, H, G, chunks, base in [(3, 24, 6, 3, [4, 1, 2, 1], 10000.0), (1, 16, 4
     steps, kv, start = [], KVCache(), 0
     for n in chunks:
         case = f"{layer}: the step of {n} token(s) at positions {start}..{start + n - 1}"
-        with exercise(globals(), stand_ins=["rope_tables", "rope_interleaved"], allow=EARLIER, case=case):
+        with exercise("rope_gqa_step", case=case):
             steps.append((case, start, n, rope_gqa_step(hx[:, start:start + n], *hW, H, G, kv, base=base)))
         start += n
     want = reference.rope_gqa_step(hx, *hW, H, G, KVCache(), base=base)
@@ -499,7 +494,7 @@ cached = [torch.randn(B, G, T0, D, generator=g, dtype=torch.float64).to(device) 
 kv = KVCache()
 kv.k, kv.v = (t.clone() for t in cached)  # a copy: what your code does to it cannot change the expected result
 case = f"rope_gqa_step with base=500,000 for 2 new tokens after {T0:,} cached ones (positions {T0:,}..{T0 + 1:,})"
-with exercise(globals(), stand_ins=["rope_tables", "rope_interleaved"], allow=EARLIER, case=case):
+with exercise("rope_gqa_step", case=case):
     got = rope_gqa_step(hx, *hW, H, G, kv, base=500000.0)
 ref_cache = KVCache()
 ref_cache.k, ref_cache.v = cached
@@ -551,10 +546,10 @@ def absorbed_scores(h, c, W_absorbed):
 D, C, d_c, T = 16, 32, 8, 10
 W_q, W_uk = torch.randn(D, C, device=device), torch.randn(D, d_c, device=device)
 h, c = torch.randn(T, C, device=device), torch.randn(T, d_c, device=device)
-with exercise(globals(), allow=EARLIER):
+with exercise("absorb"):
     W_abs = absorb(W_q, W_uk)
 expect_shape(W_abs, (C, d_c), "absorb(W_q, W_uk)", hint="W_q is (D, C) and W_uk is (D, d_c): which one is transposed?")
-with exercise(globals(), allow=EARLIER):
+with exercise("absorbed_scores"):
     got = absorbed_scores(h, c, W_q.T @ W_uk)
 naive = (h @ W_q.T) @ (c @ W_uk.T).T  # materialise q (T, D) and k (T, D), then q k^T
 expect_close(got, naive, "absorbed_scores", atol=1e-3)
@@ -571,12 +566,12 @@ for hD, hC, hdc, Tq, Tk, dtype in [(16, 32, 8, 10, 10, torch.float32), (4, 6, 3,
     hh = torch.randn(Tq, hC, generator=g, dtype=dtype).to(device)
     hc = torch.randn(Tk, hdc, generator=g, dtype=dtype).to(device)
     weights = f"W_q ({hD}, {hC}) and W_uk ({hD}, {hdc}), {str(dtype).removeprefix('torch.')}"
-    with exercise(globals(), allow=EARLIER, case=f"absorb of new weights {weights}"):
+    with exercise("absorb", case=f"absorb of new weights {weights}"):
         got_W = absorb(hWq, hWuk)
     loose = dtype == torch.float32  # float32 sums in another order: the tolerances of the visible check
     expect_close(got_W, hWq.T @ hWuk, f"absorb of new weights {weights}", atol=1e-4 if loose else None)
     case = f"absorbed_scores for {Tq} queries against {Tk} latents, with new weights {weights}"
-    with exercise(globals(), allow=EARLIER, case=case):
+    with exercise("absorbed_scores", case=case):
         got_s = absorbed_scores(hh, hc, hWq.T @ hWuk)
     expect_close(got_s, (hh @ hWq.T) @ (hc @ hWuk.T).T, case, atol=1e-3 if loose else None,
                  hint="absorbed_scores must use its arguments h, c and W_absorbed alone, not the notebook's W_q or W_uk.")
@@ -639,5 +634,5 @@ plt.show()
 # - Hugging Face `transformers`: `rotate_half` and the Llama weight-conversion script's permutation.
 # - Llama Team 2024, *The Llama 3 Herd of Models*, arXiv 2407.21783, Table 3: RoPE base 500,000.
 #
-# **Next:** workbook 04 builds multi-head latent attention, with the decoupled
+# **Next:** [workbook 04](../04_mla/04_mla.ipynb) builds multi-head latent attention, with the decoupled
 # RoPE that gets around what you just measured.

@@ -51,10 +51,6 @@ from attnlab.checks import exercise, expect_close, expect_shape, number, storage
 # Workbooks 01-03's answers and the MLA layer's weights, from the course package.
 from attnlab.reference import MLA_PRESETS, MLAWeights, attention, merge_heads, rope_interleaved, rope_tables, split_heads
 
-EARLIER = ["attention", "attention_backward", "split_heads", "merge_heads", "rope_tables", "rope_interleaved",
-           "rope_frequencies", "causal_mask"]
-MLA_PARTS = ["rms_norm", "compress_kv", "up_project_kv", "compress_q", "decoupled_rope"]
-
 torch.manual_seed(0)
 device = attnlab.pick_device()
 print(f"torch {torch.__version__}, running on {device}")
@@ -113,7 +109,7 @@ def rms_norm(x, weight, eps=1e-6):
 # %% nbgrader={"grade": true, "grade_id": "test_rms_norm", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 x = torch.tensor([[3.0, 4.0], [1.0, 1.0]], device=device)
 w = torch.tensor([1.0, 2.0], device=device)
-with exercise(globals(), allow=EARLIER):
+with exercise("rms_norm"):
     got = rms_norm(x, w)
 want = torch.tensor([[3 / 12.5**0.5, 8 / 12.5**0.5], [1.0, 2.0]], device=device)
 expect_close(got, want, "rms_norm([[3, 4], [1, 1]], weight=[1, 2])", atol=1e-5,
@@ -132,7 +128,7 @@ for shape, dtype, eps in [((3, 5, 16), torch.float64, None), ((7,), torch.float6
     hx = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(device, dtype)
     hw = torch.rand(shape[-1], generator=g, dtype=torch.float64).to(device, dtype)
     case = f"rms_norm of a {shape} {str(dtype).removeprefix('torch.')} input" + (f" with eps={eps:g}" if eps else "")
-    with exercise(globals(), allow=EARLIER, case=case):
+    with exercise("rms_norm", case=case):
         got = rms_norm(hx, hw) if eps is None else rms_norm(hx, hw, eps=eps)
     expect_close(got, reference.rms_norm(hx, hw, 1e-6 if eps is None else eps), case,
                  hint=f"The eps passed in ({eps:g}) is the one added to the mean square." if eps else
@@ -178,12 +174,12 @@ def up_project_kv(m, c_kv):
 
 # %% nbgrader={"grade": true, "grade_id": "test_compress_kv", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 h = torch.randn(2, 6, cfg.d_model, device=device)
-with torch.no_grad(), exercise(globals(), stand_ins=["rms_norm"], allow=EARLIER):
+with torch.no_grad(), exercise("compress_kv"):
     c_kv = compress_kv(m, h)
 with torch.no_grad():
     expect_close(c_kv, reference.compress_kv(m, h), "compress_kv(m, h)", atol=1e-5,
                  suspects={"the latent's RMSNorm is missing": m.W_dkv(h)})
-    with exercise(globals(), stand_ins=["rms_norm"], allow=EARLIER):
+    with exercise("up_project_kv"):
         k_c, v_c = up_project_kv(m, c_kv)
     want_k, want_v = reference.up_project_kv(m, c_kv)
 expect_close(k_c, want_k, "k_C from up_project_kv", atol=1e-5, hint="(B, H, T, d_nope): split W_UK's output into heads.")
@@ -202,12 +198,12 @@ for c, B, T, dtype in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 3, 
     case = (f"a layer with {c.n_heads} heads, keys {c.d_nope} wide, values {c.d_v} wide and a latent of {c.d_latent}, "
             f"on a batch of {B} x {T} tokens in {str(dtype).removeprefix('torch.')}")
     sizes = "This layer is not the notebook's tiny one: take every size from m.cfg."
-    with torch.no_grad(), exercise(globals(), stand_ins=["rms_norm"], allow=EARLIER, case=f"compress_kv for {case}"):
+    with torch.no_grad(), exercise("compress_kv", case=f"compress_kv for {case}"):
         got_c = compress_kv(hm, hh)
     with torch.no_grad():
         want_c = reference.compress_kv(hm, hh)
     expect_close(got_c, want_c, f"compress_kv for {case}", hint=sizes)
-    with torch.no_grad(), exercise(globals(), stand_ins=["rms_norm"], allow=EARLIER, case=f"up_project_kv for {case}"):
+    with torch.no_grad(), exercise("up_project_kv", case=f"up_project_kv for {case}"):
         got = up_project_kv(hm, want_c)
     assert isinstance(got, (tuple, list)) and len(got) == 2, f"up_project_kv for {case} must return (k_C, v_C)"
     with torch.no_grad():
@@ -241,7 +237,7 @@ def compress_q(m, h):
 
 # %% nbgrader={"grade": true, "grade_id": "test_compress_q", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 with torch.no_grad():
-    with exercise(globals(), stand_ins=["rms_norm"], allow=EARLIER):
+    with exercise("compress_q"):
         got = compress_q(m, h)
     assert isinstance(got, (tuple, list)) and len(got) == 2, "compress_q must return (c_q, q_c)"
     want_cq, want_qc = reference.compress_q(m, h)
@@ -259,7 +255,7 @@ for c, B, dtype in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 2, tor
     hh = torch.randn(B, 4, c.d_model, generator=g, dtype=dtype).to(device)
     case = (f"compress_q for a layer with {c.n_heads} heads, keys {c.d_nope} wide and a query latent of "
             f"{c.d_q_latent}, on a batch of {B} x 4 tokens in {str(dtype).removeprefix('torch.')}")
-    with torch.no_grad(), exercise(globals(), stand_ins=["rms_norm"], allow=EARLIER, case=case):
+    with torch.no_grad(), exercise("compress_q", case=case):
         got = compress_q(hm, hh)
     assert isinstance(got, (tuple, list)) and len(got) == 2, f"{case}: compress_q must return (c_q, q_c)"
     with torch.no_grad():
@@ -308,7 +304,7 @@ def decoupled_rope(m, h, c_q, cos, sin):
 cos, sin = rope_tables(torch.arange(6, device=device), cfg.d_rope)
 with torch.no_grad():
     c_q, _ = reference.compress_q(m, h)
-    with exercise(globals(), allow=EARLIER):
+    with exercise("decoupled_rope"):
         q_r, k_r = decoupled_rope(m, h, c_q, cos, sin)
     want_qr, want_kr = reference.decoupled_rope(m, h, c_q, cos, sin)
 expect_shape(k_r, (2, 1, 6, cfg.d_rope), "k_R",
@@ -333,7 +329,7 @@ for c, B, offset, table_dtype in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2,
             f"({str(table_dtype).removeprefix('torch.')} tables), a layer with {c.n_heads} heads and d_rope = {c.d_rope}")
     with torch.no_grad():
         hcq, _ = reference.compress_q(hm, hh)
-        with exercise(globals(), allow=EARLIER, case=case):
+        with exercise("decoupled_rope", case=case):
             got = decoupled_rope(hm, hh, hcq, hcos, hsin)
     assert isinstance(got, (tuple, list)) and len(got) == 2, f"{case}: decoupled_rope must return (q_R, k_R)"
     with torch.no_grad():
@@ -373,7 +369,7 @@ def mla_forward(m, h):
 # %% nbgrader={"grade": true, "grade_id": "test_mla_forward", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 # (Sections 1-4 run with the course's versions here: a mistake there costs points there.)
 with torch.no_grad():
-    with exercise(globals(), stand_ins=MLA_PARTS, allow=EARLIER):
+    with exercise("mla_forward"):
         y = mla_forward(m, h)
     want = reference.mla_forward(m, h)
 expect_close(y, want, "mla_forward(m, h)", atol=1e-5,
@@ -390,7 +386,7 @@ for c, B in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 2), (referenc
     hh = torch.randn(B, 7, c.d_model, generator=g, dtype=torch.float64).to(device).requires_grad_()
     case = (f"mla_forward for a layer with {c.n_heads} heads, keys {c.d_nope} + {c.d_rope} wide and values {c.d_v} wide, "
             f"on a batch of {B} x 7 tokens in float64")
-    with exercise(globals(), stand_ins=MLA_PARTS, allow=EARLIER, case=case):
+    with exercise("mla_forward", case=case):
         got = mla_forward(hm, hh)
     want = reference.mla_forward(hm, hh)
     expect_close(got, want.detach(), case, hint="This layer is not the notebook's tiny one: take every size from m.cfg.")
@@ -498,7 +494,7 @@ def mla_absorbed_step(m, h, cache):
 x = torch.randn(2, 8, cfg.d_model, device=device)
 with torch.no_grad():
     kv = LatentCache()
-    with exercise(globals(), stand_ins=MLA_PARTS, allow=EARLIER):
+    with exercise("mla_absorbed_step"):
         steps = [mla_absorbed_step(m, x[:, :5], kv)] + [mla_absorbed_step(m, x[:, t:t + 1], kv) for t in range(5, 8)]
 expect_shape(kv.c_kv, (2, 8, cfg.d_latent), "the cached latents after 8 tokens",
              hint="Cache the (B, T, d_c) latent c_KV, appended along the time axis (dim=1).")
@@ -513,7 +509,7 @@ assert all(shape[-1] in (cfg.d_latent, cfg.d_rope) for shape in held.values()), 
 wide = MLAWeights(reference.MLAConfig("wide heads", 64, 4, 8, 24, 32, 4, 32, 1)).to(device)
 long_kv, x_long = LatentCache(), torch.randn(2, 65, 64, device=device)
 expanded_bytes = 2 * 4 * 65 * 32 * x_long.element_size()  # (B, H, Tk, d_nope) keys
-with torch.no_grad(), exercise(globals(), stand_ins=MLA_PARTS, allow=EARLIER):
+with torch.no_grad(), exercise("mla_absorbed_step"):
     mla_absorbed_step(wide, x_long[:, :64], long_kv)
     with storage_watch() as watch:
         mla_absorbed_step(wide, x_long[:, 64:], long_kv)
@@ -537,7 +533,7 @@ def decode_in_chunks(hm, hx, chunks, what):
     kv, outs, start = LatentCache(), [], 0
     for n in chunks:
         case = f"{what}: the step of {n} new token(s) after {start} cached"
-        with torch.no_grad(), exercise(globals(), stand_ins=MLA_PARTS, allow=EARLIER, case=case):
+        with torch.no_grad(), exercise("mla_absorbed_step", case=case):
             outs.append((case, start, n, mla_absorbed_step(hm, hx[:, start:start + n], kv)))
         start += n
     return kv, outs
@@ -575,7 +571,7 @@ kv_a, kv_b, outs_a, outs_b = LatentCache(), LatentCache(), [], []
 for start, n in [(0, 2), (2, 1), (3, 1)]:
     for name, xs, kv_, outs in [("A", xa, kv_a, outs_a), ("B", xb, kv_b, outs_b)]:
         case = f"two sequences decoded in turn, each with its own cache: sequence {name}'s step after {start} cached tokens"
-        with torch.no_grad(), exercise(globals(), stand_ins=MLA_PARTS, allow=EARLIER, case=case):
+        with torch.no_grad(), exercise("mla_absorbed_step", case=case):
             outs.append((case, start, n, mla_absorbed_step(hm, xs[:, start:start + n], kv_)))
 compare_with_naive(hm, xa, outs_a, hint=positions)
 compare_with_naive(hm, xb, outs_b, hint=positions)
@@ -591,7 +587,7 @@ hx = torch.randn(1, 2, c.d_model, generator=g, dtype=torch.float64).to(device)
 case = f"a decode step at positions {N:,} and {N + 1:,}, after {N:,} cached tokens (float64, d_rope = {c.d_rope})"
 kv = LatentCache()
 kv.c_kv, kv.k_r = past_c.clone(), past_r.clone()
-with torch.no_grad(), exercise(globals(), stand_ins=MLA_PARTS, allow=EARLIER, case=case):
+with torch.no_grad(), exercise("mla_absorbed_step", case=case):
     got = mla_absorbed_step(hm, hx, kv)
 long_kv = reference.LatentCache()
 long_kv.c_kv, long_kv.k_r = past_c, past_r
@@ -679,28 +675,11 @@ def mla_kv_backward(m, h, dk_c, dv_c, dk_r, cos, sin):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_backward", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-def kv_gradients_by_autograd(mm, hh, wrt, start=0):
-    """Run the naive forward of the tokens hh at positions start, start + 1, ..., and let autograd differentiate a
-    loss with respect to the per-head keys and values (wrt="heads": dk_C, dv_C, dk_R, then the RoPE tables: the
-    inputs of mla_kv_backward) or to the KV path's weights (wrt="weights": dW_dkv, dW_uk, dW_uv, dW_kr).
-    The weights' gradients are computed only after your function has returned, and never stored in mm."""
-    B, T, _ = hh.shape
-    c = mm.cfg
-    cs, sn = reference.rope_tables(torch.arange(start, start + T, device=hh.device), c.d_rope)
-    c_q, q_c = reference.compress_q(mm, hh)
-    k_c, v_c = reference.up_project_kv(mm, reference.compress_kv(mm, hh))
-    q_r, k_r = reference.decoupled_rope(mm, hh, c_q, cs, sn)
-    k_r_heads = k_r.expand(B, c.n_heads, T, c.d_rope)
-    y = reference.attention(torch.cat([q_c, q_r], -1), torch.cat([k_c, k_r_heads], -1), v_c, causal=True)
-    if wrt == "heads":
-        return (*torch.autograd.grad(y.square().sum(), [k_c, v_c, k_r_heads]), cs, sn)
-    return torch.autograd.grad(y.square().sum(), [mm.W_dkv.weight, mm.W_uk.weight, mm.W_uv.weight, mm.W_kr.weight])
-
-
+from attnlab.suspects import kv_gradients_by_autograd
 mm = MLAWeights(cfg).to(device).double()
 hh = torch.randn(2, 6, cfg.d_model, device=device, dtype=torch.float64)
 inputs = kv_gradients_by_autograd(mm, hh, "heads")
-with torch.no_grad(), exercise(globals(), stand_ins=MLA_PARTS, allow=EARLIER, no_autograd=True):
+with torch.no_grad(), exercise("mla_kv_backward"):
     got = mla_kv_backward(mm, hh, *inputs)
 assert isinstance(got, (tuple, list)) and len(got) == 4, "mla_kv_backward must return (dW_dkv, dW_uk, dW_uv, dW_kr)"
 want = kv_gradients_by_autograd(mm, hh, "weights")
@@ -723,7 +702,7 @@ for c, B, start in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 3, 0),
     case = (f"mla_kv_backward for a layer with {c.n_heads} heads, keys {c.d_nope} + {c.d_rope} wide, values {c.d_v} "
             f"wide and a latent of {c.d_latent}, on a batch of {B} x 5 tokens at positions {start} to {start + 4}, float64")
     h_inputs = kv_gradients_by_autograd(hm, hx, "heads", start)
-    with torch.no_grad(), exercise(globals(), stand_ins=MLA_PARTS, allow=EARLIER, no_autograd=True, case=case):
+    with torch.no_grad(), exercise("mla_kv_backward", case=case):
         got = mla_kv_backward(hm, hx, *h_inputs)
     assert isinstance(got, (tuple, list)) and len(got) == 4, f"{case}: must return (dW_dkv, dW_uk, dW_uv, dW_kr)"
     for name, g_, w_ in zip(["dW_dkv", "dW_uk", "dW_uv", "dW_kr"], got, kv_gradients_by_autograd(hm, hx, "weights", start)):
@@ -770,7 +749,7 @@ def cache_gib(elements_per_token, seq_len, batch=1, bytes_per_element=2):
 
 # %% nbgrader={"grade": true, "grade_id": "test_cache_size", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 v3 = MLA_PRESETS["DeepSeek-V3"]
-with exercise(globals(), allow=EARLIER):
+with exercise("mla_cache_elements_per_token", "cache_gib"):
     mla = number(mla_cache_elements_per_token(v3.n_layers, v3.d_latent, v3.d_rope), "mla_cache_elements_per_token")
     mla_gib = number(cache_gib(mla, 131_072), "cache_gib")
     mha_gib = number(cache_gib(2 * 128 * 128 * 61, 131_072), "cache_gib")
@@ -784,13 +763,13 @@ print(f"MLA: {mla_gib:.2f} GiB; MHA: {mha_gib:.1f} GiB; {mha_gib / mla_gib:.1f}x
 # Other models than DeepSeek-V3: DeepSeek-V2-Lite (27 layers), DeepSeek-V2 (60) and made-up sizes.
 for l, dc, dr in [(27, 512, 64), (60, 512, 64), (7, 96, 24), (1, 1, 1)]:
     case = f"mla_cache_elements_per_token({l}, {dc}, {dr})"
-    with exercise(globals(), allow=EARLIER, case=case):
+    with exercise("mla_cache_elements_per_token", case=case):
         got_e = number(mla_cache_elements_per_token(l, dc, dr), "mla_cache_elements_per_token")
     assert got_e == (dc + dr) * l, f"{case} should be ({dc} + {dr}) x {l} = {(dc + dr) * l:,}; you have {got_e:,}"
 # Every argument of cache_gib, each in turn away from the visible test's values (batch 1, 2 bytes, 131,072 tokens).
 for e, t, b, nbytes in [(35_136, 32_768, 3, 2), (35_136, 131_072, 1, 1), (1_000, 10**6, 8, 4), (576, 7, 1, 2)]:
     case = f"cache_gib({e:,}, {t:,}, batch={b}, bytes_per_element={nbytes})"
-    with exercise(globals(), allow=EARLIER, case=case):
+    with exercise("cache_gib", case=case):
         got_g = number(cache_gib(e, t, batch=b, bytes_per_element=nbytes), "cache_gib")
     want_g = e * t * b * nbytes / 2**30
     if not math.isclose(got_g, want_g, rel_tol=1e-9):
@@ -857,5 +836,5 @@ plt.show()
 #   (`naive` and `absorb` modes) and `inference/configs/config_671B.json`.
 # - Zhang and Sennrich 2019, *Root Mean Square Layer Normalization*, arXiv 1910.07467.
 #
-# **Next:** workbook 05 measures all of this on real hardware: bytes in
+# **Next:** [workbook 05](../05_cache_benchmark/05_cache_benchmark.ipynb) measures all of this on real hardware: bytes in
 # memory, and the time of a decode step for MHA, GQA, MQA, naive and absorbed MLA.

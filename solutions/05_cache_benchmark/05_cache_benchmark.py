@@ -79,7 +79,7 @@ def cache_bytes_per_token(mechanism, n_layers, n_heads, n_kv_heads, d_head, d_la
 
 # %% nbgrader={"grade": true, "grade_id": "test_bytes_per_token", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 v3 = dict(n_layers=61, n_heads=128, n_kv_heads=8, d_head=128, d_latent=512, d_rope=64)
-with exercise(globals()):
+with exercise("cache_bytes_per_token"):
     got = {m: number(cache_bytes_per_token(m, **v3), "cache_bytes_per_token") for m in ("MHA", "GQA", "MQA", "MLA")}
     fp32 = number(cache_bytes_per_token("MLA", **v3, dtype="fp32"), "cache_bytes_per_token")
 want = {"MHA": 2 * 128 * 128 * 61 * 2, "GQA": 2 * 8 * 128 * 61 * 2, "MQA": 2 * 128 * 61 * 2, "MLA": 576 * 61 * 2}
@@ -102,7 +102,7 @@ for l, h, kv, d, dc, dr in [(7, 12, 4, 96, 200, 40), (3, 6, 1, 10, 37, 3), (52, 
                             (1, 2, 2, 16, 1, 1)]:
     for dtype in ("fp32", "bf16", "fp8"):
         where = f"with {l} layers, {h} heads, {kv} K/V heads, d_head {d}, d_latent {dc}, d_rope {dr}, in {dtype}"
-        with exercise(globals(), case=f"cache_bytes_per_token {where}"):
+        with exercise("cache_bytes_per_token", case=f"cache_bytes_per_token {where}"):
             got = {m: number(cache_bytes_per_token(m, l, h, kv, d, dc, dr, dtype), "cache_bytes_per_token")
                    for m in ("MHA", "GQA", "MQA", "MLA")}
         size = {"fp32": 4, "bf16": 2, "fp8": 1}[dtype]
@@ -145,7 +145,7 @@ def longest_context(gpu_bytes, n_params, bytes_per_token, batch=1, weight_bytes_
 
 # %% nbgrader={"grade": true, "grade_id": "test_longest_context", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 llama8 = 2 * 8 * 128 * 32 * 2  # Llama-3-8B's GQA cache: 131,072 bytes per token in bf16
-with exercise(globals()):
+with exercise("longest_context"):
     one = number(longest_context(80e9, 8.03e9, llama8), "longest_context")
     eight = number(longest_context(80e9, 8.03e9, llama8, batch=8), "longest_context")
     none = number(longest_context(24e9, 70.6e9, llama8), "longest_context")
@@ -166,7 +166,7 @@ for gpu, params, bpt, batch, wbytes in [(141e9, 70.6e9, 327_680, 1, 1),  # Llama
                                         (16e9, 20e9, 1_000, 2, 1)]:  # even 1-byte weights do not fit
     case = (f"longest_context with {gpu:,.0f} bytes of GPU memory, {params:,.0f} parameters of "
             f"{wbytes} byte{'s' * (wbytes > 1)} each, {bpt:,} bytes per token and a batch of {batch}")
-    with exercise(globals(), case=case):
+    with exercise("longest_context", case=case):
         got = number(longest_context(gpu, params, bpt, batch=batch, weight_bytes_per_param=wbytes), "longest_context")
     assert isinstance(got, int), f"{case}: longest_context must return an int (a number of tokens), not {got!r}"
     want = max(0, int((gpu - params * wbytes) // (bpt * batch)))
@@ -221,28 +221,10 @@ def median_time(fn, clock, sync=None, warmup=3, repeats=10):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_timer", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-class FakeGPU:
-    """fn() queues `durations[i]` seconds of work and returns at once; sync() waits for it."""
-
-    def __init__(self, durations):
-        self.now, self.pending, self.calls, self.durations = 0.0, 0.0, 0, list(durations)
-
-    def clock(self):
-        return self.now
-
-    def fn(self):
-        self.pending += self.durations[min(self.calls, len(self.durations) - 1)]
-        self.now += 1e-6  # launching takes a microsecond
-        self.calls += 1
-
-    def sync(self):
-        self.now += self.pending
-        self.pending = 0.0
-
-
+from attnlab.suspects import FakeGPU
 # A slow first call (compilation), then 5 ms steps, one of them preempted (50 ms).
 gpu = FakeGPU([0.200] + [0.005] * 6 + [0.050] + [0.005] * 10)
-with exercise(globals()):
+with exercise("median_time"):
     med, samples = median_time(gpu.fn, gpu.clock, gpu.sync, warmup=2, repeats=7)
 assert gpu.calls == 9, f"fn was called {gpu.calls} times; expected 2 warm-up calls and 7 timed ones"
 assert len(samples) == 7, f"{len(samples)} samples returned; expected the 7 timed calls, not the warm-up ones"
@@ -286,7 +268,7 @@ for what, warm, reps, steps, on_gpu in [
          [0.3, 0.3, 0.02, 0.001, 0.03, 0.025, 0.5, 0.022, 0.028, 0.024], False)]:
     dev = FakeGPU(steps) if on_gpu else FakeCPU(steps)
     case = f"median_time with warmup={warm}, repeats={reps} and {what}"
-    with exercise(globals(), case=case):
+    with exercise("median_time", case=case):
         got_med, got_samples = median_time(dev.fn, dev.clock, dev.sync if on_gpu else None, warmup=warm, repeats=reps)
         got_med = number(got_med, "the median median_time returns")
         got_samples = [number(t, "a sample median_time returns") for t in got_samples]
@@ -480,3 +462,6 @@ CacheExplorer(preset="Llama-3-8B", gpu="24 GB")
 # - DeepSeek's FlashMLA repository: 3000 GB/s memory-bound and 580 TFLOPS compute-bound on an H800 (bf16, paged cache, block size 64).
 # - Williams, Waterman and Patterson 2009, *Roofline: an insightful visual performance model for multicore architectures*, CACM 52(4).
 # - Llama 3 Herd, arXiv 2407.21783, Table 3; Kimi K2, arXiv 2507.20534.
+#
+# **Next:** [workbook 06](../06_beyond/06_beyond.ipynb) turns a trained model's grouped-query
+# attention into latent attention after the fact, and asks how much of the cache that saves.

@@ -43,10 +43,6 @@ import attnlab
 from attnlab import beyond, reference
 from attnlab.checks import exercise, expect_close, expect_shape
 
-# Workbooks 01-03's answers that this workbook's exercises may use, as reference.<name>.
-EARLIER = ["attention", "split_heads", "merge_heads", "causal_mask", "repeat_kv", "gqa_attention",
-           "rope_frequencies", "rope_tables", "rope_interleaved"]
-
 torch.manual_seed(0)
 print(f"torch {torch.__version__}; the exercises use float64 on the CPU, the training float32 on the CPU")
 
@@ -100,24 +96,11 @@ def gqa_as_mla(W_k, W_v, n_heads, n_kv_heads):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_gqa_as_mla", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-def gqa_weights(C, H, G, D, seed):
-    g = torch.Generator().manual_seed(seed)
-    shapes = [(H * D, C), (G * D, C), (G * D, C), (C, H * D)]
-    return [torch.randn(s, generator=g, dtype=torch.float64) / math.sqrt(s[1]) for s in shapes]
-
-
-def strided_selection(H, G, D):
-    """What you get when query head h reads group h % G (the strided pairing) instead of h // (H // G)."""
-    eye = torch.eye(G * D, dtype=torch.float64).view(G, D, G * D)
-    select = eye.repeat(H // G, 1, 1).reshape(H * D, G * D)
-    zeros = torch.zeros_like(select)
-    return torch.cat([select, zeros], 1), torch.cat([zeros, select], 1)
-
-
+from attnlab.suspects import gqa_weights, strided_selection
 C, H, G, D = 32, 8, 2, 4
 W_q, W_k, W_v, W_o = gqa_weights(C, H, G, D, seed=60)
 x = torch.randn(2, 7, C, dtype=torch.float64)
-with exercise(globals(), allow=EARLIER):
+with exercise("gqa_as_mla"):
     got = gqa_as_mla(W_k, W_v, H, G)
 assert isinstance(got, (tuple, list)) and len(got) == 3, "gqa_as_mla must return (W_dkv, W_uk, W_uv)"
 W_dkv, W_uk, W_uv = got
@@ -150,7 +133,7 @@ for (hC, hH, hG, hD), hB, dtype, seed in [((24, 6, 1, 4), 3, torch.float64, 601)
     hq, hk, hv, ho = (w.to(dtype) for w in gqa_weights(hC, hH, hG, hD, seed))
     hx = torch.randn(hB, 5, hC, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
     layer = f"{hH} query heads and {hG} K/V heads of width {hD}, model width {hC}, {str(dtype).removeprefix('torch.')}"
-    with exercise(globals(), allow=EARLIER, case=f"gqa_as_mla for {layer}"):
+    with exercise("gqa_as_mla", case=f"gqa_as_mla for {layer}"):
         h_dkv, h_uk, h_uv = gqa_as_mla(hk, hv, hH, hG)
     for name, t, shape in [("W_dkv", h_dkv, (2 * hG * hD, hC)), ("W_uk", h_uk, (hH * hD, 2 * hG * hD)),
                            ("W_uv", h_uv, (hH * hD, 2 * hG * hD))]:
@@ -217,22 +200,10 @@ def joint_svd(W_k, W_v, rank):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_joint_svd", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-def svd_suspects(W_k, W_v, r):
-    """The products W_k_up @ W_down that common mistakes give, and the right one."""
-    GD = W_k.shape[0]
-    U, S, Vh = torch.linalg.svd(torch.cat([W_k, W_v]), full_matrices=False)
-    best = (U[:, :r] * S[:r]) @ Vh[:r]
-    Uk, Sk, Vhk = torch.linalg.svd(W_k, full_matrices=False)
-    return best[:GD], best[GD:], {
-        "the singular values are missing from the up-projection (U_r instead of U_r Sigma_r)": (U[:, :r] @ Vh[:r])[:GD],
-        "the smallest singular values are kept instead of the largest": ((U[:, -r:] * S[-r:]) @ Vh[-r:])[:GD],
-        "W_k is compressed on its own (the SVD must be of the stack [W_k; W_v])": (Uk[:, :r] * Sk[:r]) @ Vhk[:r],
-    }
-
-
+from attnlab.suspects import gqa_weights, svd_suspects
 W_k, W_v = gqa_weights(32, 8, 2, 4, seed=62)[1:3]  # (8, 32) each: the stack is (16, 32)
 for r in (3, 16):
-    with exercise(globals(), allow=EARLIER):
+    with exercise("joint_svd"):
         got = joint_svd(W_k, W_v, r)
     assert isinstance(got, (tuple, list)) and len(got) == 3, "joint_svd must return (W_down, W_k_up, W_v_up)"
     down, k_up, v_up = got
@@ -255,7 +226,7 @@ for n_k, n_v, hC, r, dtype, seed in [(12, 12, 20, 5, torch.float64, 621), (6, 6,
     hk, hv = (torch.randn(n, hC, generator=g, dtype=torch.float64).to(dtype) for n in (n_k, n_v))
     case = (f"joint_svd at rank {r} of a W_k with {n_k} rows and a W_v with {n_v} rows, {hC} columns, "
             f"{str(dtype).removeprefix('torch.')}")
-    with exercise(globals(), allow=EARLIER, case=case):
+    with exercise("joint_svd", case=case):
         h_down, h_kup, h_vup = joint_svd(hk, hv, r)
     for name, t, shape, hint in [("W_down", h_down, (r, hC), ""),
                                  ("W_k_up", h_kup, (n_k, r), "One row per row of W_k: the stack splits where W_k ends."),
@@ -297,6 +268,7 @@ def error_against_rank(W_q, W_k, W_v, W_o, n_heads, n_kv_heads, x, ranks):
 # the same inputs:
 
 # %%
+from attnlab.suspects import gqa_weights
 C, H, G, D = 64, 8, 2, 16
 W_q, W_k, W_v, W_o = gqa_weights(C, H, G, D, seed=63)
 x = torch.randn(4, 32, C, dtype=torch.float64, generator=torch.Generator().manual_seed(64))
@@ -363,27 +335,16 @@ def partial_rope(x, cos, sin, keep):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_partial_rope", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-def partial_suspects(x, cos, sin, keep):
-    rotated = reference.rope_interleaved(x, cos, sin)
-    halves = torch.cat([keep, keep], dim=-1)
-    halves = halves[:, None, :] if halves.ndim == 2 else halves
-    pairs = keep.repeat_interleave(2, dim=-1)
-    pairs = pairs[:, None, :] if pairs.ndim == 2 else pairs
-    return {"pair i is taken as features (i, i + d/2), the rotate-half layout's pairs, not (2i, 2i+1)":
-            torch.where(halves, rotated, x),
-            "the kept pairs are left unrotated and the others rotated (the mask is inverted)":
-            torch.where(pairs, x, rotated)}
-
-
+from attnlab.suspects import partial_suspects
 x = torch.randn(2, 3, 5, 8, dtype=torch.float64)
 cos, sin = reference.rope_tables(torch.arange(5), 8, dtype=torch.float64)
 for keep in (torch.tensor([True, False, False, True]),
              torch.tensor([[True, True, False, False], [False, False, False, True], [True, False, True, False]])):
-    with exercise(globals(), allow=EARLIER):
+    with exercise("partial_rope"):
         got = partial_rope(x, cos, sin, keep)
     expect_close(got, reference.partial_rope(x, cos, sin, keep), f"partial_rope with keep={keep.int().tolist()}",
                  suspects=partial_suspects(x, cos, sin, keep))
-with exercise(globals(), allow=EARLIER):
+with exercise("partial_rope"):
     everything = partial_rope(x, cos, sin, torch.ones(4, dtype=torch.bool))
     nothing = partial_rope(x, cos, sin, torch.zeros(4, dtype=torch.bool))
 expect_close(everything, reference.rope_interleaved(x, cos, sin), "partial_rope keeping every pair (full RoPE)")
@@ -404,7 +365,7 @@ for shape, per_head, start, dtype in [((1, 4, 7, 12), True, 11, torch.float64),
     case = (f"partial_rope on x of shape {shape} in {str(dtype).removeprefix('torch.')} "
             f"at positions {start:,} to {start + hT - 1:,}, "
             f"keep={hkeep.int().tolist()}")
-    with exercise(globals(), allow=EARLIER, case=case):
+    with exercise("partial_rope", case=case):
         hgot = partial_rope(hx, hcos, hsin, hkeep)
     from_zero = reference.rope_tables(torch.arange(hT), hd, dtype=dtype)
     expect_close(hgot, reference.partial_rope(hx, hcos, hsin, hkeep), case,
@@ -422,6 +383,7 @@ for shape, per_head, start, dtype in [((1, 4, 7, 12), True, 11, torch.float64),
 # radians in all, so it hardly rotates anyway; the fastest turns by 63 radians.
 
 # %%
+from attnlab.suspects import gqa_weights
 d = 16
 q1, k1 = torch.randn(1, 1, 1, d, dtype=torch.float64), torch.randn(1, 1, 1, d, dtype=torch.float64)
 keep = torch.tensor([True, True, False, False, False, False, False, False])
@@ -496,26 +458,16 @@ def pairs_by_norm(q, k, n_keep):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_pairs_by_norm", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-def scaled_pairs(shape, scales, seed):
-    """Random (B, H, T, d) values whose pair i of head h has typical size scales[h][i]."""
-    g = torch.Generator().manual_seed(seed)
-    s = torch.tensor(scales, dtype=torch.float64).repeat_interleave(2, dim=-1)[None, :, None, :]
-    return torch.randn(shape, generator=g, dtype=torch.float64) * s
-
-
+from attnlab.suspects import scaled_pairs, top_pairs
 # Head 0: big queries on pairs 0 and 1, big keys on pairs 2 and 3, so only the product finds pairs 1 and 2.
 q = scaled_pairs((2, 2, 50, 8), [[4, 4, 1, 0.1], [0.1, 1, 1, 3]], seed=67)
 k = scaled_pairs((2, 2, 50, 8), [[0.1, 2, 4, 4], [3, 1, 0.5, 3]], seed=68)
-with exercise(globals(), allow=EARLIER):
+with exercise("pairs_by_norm"):
     got = pairs_by_norm(q, k, 2)
 assert isinstance(got, torch.Tensor) and got.dtype == torch.bool, (
     f"pairs_by_norm must return a bool tensor (a mask), not {type(got).__name__}"
     + (f" of {got.dtype}" if isinstance(got, torch.Tensor) else ""))
 expect_shape(got, (2, 4), "the mask", hint="One row per head, one column per frequency pair (d/2 of them).")
-
-
-def top_pairs(score, n, largest=True):
-    return torch.zeros(score.shape, dtype=torch.bool).scatter(1, score.topk(n, dim=-1, largest=largest).indices, True)
 
 
 q_size = q.unflatten(-1, (4, 2)).norm(dim=-1).mean(dim=(0, 2))  # (H, d/2)
@@ -547,7 +499,7 @@ for (hB, hH, hT, hd), n, dtype in [((3, 4, 9, 12), 2, torch.float64), ((1, 2, 20
     hq, hk = (varied_pairs((hB, hH, hT, hd), g).to(dtype) for _ in range(2))
     case = (f"pairs_by_norm keeping {n} of {hd // 2} pairs, with q and k of shape {(hB, hH, hT, hd)} "
             f"(a batch of {hB}, {hH} heads) in {str(dtype).removeprefix('torch.')}")
-    with exercise(globals(), allow=EARLIER, case=case):
+    with exercise("pairs_by_norm", case=case):
         hgot = pairs_by_norm(hq, hk, n)
     assert isinstance(hgot, torch.Tensor) and hgot.dtype == torch.bool, f"{case}: the mask must be a bool tensor"
     expect_shape(hgot, (hH, hd // 2), f"the mask from {case}", hint="One row per head, one column per frequency pair.")
@@ -780,3 +732,5 @@ for n in (4, 2):
 # - Ainslie et al. 2023, *GQA*, arXiv 2305.13245. Su et al. 2021, *RoFormer*, arXiv 2104.09864.
 # - Eckart and Young 1936, *The approximation of one matrix by another of lower rank*, Psychometrika 1(3).
 # - The text: William Shakespeare, *Coriolanus* (public domain), via Karpathy's char-rnn "tiny Shakespeare".
+#
+# **Next:** back to the [start page](../START.ipynb), to see where you stand in each workbook.
