@@ -476,3 +476,21 @@ def test_public_helpers_refuse_bad_arguments_by_name():
     assert cache.format_bytes(1536) == "1.50 KiB"
     assert cache.format_bytes(2**60 * 3) == "3.00 EiB"
     assert cache.format_bytes(1e30) == "8.67e+11 EiB"
+
+
+def test_a_failed_check_shows_its_sentence_and_the_notebook_lines_not_the_package(capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_cell("import torch\nfrom attnlab.checks import exercise, expect_close\n"
+                   "def double(x):\n    return x + x + 1")
+    shell.run_cell("x = torch.zeros(3)\nwith exercise('attention'):\n    got = double(x)\n"
+                   "expect_close(got, 2 * x, 'double(x)')")
+    shell.run_cell("def broken(x):\n    return {}['key']")
+    shell.run_cell("with exercise('attention', case='broken with 3 zeros'):\n    broken(x)")
+    out = capsys.readouterr().out
+    assert out.lstrip().startswith("\x1b[31mCheckFailed\x1b[39m: double(x) is wrong"), out
+    assert "----> expect_close(got, 2 * x, 'double(x)')" in out
+    assert "CheckFailed\x1b[39m: broken with 3 zeros: your code raised KeyError: 'key'" in out
+    assert ", in broken\n----> return {}['key']" in out, out
+    assert "attnlab" + "/checks.py" not in out and "Traceback" not in out, out
