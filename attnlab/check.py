@@ -31,6 +31,8 @@ import warnings
 import nbformat
 from nbformat.warnings import MissingIDFieldWarning
 
+from . import start
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # The released workbooks, and the default set that `make check` runs.
 COURSE = ROOT / "course"
@@ -215,6 +217,7 @@ def main(argv=None) -> int:
     counts = {status: 0 for status in _LABEL}
     for path in paths:
         cells = results(path, released=released)
+        start.remember(path, cells)  # for the start page's table (work/START.ipynb)
         mine = sum(r["points"] for r in cells if r["status"] == "pass")
         theirs = sum(r["points"] for r in cells)
         if not _workbook(path, _read(path), released):

@@ -3,7 +3,9 @@
 Each ``solutions/NN_topic/NN_topic.py`` (jupytext percent format, with the
 nbgrader metadata in the cell headers) is the file people edit and review;
 ``NN_topic.ipynb`` beside it is built from it, deterministically, with no
-outputs and no jupytext bookkeeping, and nbgrader releases that.
+outputs and no jupytext bookkeeping, and nbgrader releases that. The start
+page, ``course/START.ipynb``, is built from the workbooks' introductions
+(:mod:`attnlab.start`).
 
     python -m attnlab.notebooks          # rebuild every .ipynb
     python -m attnlab.notebooks --check  # exit 1 if any .ipynb is stale
@@ -19,6 +21,7 @@ import nbformat
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOLUTIONS = ROOT / "solutions"
+START = ROOT / "course" / "START.ipynb"
 
 
 def sources(root: pathlib.Path = SOLUTIONS) -> list[pathlib.Path]:
@@ -46,10 +49,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report stale notebooks")
     args = parser.parse_args(argv)
+    from . import start
+
     stale = []
-    for src in sources():
-        target = src.with_suffix(".ipynb")
-        text = build(src)
+    built = [(src.with_suffix(".ipynb"), build(src)) for src in sources()]
+    built.append((START, nbformat.writes(start.page(sources())) + "\n"))
+    for target, text in built:
         if target.exists() and target.read_text() == text:
             continue
         stale.append(target)

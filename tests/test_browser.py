@@ -8,6 +8,9 @@ exercise, so "run all cells and see no error" needs answers, and these are
 the course's own. Workbook 01 stays blank, as released. Debian's Chromium,
 driven by Playwright (no browser is downloaded), then
 
+- opens JupyterLab where `make lab` points the learner and finds the start
+  page, not marked as changed, linking every workbook, and its progress cell
+  listing the workbooks;
 - opens workbook 05, runs all its cells from the Run menu at the learner's
   size (the benchmark included, not the shrunken grading size), and finds
   every code cell run and no error or stderr output;
@@ -149,6 +152,9 @@ def open_notebook(page, lab, assignment: str):
     page.locator(".jp-NotebookPanel:visible .jp-Cell").first.wait_for()
     # The kernel has started once the status bar (which follows the tab in view) says Idle.
     page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$")).wait_for(timeout=120_000)
+    current = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")
+    assert "jp-mod-dirty" not in (current.get_attribute("class") or ""), \
+        f"{assignment}.ipynb opened already marked as changed"
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +166,7 @@ def ran(page, lab):
     start = time.monotonic()
     page.locator(".lm-MenuBar-itemLabel").get_by_text("Run", exact=True).click()
     page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
-    prompts = page.locator(".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt")
+    prompts = page.locator(".jp-NotebookPanel:visible .jp-CodeCell .jp-InputPrompt")
     while True:
         texts = [t.strip() for t in prompts.all_text_contents()]
         if texts and all(re.fullmatch(r"\[\d+\]:", t) for t in texts):
@@ -173,6 +179,24 @@ def ran(page, lab):
     return page, time.monotonic() - start
 
 
+def test_make_lab_opens_on_the_start_page(page, lab, tmp_path):
+    page.goto(f"{lab.base}/?token={lab.token}")  # the address make lab prints, less its path
+    page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current", has_text="START.ipynb").wait_for()
+    page.locator(".jp-StatusBar-TextItem", has_text=re.compile(r"\| Idle$")).wait_for(timeout=120_000)
+    current = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")
+    assert "jp-mod-dirty" not in (current.get_attribute("class") or ""), "START.ipynb opened marked as changed"
+    links = [a.get_attribute("href") or "" for a in page.locator(".jp-RenderedMarkdown a").all()]
+    workbooks = sorted(p.name for p in (ROOT / "course").iterdir() if p.is_dir())
+    linked = [m[1] for h in links if (m := re.search(r"/files/(.+?\.ipynb)", h))]  # JupyterLab's resolved hrefs
+    assert linked == [notebook_path(w) for w in workbooks], links
+    page.locator(".jp-CodeCell .jp-InputArea-editor").first.click()
+    page.keyboard.press("Shift+Enter")
+    table = page.locator(".jp-CodeCell .jp-OutputArea-output", has_text=BLANK)
+    table.wait_for()
+    assert "not checked yet" in table.inner_text()
+    shoot(page, "0-start-page.png", tmp_path)
+
+
 def test_workbook_runs_clean(ran, tmp_path):
     page, seconds = ran
     nb = nbformat.read(ROOT / "course" / notebook_path(EXPLORED), as_version=4)
@@ -180,7 +204,7 @@ def test_workbook_runs_clean(ran, tmp_path):
     errors = page.locator(STDERR)
     assert errors.count() == 0, "error or stderr output:\n" + "\n---\n".join(errors.all_text_contents())[:3000]
     numbers = [int(m[1]) if (m := re.fullmatch(r"\[(\d+)\]:", t.strip())) else t.strip()
-               for t in page.locator(".jp-CodeCell .jp-InputPrompt").all_text_contents()]
+               for t in page.locator(".jp-NotebookPanel:visible .jp-CodeCell .jp-InputPrompt").all_text_contents()]
     assert numbers == list(range(1, code_cells + 1)), f"cells ran out of order or not at all: {numbers}"
     assert page.get_by_text("Error displaying widget").count() == 0
     figure = page.locator(".jp-CodeCell", has_text="bench.plot_png(result)").locator(".jp-OutputArea-output img")

@@ -6,7 +6,7 @@ import json
 import nbformat
 from nbgrader.utils import compute_checksum
 
-from attnlab import check, grading
+from attnlab import check, grading, start
 from conftest import ROOT
 
 GQA = "02_gqa"
@@ -62,6 +62,10 @@ def test_the_course_total_passes_when_nothing_is_attempted_yet(tmp_path, capsys,
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == "course: 0 of 14 visible-test points (6 not attempted yet)"
     assert sum(ln.startswith("  todo    ") for ln in lines) == 6
+    # What the start page (START.ipynb) then shows for this folder.
+    [row] = start.rows(tmp_path)
+    assert (row["workbook"], row["written"], row["exercises"], row["passed"]) == (GQA, 0, 6, 0)
+    assert row["tests"] == 6 and row["checked"]
 
 
 def test_the_reference_is_the_release_not_the_learners_copy(tmp_path, monkeypatch):

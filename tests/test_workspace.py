@@ -11,7 +11,7 @@ import subprocess
 
 import nbformat
 
-from attnlab import workspace
+from attnlab import start, workspace
 from conftest import ROOT
 
 A = "01_mha"
@@ -29,7 +29,8 @@ def _site(tmp_path):
 
 def test_fill_copies_new_workbooks_and_never_overwrites_a_started_one(tmp_path):
     site = _site(tmp_path)
-    assert workspace.fill(site / "course", site / "work") == [A]
+    shutil.copy(ROOT / "course" / "START.ipynb", site / "course" / "START.ipynb")
+    assert workspace.fill(site / "course", site / "work") == ["START.ipynb", A]
     mine = site / "work" / A / f"{A}.ipynb"
     nb = nbformat.read(mine, as_version=4)
     nb.cells[0].source += "\n\nmy own note"
@@ -60,3 +61,32 @@ def test_a_missing_course_folder_is_named(tmp_path):
 
     with pytest.raises(ValueError, match="course must be the release folder"):
         workspace.fill(tmp_path / "nowhere", tmp_path / "work")
+
+
+def test_the_start_page_links_every_workbook_and_says_where_you_stand(tmp_path, capsys):
+    page = nbformat.read(ROOT / "course" / "START.ipynb", as_version=4)
+    text = "\n".join(c.source for c in page.cells)
+    for folder in sorted(p for p in (ROOT / "course").iterdir() if p.is_dir()):
+        assert f"]({folder.name}/{folder.name}.ipynb)" in text, f"the start page does not link {folder.name}"
+    assert "progress()" in text
+    # A learner who wrote one exercise of 01 and checked it.
+    site = _site(tmp_path)
+    workspace.fill(site / "course", site / "work")
+    mine = site / "work" / A / f"{A}.ipynb"
+    nb = nbformat.read(mine, as_version=4)
+    first = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
+    first.source = first.source.replace("raise NotImplementedError()", "return 42  # my attempt")
+    nbformat.write(nb, mine)
+    start.remember(mine, [{"grade_id": "test_attention", "status": "pass"},
+                          {"grade_id": "test_heads", "status": "fail"}])
+    start.progress(site / "work")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split()[:4] == [A, "1", "of", "6"] and "1 of 2 test cells pass" in lines[1], lines
+
+
+def test_every_workbook_but_the_last_links_the_next():
+    folders = sorted(p.name for p in (ROOT / "course").iterdir() if p.is_dir())
+    for here, after in zip(folders, folders[1:] + ["START"]):
+        nb = nbformat.read(ROOT / "course" / here / f"{here}.ipynb", as_version=4)
+        target = "../START.ipynb" if after == "START" else f"../{after}/{after}.ipynb"
+        assert f"]({target})" in nb.cells[-1].source, f"{here}'s last cell does not link {target}"
