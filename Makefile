@@ -17,10 +17,11 @@ LAB_ARGS ?=
 NOTEBOOKS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help env lab test check notebooks release collect grade regrade summary clean-grading
+.PHONY: help env lab formgrader test check notebooks release collect grade regrade summary clean-grading gradescope
 
 help:
 	@echo "make lab      set up the environment if needed, copy new workbooks into work/, open it in JupyterLab"
+	@echo "make formgrader  (instructors) JupyterLab with nbgrader's formgrader"
 	@echo "make test     set up the environment if needed, then run the whole test suite"
 	@echo "make check    run the visible tests of your notebooks in work/ (they are not changed)"
 	@echo "make release  rebuild solutions/*.ipynb from their .py sources and course/ from solutions/"
@@ -28,6 +29,7 @@ help:
 	@echo "make grade    autograde what was submitted (in parallel, JOBS=n), write feedback, grades.csv and the summary"
 	@echo "make regrade STUDENT=id  autograde one student again"
 	@echo "make summary  students x workbooks: scores and failing test cells"
+	@echo "make gradescope  write autograde/gradescope/<NN_topic>.zip: one Gradescope autograder per workbook"
 
 # The virtual environment, rebuilt when a pin changes.
 $(STAMP): requirements.txt constraints.txt pyproject.toml
@@ -43,12 +45,18 @@ env: $(STAMP)
 # JupyterLab refuses to run as root (containers, Binder-like hosts) without --allow-root.
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-# The nbgrader extensions find the course's config through JUPYTER_CONFIG_PATH.
 # Learners work in work/ (git-ignored): each workbook of course/ not there yet is
-# copied in, and nothing ever overwrites one that is (attnlab/workspace.py).
+# copied in, and nothing ever overwrites one that is (attnlab/workspace.py). JupyterLab
+# opens on the start page, with a learner's configuration (attnlab/jupyter/learner):
+# nbgrader's Validate button, not its instructor and exchange pages, nor the grading kernel.
 lab: $(STAMP)
 	@$(BIN)/python -m attnlab.workspace course work
-	JUPYTER_CONFIG_PATH=$(CURDIR)/autograde $(BIN)/jupyter lab --ServerApp.root_dir=work $(ALLOW_ROOT) $(LAB_ARGS)
+	JUPYTER_CONFIG_PATH=$(CURDIR)/attnlab/jupyter/learner $(BIN)/jupyter lab --ServerApp.root_dir=work --LabApp.default_url=/lab/tree/START.ipynb $(ALLOW_ROOT) $(LAB_ARGS)
+
+# Instructors: JupyterLab on the repository with nbgrader's formgrader (it finds the
+# course's config, autograde/nbgrader_config.py, through JUPYTER_CONFIG_PATH).
+formgrader: $(STAMP)
+	JUPYTER_CONFIG_PATH=$(CURDIR)/autograde $(BIN)/jupyter lab --ServerApp.root_dir=. --LabApp.default_url=/formgrader $(ALLOW_ROOT) $(LAB_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -86,6 +94,10 @@ regrade: $(STAMP)
 
 summary: $(STAMP)
 	@$(BIN)/python -m attnlab.grading summary
+
+# One Gradescope autograder per workbook, from the same sources (attnlab/gradescope.py).
+gradescope: $(STAMP)
+	@$(BIN)/python -m attnlab.gradescope build
 
 clean-grading:
 	rm -rf autograde/submitted autograde/autograded autograde/feedback autograde/gradebook.db autograde/grades.csv autograde/summary.csv autograde/skipped.json autograde/unsandboxed.json
