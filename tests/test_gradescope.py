@@ -9,7 +9,11 @@ prints, writes and raises the hidden tests' source, two at a time. Every
 results.json must hold Gradescope's documented fields and no hidden-test line,
 no grading path. Submissions that cannot be graded (no notebook, several, a
 renamed one, a corrupt one, another workbook) need no kernel: score 0, one
-sentence why.
+sentence why. The fallback for containers that refuse namespaces (a kernel
+run as an unprivileged user) grades the model answers with a probe that tries
+to reach the secrets; where this Python sits below a folder closed to other
+users (/root), that run happens in a private mount namespace whose overlay
+opens it.
 """
 from __future__ import annotations
 
@@ -98,8 +102,10 @@ def autograde(source: pathlib.Path, root: pathlib.Path, files: dict, **env) -> d
     for name, data in files.items():
         path = root / "submission" / name
         path.write_bytes(data) if isinstance(data, bytes) else nbformat.write(data, path)
-    r = subprocess.run([str(root / "source" / "run_autograder")], cwd=root, env=_env(root, **env), capture_output=True,
-                       text=True, timeout=300)
+    command = [str(root / "source" / "run_autograder")]
+    if env.get("ATTNLAB_GRADESCOPE_KERNEL") == "unprivileged":
+        command = _opened(command, root / "overlay")
+    r = subprocess.run(command, cwd=root, env=_env(root, **env), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     results = json.loads((root / "results" / "results.json").read_text())
     validate(results)
@@ -262,14 +268,39 @@ def test_make_gradescope_and_the_readme(root):
 
 # ------------------------------------------------------------------ where the container refuses namespaces
 
-def _reachable_by_others(path: str) -> bool:
-    """Whether a user with no rights of its own can reach ``path`` (every folder above it searchable)."""
-    p = pathlib.Path(path).resolve()
-    return all(os.stat(d).st_mode & 0o001 for d in [*reversed(p.parents), p] if d.is_dir())
+NEEDED = (os.path.realpath(sys.executable), sys.base_prefix, sys.prefix, tempfile.gettempdir())
+# Folders closed to other users above what the unprivileged kernel must reach (on these machines /root, mode
+# 700, above pyenv's Python). The test then runs run_autograder in a private mount namespace in which an
+# overlay opens each of them to others; the host's folders stay as they are.
+CLOSED = sorted({str(d) for p in NEEDED for d in [*reversed(pathlib.Path(p).resolve().parents), pathlib.Path(p)]
+                 if d.is_dir() and not os.stat(d).st_mode & 0o001})
 
 
-UNPRIVILEGED = os.geteuid() == 0 and all(_reachable_by_others(p) for p in (
-    os.path.realpath(sys.executable), sys.base_prefix, sys.prefix, tempfile.gettempdir()))
+def _opened(command: list[str], scratch: pathlib.Path) -> list[str]:
+    """``command`` run where CLOSED is searchable by others (nothing to do when CLOSED is empty)."""
+    if not CLOSED:
+        return command
+    mounts = []
+    for i, d in enumerate(CLOSED):
+        upper, work = scratch / f"upper{i}", scratch / f"work{i}"
+        upper.mkdir(parents=True), work.mkdir(parents=True)
+        mounts.append(f"mount -t overlay overlay -o lowerdir={d},upperdir={upper},workdir={work} {d} && "
+                      f"chmod o+x {d}")
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(mounts) + ' && exec "$@"',
+            "opened", *command]
+
+
+def _can_open() -> bool:
+    if not CLOSED:
+        return True
+    if not shutil.which("unshare"):
+        return False
+    with tempfile.TemporaryDirectory() as scratch:
+        r = subprocess.run(_opened(["true"], pathlib.Path(scratch)), capture_output=True)
+        return r.returncode == 0
+
+
+UNPRIVILEGED = os.geteuid() == 0 and _can_open()
 
 # What the kernel tries when it runs as the unprivileged user; it reports into a folder anyone can write.
 PROBE = r'''
@@ -310,7 +341,8 @@ def test_the_unprivileged_fallback_prepares_a_kernel_without_the_answer_key(tmp_
     assert not kdir.exists()
 
 
-@pytest.mark.skipif(not UNPRIVILEGED, reason="needs root, and this Python reachable by an unprivileged user")
+@pytest.mark.skipif(not UNPRIVILEGED, reason="needs root, and this Python reachable by an unprivileged user "
+                    "(directly, or through an overlay in a private mount namespace)")
 def test_the_unprivileged_fallback_grades_and_keeps_the_secrets_out_of_reach(source, tmp_path):
     _, _, answers = _notebooks()
     report = pathlib.Path(tempfile.mkdtemp())
