@@ -12,6 +12,7 @@ import collections
 import contextlib
 import math
 import numbers
+import os
 import sys
 import threading
 import traceback
@@ -42,6 +43,24 @@ class CheckFailed(AssertionError):
             return [f"\x1b[31m{type(self).__name__}\x1b[39m: {self}", *_cell_lines(self)]
         except Exception:  # noqa: BLE001  (a failure here must not hide the sentence)
             return [f"{type(self).__name__}: {self}"]
+
+
+# Frames a learner's traceback has no use for: the checks' own, and torch's dispatch through them.
+_COURSE_FILES = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+                 *(os.path.join(os.path.dirname(torch.__file__), *f.split("/")) for f in
+                   ("_ops.py", "overrides.py", "utils/_python_dispatch.py")))
+
+
+def _drop_course_frames(tb) -> None:
+    """Unlink from the traceback ``tb`` the frames of the course's checks and of torch's dispatch to them.
+
+    In place: contextlib puts the original traceback object back on the error, so a new chain would be lost.
+    The first entry, the test cell's own frame, stays."""
+    while tb is not None and tb.tb_next is not None:
+        if tb.tb_next.tb_frame.f_code.co_filename.startswith(_COURSE_FILES):
+            tb.tb_next = tb.tb_next.tb_next
+        else:
+            tb = tb.tb_next
 
 
 def _cell_lines(error: BaseException) -> list[str]:
@@ -282,6 +301,7 @@ class _TorchAnswersOff(torch.overrides.TorchFunctionMode):
         return _forbidden_message(name, self.banned[name]) if name in self.banned else None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        __tracebackhide__ = True  # IPython leaves this frame out of the learner's traceback  # noqa: F841
         try:
             verdict = self.verdicts[func]
         except KeyError:
@@ -318,6 +338,7 @@ class _AtenAnswersOff(_DispatchMode):
         self.verdicts = _VERDICTS[("dispatch", id(banned))]  # OpOverload -> the message that refuses it, or None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        __tracebackhide__ = True  # IPython leaves this frame out of the learner's traceback  # noqa: F841
         try:
             verdict = self.verdicts[func]
         except KeyError:
@@ -573,6 +594,7 @@ def exercise_in(namespace: dict, stand_ins=(), allow=(), no_autograd=False, case
             except (AssertionError, NotImplementedError):
                 raise  # a check's own sentence; an exercise not attempted yet (make check counts it apart)
             except Exception as e:  # noqa: BLE001  (any error of the learner's code is reported the same way)
+                _drop_course_frames(e.__traceback__)
                 if isinstance(e, MemoryError):  # what filled memory lives on in the frames: free it first
                     traceback.clear_frames(e.__traceback__)
                 if not case:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -494,3 +495,19 @@ def test_a_failed_check_shows_its_sentence_and_the_notebook_lines_not_the_packag
     assert "CheckFailed\x1b[39m: broken with 3 zeros: your code raised KeyError: 'key'" in out
     assert ", in broken\n----> return {}['key']" in out, out
     assert "attnlab" + "/checks.py" not in out and "Traceback" not in out, out
+
+
+def test_an_error_in_the_learners_torch_code_shows_their_lines_only(capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_cell("import torch\nimport torch.nn.functional as F\nfrom attnlab.checks import exercise\n"
+                   "def merge(x):\n    return x.transpose(1, 2).view(2, -1)\n"
+                   "def att(q):\n    return F.scaled_dot_product_attention(q, q, q)")
+    shell.run_cell("x = torch.randn(2, 3, 4)\nwith exercise('merge_heads'):\n    merge(x)")
+    shell.run_cell("with exercise('attention'):\n    att(x)")
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # IPython's colours
+    assert "view size is not compatible" in out and "scaled_dot_product_attention is switched off" in out, out
+    assert "in merge(x)" in out and "in att(q)" in out, out
+    for inside in ("attnlab/checks.py", "torch/_ops.py", "_python_dispatch.py", "torch/overrides.py"):
+        assert inside not in out, f"{inside} in the learner's traceback:\n{out}"
