@@ -35,7 +35,7 @@ _WORKBOOKS = {
         "attention": {}, "split_heads": {}, "merge_heads": {},
         "MultiHeadAttention": {"uses": HEADS},
         "attention_backward": {"by_hand": True},
-        "AttentionFunction": {"uses": ("attention",)},
+        "AttentionFunction": {"uses": ("attention", "attention_backward")},
         "KVCache": {}, "mha_step": {"uses": HEADS},
         "kv_cache_elements_per_token": {}, "kv_cache_bytes": {},
     }),

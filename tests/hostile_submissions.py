@@ -326,11 +326,12 @@ HOSTILE = [
     Hostile("giant_print", _append("cache_size", "print('x' * 50_000_000)"), (),
             why="the output is cut at the kernel's limit"),
     Hostile("cheat_torch_internals", CHEAT_TORCH,
-            ("test_attention", "test_heads", "test_mha", "test_backward", "test_autograd_function"),
+            # test_autograd_function runs with the course's attention_backward: the cheat costs test_backward only.
+            ("test_attention", "test_heads", "test_mha", "test_backward"),
             flag=("torch._C", "torch.overrides", "torch.ops", "attnlab.checks"),
             why="torch.ops, torch._C._nn, a popped torch function mode: the ATen-level mode refuses them or "
                 "the two modes find each other switched off; a stand-in the test did not admit is not trusted"),
-    Hostile("cheat_guard_internals", CHEAT_GUARD, ALL_TESTS,
+    Hostile("cheat_guard_internals", CHEAT_GUARD, tuple(t for t in ALL_TESTS if t != "test_autograd_function"),
             flag=("__wrapped__", "__closure__", "__globals__", "importlib", "attnlab.guard"),
             why="no __wrapped__, no closure, an empty __globals__; a fresh copy of the answer key is guarded "
                 "too; the ban also sits on the torch modes; a ban left behind fails the next test"),

@@ -430,7 +430,9 @@ for causal in (False, True):
     assert isinstance(got, (tuple, list)) and len(got) == 3, "attention_backward must return (dq, dk, dv)"
     want = torch.autograd.grad(reference.attention(q, k, v, causal=causal), (q, k, v), dout)
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
-        expect_close(g_, w_, f"{name} (causal={causal})")
+        unscaled = {} if name == "dv" else {  # dq and dk carry the scores' 1/sqrt(d)
+            f"{name} is missing the 1/sqrt(d) scale that the scores carry": w_ * math.sqrt(q.shape[-1])}
+        expect_close(g_, w_, f"{name} (causal={causal})", suspects=unscaled)
 print("attention_backward: correct")
 
 ### BEGIN HIDDEN TESTS
@@ -455,9 +457,11 @@ for B, H, Tq, Tk, D, Dv, causal in [(3, 2, 6, 6, 8, 5, True), (1, 3, 2, 7, 4, 6,
 ### END HIDDEN TESTS
 
 # %% nbgrader={"grade": true, "grade_id": "test_autograd_function", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-# gradcheck compares your backward with finite differences, in float64. (Its fast mode
-# compares random projections of the two Jacobians: a wrong gradient fails it all the
-# same, in a fraction of the time.)
+# gradcheck compares your Function's gradients with finite differences, in float64. (Its
+# fast mode compares random projections of the two Jacobians: a wrong gradient fails it all
+# the same, in a fraction of the time.) Your Function runs with the course's attention and
+# attention_backward here, so that a mistake in those costs points there, not again here:
+# this checks the wiring (what ctx saves, what backward returns).
 q, k, v = (torch.randn(1, 2, 4, 3, dtype=torch.float64, device=device, requires_grad=True) for _ in range(3))
 for causal in (False, True):
     with exercise("AttentionFunction"):
@@ -466,7 +470,8 @@ for causal in (False, True):
                                           fast_mode=True)
     want = reference.attention(q, k, v, causal=causal).detach()
     expect_close(out.detach(), want, f"AttentionFunction.apply(q, k, v, {causal}), the forward value")
-    assert passed, f"gradcheck failed for causal={causal}: your backward does not match finite differences"
+    assert passed, (f"gradcheck failed for causal={causal}: the gradients of your Function do not match finite "
+                    "differences. Does backward return one gradient per input of forward (None for causal)?")
 print("AttentionFunction: passes gradcheck")
 
 ### BEGIN HIDDEN TESTS
@@ -551,7 +556,8 @@ with torch.no_grad():
     want = reference.mha_forward(x, *weights, n_heads=4, causal=True)  # (2, 8, 32)
 expect_shape(cache.k, (2, 4, 8, 8), "cache.k after 8 tokens",
              hint="The cache is (B, H, T, D): did you concatenate along the time axis, dim=2?")
-expect_close(outs[0], want[:, :5], "the prefill output")
+expect_close(outs[0], want[:, :5], "the prefill output",
+             hint="A step of several tokens through the cache (here the prompt) needs the causal mask too.")
 for t, out in zip(range(5, 8), outs[1:]):
     expect_close(out, want[:, t:t + 1], f"the decode step at position {t}",
                  hint="Does the new token attend to every cached key, including its own?")

@@ -24,16 +24,21 @@ MISTAKES = [
     Mistake("mha_k_from_W_q", "mha", "k = split_heads(self.W_k(x)", "k = split_heads(self.W_q(x)",
             ("test_mha",)),
     Mistake("backward_transposed_dk", "backward", "dk = dS.transpose(-2, -1) @ q * scale", "dk = dS @ q * scale",
-            ("test_backward", "test_autograd_function")),
+            ("test_backward",)),
     Mistake("backward_no_rowsum", "backward", "dS = P * (dP - (dP * P).sum(dim=-1, keepdim=True))", "dS = P * dP",
-            ("test_backward", "test_autograd_function"), says="dq (causal=False) is wrong"),
+            ("test_backward",), says="dq (causal=False) is wrong"),
     Mistake("backward_by_autograd", "backward", "Tq, Tk = q.shape[-2], k.shape[-2]\n    scale",
             "qkv = [t.detach().requires_grad_() for t in (q, k, v)]\n"
             "    with torch.enable_grad():\n"
             "        return torch.autograd.grad(attention(*qkv, causal=causal), qkv, dout)\n"
             "    Tq, Tk = q.shape[-2], k.shape[-2]\n    scale", ("test_backward",)),
     Mistake("backward_no_scale_dq", "backward", "dq = dS @ k * scale", "dq = dS @ k",
-            ("test_backward", "test_autograd_function")),
+            ("test_backward",)),
+    # The Function's wiring; its check runs with the course's attention_backward.
+    Mistake("function_forgets_none", "backward", "return dq, dk, dv, None", "return dq, dk, dv",
+            ("test_autograd_function",)),
+    Mistake("function_saves_k_for_v", "backward", "ctx.save_for_backward(q, k, v)", "ctx.save_for_backward(q, k, k)",
+            ("test_autograd_function",)),
     Mistake("cache_wrong_axis", "kv_cache", "torch.cat([self.k, k_new], dim=2)", "torch.cat([self.k, k_new], dim=1)",
             ("test_kv_cache",)),
     Mistake("cache_not_kept", "kv_cache", "self.k = torch.cat([self.k, k_new], dim=2)", "self.k = k_new",
@@ -55,9 +60,13 @@ MISTAKES = [
     Mistake("mha_q_from_weight_data", "mha", "q = split_heads(self.W_q(x), self.n_heads)",
             "q = split_heads(x @ self.W_q.weight.data.T, self.n_heads)", ("test_mha",),
             says="no gradient reaches W_q", hidden_only=True),
+    # Gradients shaped like q: right whenever keys, values and queries have one shape, as in the visible check.
+    Mistake("function_grads_shaped_like_q", "backward", "return dq, dk, dv, None",
+            "return dq, dk.view_as(q), dv.view_as(q), None", ("test_autograd_function",),
+            says="AttentionFunction with 3 queries against 6 keys", hidden_only=True),
     # A mask aligned top-left in the backward pass: right whenever Tq == Tk, as in the visible checks.
     Mistake("backward_mask_top_left", "backward", "tril(diagonal=Tk - Tq)", "tril(diagonal=0)",
-            ("test_backward", "test_autograd_function"), says="2 queries against 7 keys", hidden_only=True),
+            ("test_backward",), says="2 queries against 7 keys", hidden_only=True),
     # "Only the prompt needs a causal mask": right for a prefill into an empty cache and for one-token
     # steps, wrong for a step of several tokens after earlier ones.
     Mistake("kv_mask_only_prefill", "kv_cache", "k, v = cache.update(",
