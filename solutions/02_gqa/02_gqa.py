@@ -292,7 +292,9 @@ with torch.no_grad():
                  hint="The cache holds n_kv_heads heads. (An empty KVCache has length 0, so `if cache:` is "
                       "False: test `if cache is not None:`.)")
     for t, step in zip([slice(0, 4), slice(4, 5), slice(5, 6), slice(6, 7)], steps):
-        expect_close(step, want[:, t], f"the cached step for positions {t.start}..{t.stop - 1}")
+        expect_close(step, want[:, t], f"the cached step for positions {t.start}..{t.stop - 1}",
+                     hint="Every step through the cache is causal, a step of several tokens too: the mask is "
+                          "aligned bottom-right, so each new token sees every cached one and the new ones before it.")
 print("GroupedQueryAttention: correct; it is MHA with n_kv_heads = n_heads and MQA with n_kv_heads = 1")
 
 ### BEGIN HIDDEN TESTS
