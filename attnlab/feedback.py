@@ -184,8 +184,13 @@ def release_files_only(converter, assignment_id: str, student_id: str) -> None:
         shutil.copy(filename, path)
 
 
+# A check's sentence is one long line: wrapped, not cut at the page's edge behind a scroll bar.
+WRAP_CSS = "div.output_text pre { white-space: pre-wrap; overflow-wrap: anywhere; }"
+
+
 class SafeFeedback(Preprocessor):
-    """nbconvert preprocessor for ``GenerateFeedback``: :func:`sanitise`."""
+    """nbconvert preprocessor for ``GenerateFeedback``: :func:`sanitise`, and outputs that wrap
+    (it runs after ``CSSHTMLHeaderPreprocessor``, which sets the page's inline CSS)."""
 
     # nbconvert runs only preprocessors that are enabled; this one must always run.
     @default("enabled")
@@ -195,4 +200,5 @@ class SafeFeedback(Preprocessor):
     def preprocess(self, nb, resources):
         path = resources.get("metadata", {}).get("path")
         sanitise(nb, [os.path.abspath(path)] if path else [])
+        resources.setdefault("inlining", {}).setdefault("css", []).append(WRAP_CSS)
         return nb, resources

@@ -48,7 +48,7 @@ from nbgrader.converters import GenerateFeedback  # noqa: E402
 
 from attnlab.feedback import SafeFeedback, release_files_only  # noqa: E402
 
-c.GenerateFeedback.preprocessors = [GetGrades, SafeFeedback, CSSHTMLHeaderPreprocessor]
+c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor, SafeFeedback]
 # nbgrader would also copy every other file of the autograded folder, which
 # holds whatever the submission wrote while it ran: only the release's go back.
 GenerateFeedback.init_assignment = release_files_only
