@@ -13,7 +13,7 @@ NBGRADER := PYTHONWARNINGS=ignore ../$(BIN)/nbgrader
 ASSIGNMENTS := $(notdir $(wildcard solutions/[0-9][0-9]_*))
 # Extra arguments for JupyterLab and pytest, e.g. make lab LAB_ARGS=--no-browser
 LAB_ARGS ?=
-# Notebooks for make check (default: all of course/)
+# Notebooks for make check (default: every workbook in work/)
 NOTEBOOKS ?=
 PYTEST_ARGS ?=
 

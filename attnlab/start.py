@@ -44,9 +44,10 @@ def page(sources: list[pathlib.Path]) -> nbformat.NotebookNode:
             "| | Workbook | You need | Time |\n|---|---|---|---|\n" + rows),
         new_markdown_cell(
             "## Where you stand\n\n"
-            "Run the cell below. *Written* counts the exercises whose body no longer raises "
-            "`NotImplementedError`; *checked* is what your last `make check` (in a terminal, at the "
-            "course's root) found with the visible tests. Graded, more checks run that you cannot see."),
+            "Run the cell below. *Exercises written* counts those whose body no longer raises "
+            "`NotImplementedError`; *test cells passing* is what your last `make check` (in a terminal, at the "
+            "course's root) found with the visible tests, for every test cell at once (JupyterLab's Run All "
+            "stops at the first that fails). Graded, more checks run that you cannot see."),
         new_code_cell("from attnlab.start import progress\n\nprogress()"),
         new_markdown_cell(
             "## How to work\n\n"
@@ -104,11 +105,11 @@ def progress(folder: pathlib.Path | str = ".") -> None:
     if not table:
         print(f"no workbooks in {pathlib.Path(folder).resolve()}: run `make lab` at the course's root")
         return
-    print(f"{'workbook':<22} {'written':>9}   checked (visible tests passed, by make check)")
+    print(f"{'workbook':<22} {'exercises written':<19} test cells passing at your last make check")
     for r in table:
-        check = (f"{r['passed']} of {r['tests']} test cells pass ({r['checked']})" if r["checked"]
-                 else "not checked yet")
-        print(f"{r['workbook']:<22} {r['written']:>3} of {r['exercises']:<3}  {check}")
+        check = (f"{r['passed']} of {r['tests']} ({r['checked']})" if r["checked"]
+                 else "not checked yet: run make check")
+        print(f"{r['workbook']:<22} {r['written']:>3} of {r['exercises']:<13} {check}")
 
 
 def remember(notebook: pathlib.Path, results: list[dict]) -> None:

@@ -193,7 +193,7 @@ def test_make_lab_opens_on_the_start_page(page, lab, tmp_path):
     page.keyboard.press("Shift+Enter")
     table = page.locator(".jp-CodeCell .jp-OutputArea-output", has_text=BLANK)
     table.wait_for()
-    assert "not checked yet" in table.inner_text()
+    assert "not checked yet: run make check" in table.inner_text()
     shoot(page, "0-start-page.png", tmp_path)
 
 

@@ -32,6 +32,8 @@ def test_make_lab_serves_the_course(tmp_path):
         for plugin in ("menu", "assignment-list", "course-list", "formgrader", "create-assignment"):
             assert f"@jupyter/nbgrader:{plugin}" in config["disabledExtensions"], config["disabledExtensions"]
         assert "@jupyter/nbgrader:validate-assignment" not in config["disabledExtensions"]
+        # No "Would you like to get notified about official Jupyter news?": the course works offline.
+        assert "@jupyterlab/apputils-extension:announcements" in config["disabledExtensions"]
         for path in ("/formgrader", "/assignments", "/courses"):
             with pytest.raises(urllib.error.HTTPError, match="404"):
                 lab.get(path)
