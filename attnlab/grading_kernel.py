@@ -74,7 +74,7 @@ def _free_before_reporting(showtraceback):
 
 def setup(output_limit: int) -> None:
     """Cap each cell's printed output at ``output_limit`` characters, keep a
-    memory reserve for reporting an error, and free an error's frames first."""
+    memory reserve for reporting an error, and free an error's frames once reported."""
     from IPython import get_ipython
 
     shell = get_ipython()
