@@ -78,11 +78,6 @@ EXERCISES: dict[str, Exercise] = {
     for workbook, (given, exercises) in _WORKBOOKS.items() for name, spec in exercises.items()}
 
 
-def of_workbook(workbook: str) -> list[str]:
-    """The exercises of a workbook, in order."""
-    return list(_WORKBOOKS[workbook][1])
-
-
 def lookup(*names: str) -> Exercise:
     """One check of one or more exercises (of one workbook): what they use and are given together."""
     unknown = [n for n in names if n not in EXERCISES]

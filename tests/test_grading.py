@@ -167,6 +167,7 @@ def test_feedback_reveals_no_hidden_test_and_no_grading_path(grader, assignment)
                 assert public.is_file() and public.read_bytes() == path.read_bytes(), \
                     f"{path.relative_to(folder)} handed back to {student} is not a file of the release"
         page = folder / f"{assignment}.html"
+        assert feedback.WRAP_CSS in page.read_text(), "a check's sentence would run off the page"
         text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text()))
         leaked = sorted(s for s in secrets if s in text)
         assert not leaked, f"{student}'s feedback shows hidden-test lines: {leaked[:5]}"

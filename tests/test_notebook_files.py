@@ -54,3 +54,27 @@ def test_release_holds_no_answers_or_hidden_tests(assignment):
     for cell in nb["cells"]:
         if cell["metadata"].get("nbgrader", {}).get("solution"):
             assert "raise NotImplementedError()" in "".join(cell["source"])
+
+
+def test_the_exercise_table_is_what_the_test_cells_check():
+    """attnlab/exercises.py lists each workbook's exercises; the test cells name exactly those."""
+    import ast
+
+    from attnlab import exercises
+
+    for assignment in assignments():
+        named = set()
+        for node in ast.walk(ast.parse((ROOT / "solutions" / assignment / f"{assignment}.py").read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "exercise":
+                named |= {a.value for a in node.args if isinstance(a, ast.Constant)}
+        listed = {n for n, e in exercises.EXERCISES.items() if e.workbook == assignment}
+        assert named == listed, (assignment, named ^ listed)
+
+
+def test_an_unknown_exercise_is_named():
+    from attnlab import checks
+
+    with pytest.raises(ValueError, match="no exercise is called 'atention'"):
+        checks.exercise("atention")
+    with pytest.raises(ValueError, match="exercises of different workbooks"):
+        checks.exercise("attention", "rope_tables")
