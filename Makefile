@@ -46,11 +46,11 @@ env: $(STAMP)
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 # Learners work in work/ (git-ignored): each workbook of course/ not there yet is
-# copied in, and nothing ever overwrites one that is (attnlab/workspace.py). JupyterLab
+# copied in, and nothing ever overwrites one that is (attnlab/learner/workspace.py). JupyterLab
 # opens on the start page, with a learner's configuration (attnlab/jupyter/learner):
 # nbgrader's Validate button, not its instructor and exchange pages, nor the grading kernel.
 lab: $(STAMP)
-	@$(BIN)/python -m attnlab.workspace course work
+	@$(BIN)/python -m attnlab.learner.workspace course work
 	JUPYTER_CONFIG_PATH=$(CURDIR)/attnlab/jupyter/learner $(BIN)/jupyter lab --ServerApp.root_dir=work --LabApp.default_url=/lab/tree/START.ipynb $(ALLOW_ROOT) $(LAB_ARGS)
 
 # Instructors: JupyterLab on the repository with nbgrader's formgrader (it finds the
@@ -64,19 +64,19 @@ test: $(STAMP)
 # A learner's own check: the visible tests of course/*, run on copies. An edited or
 # deleted test cell scores nothing; it fails only for what was attempted or changed.
 check: $(STAMP)
-	@$(BIN)/python -m attnlab.check $(NOTEBOOKS)
+	@$(BIN)/python -m attnlab.learner.selfcheck $(NOTEBOOKS)
 
 notebooks: $(STAMP)
-	$(BIN)/python -m attnlab.notebooks
+	$(BIN)/python -m attnlab.instructor.notebooks
 
 # make check tells an edited test cell by the checksums recorded here (attnlab/data/release_test_cells.json).
 release: notebooks
 	@cd autograde && for a in $(ASSIGNMENTS); do $(NBGRADER) generate_assignment "$$a" --force --log-level=ERROR || exit 1; done
-	@$(BIN)/python -m attnlab.check --record
+	@$(BIN)/python -m attnlab.learner.selfcheck --record
 
 collect: $(STAMP)
 	@test -n "$(FROM)" || (echo "usage: make collect FROM=folder-of-student-folders-or-zips" && exit 2)
-	@$(BIN)/python -m attnlab.grading collect "$(FROM)"
+	@$(BIN)/python -m attnlab.instructor.grading collect "$(FROM)"
 
 # Grading processes for make grade (default: one per core); FORCE=1 grades again what is graded.
 JOBS  ?=
@@ -86,18 +86,18 @@ FORCE ?=
 # nothing was graded) and prints the summary. ATTNLAB_SANDBOX=off grades without the
 # sandbox; the summary flags what was graded so.
 grade: $(STAMP)
-	@$(BIN)/python -m attnlab.grading grade $(if $(JOBS),--jobs $(JOBS)) $(if $(FORCE),--force)
+	@$(BIN)/python -m attnlab.instructor.grading grade $(if $(JOBS),--jobs $(JOBS)) $(if $(FORCE),--force)
 
 regrade: $(STAMP)
 	@test -n "$(STUDENT)" || (echo "usage: make regrade STUDENT=id" && exit 2)
-	@$(BIN)/python -m attnlab.grading grade --student "$(STUDENT)" --force
+	@$(BIN)/python -m attnlab.instructor.grading grade --student "$(STUDENT)" --force
 
 summary: $(STAMP)
-	@$(BIN)/python -m attnlab.grading summary
+	@$(BIN)/python -m attnlab.instructor.grading summary
 
-# One Gradescope autograder per workbook, from the same sources (attnlab/gradescope.py).
+# One Gradescope autograder per workbook, from the same sources (attnlab/instructor/gradescope.py).
 gradescope: $(STAMP)
-	@$(BIN)/python -m attnlab.gradescope build
+	@$(BIN)/python -m attnlab.instructor.gradescope build
 
 clean-grading:
 	rm -rf autograde/submitted autograde/autograded autograde/feedback autograde/gradebook.db autograde/grades.csv autograde/summary.csv autograde/skipped.json autograde/unsandboxed.json

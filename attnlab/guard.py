@@ -1,7 +1,7 @@
 """Switch the course's own answers off while a learner's code is graded.
 
-The reference implementations in :mod:`attnlab.reference` (and the cache
-arithmetic in :mod:`attnlab.cache`) are public: the benchmark and later
+The reference implementations in :mod:`attnlab.answers` (and the cache
+arithmetic in :mod:`attnlab.lesson.cache`) are public: the benchmark and later
 workbooks build on them. A graded exercise must still be the learner's own
 work, so the tests run the learner's function inside :func:`forbidden`, where
 every guarded function raises instead of answering. The tests themselves hand
@@ -23,7 +23,7 @@ Nothing here is a counter a learner could leave at the wrong value:
 
 Code in the same process can still undo all of this (rebuild a function from
 ``__code__``, rewrite the ledger and the modes); the instructor's summary flags
-those constructs (:func:`attnlab.grading.code_flags`).
+those constructs (:func:`attnlab.instructor.grading.code_flags`).
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ import nbformat
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(ROOT)]
-from attnlab import grading, mistakes as planted  # noqa: E402
+from attnlab.instructor import grading, mistakes as planted  # noqa: E402
 
 TARGET_S = 5.0
 

@@ -23,7 +23,7 @@ import torch
 from nbclient import NotebookClient
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from attnlab import grading  # noqa: E402
+from attnlab.instructor import grading  # noqa: E402
 
 TARGETS = {"04_mla": 90, "05_cache_benchmark": 120, "06_beyond": 120}
 

@@ -39,21 +39,21 @@ c.Execute.timeout = 120
 c.OverwriteCells.add_missing_cells = True
 
 # Feedback hands a student their grades, not the hidden tests (nbgrader's
-# issue #917) nor the grading machine's paths: attnlab/feedback.py rewrites
+# issue #917) nor the grading machine's paths: attnlab/instructor/feedback.py rewrites
 # the autograded notebook before it becomes HTML.
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
 from nbgrader.preprocessors import GetGrades  # noqa: E402
 
 from nbgrader.converters import GenerateFeedback  # noqa: E402
 
-from attnlab.feedback import SafeFeedback, release_files_only  # noqa: E402
+from attnlab.instructor.feedback import SafeFeedback, release_files_only  # noqa: E402
 
 c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor, SafeFeedback]
 # nbgrader would also copy every other file of the autograded folder, which
 # holds whatever the submission wrote while it ran: only the release's go back.
 GenerateFeedback.init_assignment = release_files_only
 
-# Student code runs in the course's grading kernel (attnlab/sandbox.py, kernel
+# Student code runs in the course's grading kernel (attnlab/instructor/sandbox.py, kernel
 # spec attnlab/jupyter/kernels/attnlab-grading): a read-only root of its own
 # holding the system, Python and the course package without the answer key's
 # source (no solutions/, gradebook, other submissions, nor the submission file
@@ -63,7 +63,7 @@ GenerateFeedback.init_assignment = release_files_only
 # ATTNLAB_KERNEL_DISK (written, 512M), ATTNLAB_KERNEL_PROCESSES (processes and
 # threads, 256 or 4 per core). Where Linux refuses the namespaces this needs,
 # the kernel refuses to run and the notebook is not graded: it never grades
-# unsandboxed by accident. `.venv/bin/python -m attnlab.sandbox --report` says
+# unsandboxed by accident. `.venv/bin/python -m attnlab.instructor.sandbox --report` says
 # what a machine allows. To grade without isolation on purpose, set
 # ATTNLAB_SANDBOX=off in the environment; the summary then says so.
 _kernels = os.path.join(importlib.util.find_spec("attnlab").submodule_search_locations[0], "jupyter")

@@ -22,7 +22,7 @@ from typing import Callable
 
 import nbformat
 
-from attnlab import grading
+from attnlab.instructor import grading
 
 ROOT = grading.ROOT
 
@@ -87,9 +87,9 @@ def _before(grade_id, anchor, code, indent=4):
 
 
 def _reference_source(*names):
-    """The answer key's functions as attnlab/reference.py spells them, without their decorator:
+    """The answer key's functions as attnlab/answers/mha.py spells them, without their decorator:
     what a learner pastes after opening the installed package."""
-    text = (ROOT / "attnlab" / "reference.py").read_text()
+    text = (ROOT / "attnlab" / "answers" / "mha.py").read_text()
     fns = {n.name: n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef)}
     return "\n\n\n".join(ast.get_source_segment(text, fns[n]) for n in names)
 
@@ -132,7 +132,7 @@ _try("solutions_listing", lambda: _os.listdir(_os.path.join(_root, "solutions"))
 _try("gradebook", lambda: open(_os.environ.get("SNOOP_GRADEBOOK", "/nonexistent"), "rb").read(100))
 _try("other_submissions", lambda: _os.listdir(_os.environ.get("SNOOP_SUBMITTED", "/nonexistent")))
 _try("up_from_here", lambda: _os.listdir("../.."))
-_try("write_package", lambda: open(_os.path.join(_root, "attnlab", "checks.py"), "a").write("# tampered\n"))
+_try("write_package", lambda: open(_os.path.join(_root, "attnlab", "checks", "__init__.py"), "a").write("# tampered\n"))
 _try("write_home", lambda: open(_os.path.expanduser("~/attnlab-tamper.txt"), "w").write("x"))
 def _connect():
     s = _socket.create_connection(("127.0.0.1", int(_os.environ.get("SNOOP_PORT", "1"))), timeout=2)
@@ -159,7 +159,7 @@ CHEAT_TORCH = _compose(
 with torch._C.DisableTorchFunction():
     return torch.ops.aten._scaled_dot_product_attention_math(q, k, v, attn_mask=mask)[0]"""),
     _edit("heads", "def split_heads(x, n_heads):",
-          "from attnlab import checks\n\n\ndef split_heads(x, n_heads, _key=checks.stand_in(reference.split_heads)):"),
+          "from attnlab import checks\n\n\ndef split_heads(x, n_heads, _key=checks.stand_in(answers.split_heads)):"),
     _before("heads", SPLIT, "return _key(x, n_heads)"),
     _before("mha", FORWARD, """
 B, T, C = x.shape
@@ -177,22 +177,22 @@ with _pop_mode_temporarily(), torch.inference_mode(False), torch.enable_grad():
 # b. the guard's own state or the unguarded function through a function's attributes, a reload under
 #    another name; h. a ban left behind at the end of a cell.
 CHEAT_GUARD = _compose(
-    _before("attention", ATTENTION, "return reference.attention.__wrapped__(q, k, v, causal)"),
-    _before("heads", SPLIT, "return reference.split_heads.__closure__[0].cell_contents(x, n_heads)"),
+    _before("attention", ATTENTION, "return answers.attention.__wrapped__(q, k, v, causal)"),
+    _before("heads", SPLIT, "return answers.split_heads.__closure__[0].cell_contents(x, n_heads)"),
     _before("mha", FORWARD, """
 import importlib.util
-spec = importlib.util.spec_from_file_location("attnlab.answers", reference.__file__)
-answers = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(answers)
-return answers.mha_forward(x, self.W_q.weight, self.W_k.weight, self.W_v.weight, self.W_o.weight, self.n_heads, causal)""",
+spec = importlib.util.spec_from_file_location("attnlab.answers.mha", answers.mha.__file__)
+fresh = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fresh)
+return fresh.mha_forward(x, self.W_q.weight, self.W_k.weight, self.W_v.weight, self.W_o.weight, self.n_heads, causal)""",
             indent=8),
     _before("backward", BACKWARD, """
-reference.attention_backward.__globals__["_state"].trusted = 10**9
-return reference.attention_backward(q, k, v, dout, causal)"""),
+answers.attention_backward.__globals__["_state"].trusted = 10**9
+return answers.attention_backward(q, k, v, dout, causal)"""),
     _before("kv_cache", STEP, """
 import attnlab.guard
 attnlab.guard._LEDGER.clear()
-return reference.mha_step(x, mha.W_q.weight, mha.W_k.weight, mha.W_v.weight, mha.W_o.weight, mha.n_heads, cache)"""),
+return answers.mha_step(x, mha.W_q.weight, mha.W_k.weight, mha.W_v.weight, mha.W_o.weight, mha.n_heads, cache)"""),
     _append("cache_size", "import attnlab.guard as _guard\n"
                           "_guard._LEDGER.append(_guard._Block((frozenset({'kv_cache_bytes'}), ())))"),
 )
@@ -202,7 +202,7 @@ return reference.mha_step(x, mha.W_q.weight, mha.W_k.weight, mha.W_v.weight, mha
 # g. the notebook file read back from disk.
 CHEAT_SOURCES = _compose(
     _before("attention", ATTENTION, """
-from attnlab import bench
+from attnlab.lesson import bench
 layer = object.__new__(bench._Layer)
 B, H, Tq, D = q.shape
 layer.m, layer.G, layer.cfg = "MHA", H, type("Config", (), {"batch": B, "n_heads": H})()
@@ -211,8 +211,8 @@ return layer.decode()"""),
     _before("heads", SPLIT, """
 import inspect
 namespace = {"__name__": __name__}
-exec(inspect.getsource(reference).replace("from .guard import guarded", "guarded = lambda f: f")
-     .replace("from . import validate", "from attnlab import validate"), namespace)
+exec(inspect.getsource(answers.mha).replace("from attnlab.guard import guarded", "guarded = lambda f: f"),
+     namespace)
 return namespace["split_heads"](x, n_heads)"""),
     _before("mha", FORWARD, 'return globals()["want"]', indent=8),
     _before("kv_cache", STEP, "import sys\nreturn sys._getframe(1).f_globals['want'][:, -x.shape[1]:]"),
@@ -226,15 +226,15 @@ for _path in glob.glob("*.ipynb"):
 )
 
 # What scores in the same process and only the summary's flags catch: a. both torch switches at once;
-# e. the answer key pasted from attnlab/reference.py; b. the raw function behind a guarded one, from its
+# e. the answer key pasted from attnlab/answers.py; b. the raw function behind a guarded one, from its
 # code's constants; g. the notebook's file opened.
 CHEAT_FLAGGED = _compose(
     _before("attention", ATTENTION, MASK + """
 with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)"""),
-    lambda nb: _replace_cell("heads", "from attnlab import validate\n\n\n"
+    lambda nb: _replace_cell("heads", "from attnlab import arguments\n\n\n"
                              + _reference_source("split_heads", "merge_heads"))(nb),
-    _edit("kv_cache", "class KVCache:", "_raw_update = next(c for c in reference.KVCache.update.__code__.co_consts\n"
+    _edit("kv_cache", "class KVCache:", "_raw_update = next(c for c in answers.KVCache.update.__code__.co_consts\n"
                                         "                   if callable(c) and getattr(c, '__name__', '') == 'update')\n\n\n"
                                         "class KVCache:"),
     _before("kv_cache", UPDATE, "return _raw_update(self, k_new, v_new)", indent=8),
@@ -309,8 +309,8 @@ HOSTILE = [
                                   "        __hash__ = int.__hash__\n    return Yes(1)"),
             ("test_cache_size",), flag="__eq__"),
     Hostile("trusted_reference", _append("attention", "from attnlab.guard import trusted\n"
-                                                      "from attnlab import reference\n"
-                                                      "attention = trusted(reference.attention)"),
+                                                      "from attnlab import answers\n"
+                                                      "attention = trusted(answers.attention)"),
             ALL_TESTS, flag="attnlab.guard", why="every test refuses a namespace holding a trusted reference"),
     Hostile("autograd_in_disguise", _edit(
         "backward", "Tq, Tk = q.shape[-2], k.shape[-2]\n    scale",
@@ -342,6 +342,6 @@ HOSTILE = [
             why="the benchmark's attention is guarded; the answer key has no source in the sandbox; expected "
                 "values are computed after the learner's function returns"),
     Hostile("cheat_flagged_only", CHEAT_FLAGGED, (),
-            flag=("torch._C", "is attnlab.reference.split_heads line for line", "__code__", "opens a file"),
+            flag=("torch._C", "is attnlab.answers.split_heads line for line", "__code__", "opens a file"),
             why="what code in the same process can still do: it scores, and the summary flags each route"),
 ]

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnlab import cache, checks, guard, reference
+from attnlab import answers, checks, guard
+from attnlab.lesson import cache
 
 
 def rand(*shape, dtype=torch.float64):
@@ -19,33 +20,33 @@ def rand(*shape, dtype=torch.float64):
 @pytest.mark.parametrize("causal", [False, True])
 def test_attention_matches_torch(causal):
     q, k, v = rand(2, 3, 6, 8), rand(2, 3, 6, 8), rand(2, 3, 6, 5)
-    torch.testing.assert_close(reference.attention(q, k, v, causal), F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+    torch.testing.assert_close(answers.attention(q, k, v, causal), F.scaled_dot_product_attention(q, k, v, is_causal=causal))
 
 
 def test_attention_broadcasts_a_single_kv_head():
     q, k, v = rand(2, 4, 3, 8), rand(2, 1, 5, 8), rand(2, 1, 5, 6)
-    want = reference.attention(q, k.expand(2, 4, 5, 8), v.expand(2, 4, 5, 6), True)
-    torch.testing.assert_close(reference.attention(q, k, v, True), want)
+    want = answers.attention(q, k.expand(2, 4, 5, 8), v.expand(2, 4, 5, 6), True)
+    torch.testing.assert_close(answers.attention(q, k, v, True), want)
 
 
 def test_causal_mask_is_bottom_right_aligned():
-    assert reference.causal_mask(2, 5).tolist() == [[True] * 4 + [False], [True] * 5]
+    assert answers.causal_mask(2, 5).tolist() == [[True] * 4 + [False], [True] * 5]
 
 
 def test_heads_round_trip_and_layout():
     x = rand(2, 4, 12)
-    h = reference.split_heads(x, 3)
+    h = answers.split_heads(x, 3)
     assert h.shape == (2, 3, 4, 4)
     torch.testing.assert_close(h[:, 1], x[..., 4:8])  # head 1 takes features 4..7
-    torch.testing.assert_close(reference.merge_heads(h), x)
+    torch.testing.assert_close(answers.merge_heads(h), x)
 
 
 def test_attention_backward_matches_autograd():
     q, k, v = (rand(2, 2, 5, 4).requires_grad_() for _ in range(3))
     dout = rand(2, 2, 3, 4)
     qq = q[:, :, -3:].detach().requires_grad_()
-    want = torch.autograd.grad(reference.attention(qq, k, v, True), (qq, k, v), dout)
-    got = reference.attention_backward(qq.detach(), k.detach(), v.detach(), dout, True)
+    want = torch.autograd.grad(answers.attention(qq, k, v, True), (qq, k, v), dout)
+    got = answers.attention_backward(qq.detach(), k.detach(), v.detach(), dout, True)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
 
@@ -53,10 +54,10 @@ def test_attention_backward_matches_autograd():
 def test_mha_step_with_cache_equals_full_forward():
     x = rand(2, 7, 12)
     W = [rand(12, 12) for _ in range(4)]
-    want = reference.mha_forward(x, *W, n_heads=3)
-    c = reference.KVCache()
-    outs = [reference.mha_step(x[:, :4], *W, n_heads=3, cache=c)]
-    outs += [reference.mha_step(x[:, t:t + 1], *W, n_heads=3, cache=c) for t in range(4, 7)]
+    want = answers.mha_forward(x, *W, n_heads=3)
+    c = answers.KVCache()
+    outs = [answers.mha_step(x[:, :4], *W, n_heads=3, cache=c)]
+    outs += [answers.mha_step(x[:, t:t + 1], *W, n_heads=3, cache=c) for t in range(4, 7)]
     torch.testing.assert_close(torch.cat(outs, dim=1), want)
     assert len(c) == 7
 
@@ -65,17 +66,17 @@ def test_mha_step_with_cache_equals_full_forward():
 @pytest.mark.parametrize(
     "call, words",
     [
-        (lambda: reference.attention(rand(5, 8), rand(5, 8), rand(5, 8)), ["at least 3", "(B, H, T, D)"]),
-        (lambda: reference.attention(rand(2, 3, 5, 8), rand(3, 5, 8), rand(3, 5, 8)), ["same number of dimensions"]),
-        (lambda: reference.attention(rand(1, 2, 3, 8), rand(1, 2, 3, 4), rand(1, 2, 3, 4)), ["q.shape[-1]", "k.shape[-1]"]),
-        (lambda: reference.attention(rand(1, 2, 3, 4), rand(1, 3, 3, 4), rand(1, 3, 3, 4)), ["(B, H, ...)", "equal or 1"]),
-        (lambda: reference.attention(torch.ones(1, 1, 2, 2, dtype=torch.long), rand(1, 1, 2, 2), rand(1, 1, 2, 2)), ["q", "floating-point"]),
-        (lambda: reference.attention([[1.0]], rand(1, 1, 2, 2), rand(1, 1, 2, 2)), ["q", "torch.Tensor", "list"]),
-        (lambda: reference.split_heads(rand(2, 3, 10), 4), ["n_heads=4", "divisible"]),
-        (lambda: reference.split_heads(rand(2, 3, 8), 0), ["n_heads", "positive int"]),
-        (lambda: reference.merge_heads(rand(2, 3, 8)), ["x", "(B, H, T, D)"]),
-        (lambda: reference.causal_mask(5, 2), ["Tq", "Tk"]),
-        (lambda: reference.mha_forward(rand(1, 2, 8), rand(8, 6), rand(8, 8), rand(8, 8), rand(8, 8), 2), ["W_q.shape[1]"]),
+        (lambda: answers.attention(rand(5, 8), rand(5, 8), rand(5, 8)), ["at least 3", "(B, H, T, D)"]),
+        (lambda: answers.attention(rand(2, 3, 5, 8), rand(3, 5, 8), rand(3, 5, 8)), ["same number of dimensions"]),
+        (lambda: answers.attention(rand(1, 2, 3, 8), rand(1, 2, 3, 4), rand(1, 2, 3, 4)), ["q.shape[-1]", "k.shape[-1]"]),
+        (lambda: answers.attention(rand(1, 2, 3, 4), rand(1, 3, 3, 4), rand(1, 3, 3, 4)), ["(B, H, ...)", "equal or 1"]),
+        (lambda: answers.attention(torch.ones(1, 1, 2, 2, dtype=torch.long), rand(1, 1, 2, 2), rand(1, 1, 2, 2)), ["q", "floating-point"]),
+        (lambda: answers.attention([[1.0]], rand(1, 1, 2, 2), rand(1, 1, 2, 2)), ["q", "torch.Tensor", "list"]),
+        (lambda: answers.split_heads(rand(2, 3, 10), 4), ["n_heads=4", "divisible"]),
+        (lambda: answers.split_heads(rand(2, 3, 8), 0), ["n_heads", "positive int"]),
+        (lambda: answers.merge_heads(rand(2, 3, 8)), ["x", "(B, H, T, D)"]),
+        (lambda: answers.causal_mask(5, 2), ["Tq", "Tk"]),
+        (lambda: answers.mha_forward(rand(1, 2, 8), rand(8, 6), rand(8, 8), rand(8, 8), rand(8, 8), 2), ["W_q.shape[1]"]),
         (lambda: cache.mha_elements_per_token(0, 1, 1), ["n_layers", "positive int"]),
         (lambda: cache.mha_elements_per_token(2, 2.5, 1), ["n_heads"]),
         (lambda: cache.cache_bytes(10, -1), ["seq_len"]),
@@ -101,16 +102,16 @@ def test_cache_arithmetic_matches_the_papers():
 # ------------------------------------------------------------- the guard
 def test_forbidden_reference_raises_and_admitted_trusted_gets_through():
     q = rand(1, 1, 2, 2)
-    admitted, other = guard.trusted(reference.attention), guard.trusted(reference.attention)
+    admitted, other = guard.trusted(answers.attention), guard.trusted(answers.attention)
     with guard.forbidden(trust=[admitted]):
         with pytest.raises(guard.ReferenceForbidden, match="switched off"):
-            reference.attention(q, q, q)
+            answers.attention(q, q, q)
         torch.testing.assert_close(admitted(q, q, q), F.scaled_dot_product_attention(q, q, q))
         with pytest.raises(guard.ReferenceForbidden):  # a wrapper the block did not admit, as a learner would make
             other(q, q, q)
         with pytest.raises(guard.ReferenceForbidden):
-            guard.trusted(reference.attention)(q, q, q)
-    reference.attention(q, q, q)  # allowed again outside
+            guard.trusted(answers.attention)(q, q, q)
+    answers.attention(q, q, q)  # allowed again outside
 
 
 def test_exercise_swaps_stand_ins_and_restores_everything():
@@ -151,14 +152,14 @@ def test_exercise_restores_after_an_exception():
         with checks.exercise_in({}):
             raise KeyError
     assert F.scaled_dot_product_attention is sdpa
-    reference.attention(rand(1, 1, 2, 2), rand(1, 1, 2, 2), rand(1, 1, 2, 2))
+    answers.attention(rand(1, 1, 2, 2), rand(1, 1, 2, 2), rand(1, 1, 2, 2))
 
 
 # ------------------------------------------------------------- the checks
 def test_expect_close_names_the_mistake():
     q, k, v = rand(1, 2, 4, 8), rand(1, 2, 4, 8), rand(1, 2, 4, 8)
-    want = reference.attention(q, k, v, True)
-    no_scale = torch.softmax((q @ k.transpose(-2, -1)).masked_fill(~reference.causal_mask(4, 4), -math.inf), -1) @ v
+    want = answers.attention(q, k, v, True)
+    no_scale = torch.softmax((q @ k.transpose(-2, -1)).masked_fill(~answers.causal_mask(4, 4), -math.inf), -1) @ v
     with pytest.raises(AssertionError, match="scale is missing"):
         checks.expect_close(no_scale, want, "out", suspects=checks.attention_suspects(q, k, v, True))
 
@@ -183,16 +184,16 @@ def test_expect_close_messages(got, message):
 def test_forbidden_allows_building_blocks_and_what_they_use():
     q = rand(1, 2, 3, 4)
     with guard.forbidden(allow=["attention"]):
-        reference.attention(q, q, q, True)  # uses causal_mask and attention_weights inside
+        answers.attention(q, q, q, True)  # uses causal_mask and attention_weights inside
         with pytest.raises(guard.ReferenceForbidden):
-            reference.causal_mask(3, 3)
+            answers.causal_mask(3, 3)
         with pytest.raises(guard.ReferenceForbidden):
-            reference.split_heads(rand(1, 3, 4), 2)
+            answers.split_heads(rand(1, 3, 4), 2)
 
 
 def test_repeat_kv_interleaves_heads():
     x = torch.arange(3.0).view(1, 3, 1, 1).expand(2, 3, 4, 5)  # K/V head g holds the value g
-    out = reference.repeat_kv(x, 2)
+    out = answers.repeat_kv(x, 2)
     assert out.shape == (2, 6, 4, 5)
     assert out[0, :, 0, 0].tolist() == [0, 0, 1, 1, 2, 2]
 
@@ -200,8 +201,8 @@ def test_repeat_kv_interleaves_heads():
 @pytest.mark.parametrize("causal", [False, True])
 def test_gqa_attention_equals_attention_on_repeated_heads(causal):
     q, k, v = rand(2, 6, 3, 4), rand(2, 2, 5, 4), rand(2, 2, 5, 7)
-    want = reference.attention(q, reference.repeat_kv(k, 3), reference.repeat_kv(v, 3), causal)
-    torch.testing.assert_close(reference.gqa_attention(q, k, v, causal), want)
+    want = answers.attention(q, answers.repeat_kv(k, 3), answers.repeat_kv(v, 3), causal)
+    torch.testing.assert_close(answers.gqa_attention(q, k, v, causal), want)
 
 
 def test_gqa_forward_special_cases_and_cache():
@@ -209,15 +210,15 @@ def test_gqa_forward_special_cases_and_cache():
     Wq, Wo = rand(16, 16), rand(16, 16)
     Wk, Wv = rand(16, 16), rand(16, 16)
     # n_kv_heads = n_heads is MHA
-    torch.testing.assert_close(reference.gqa_forward(x, Wq, Wk, Wv, Wo, 4, 4), reference.mha_forward(x, Wq, Wk, Wv, Wo, 4))
+    torch.testing.assert_close(answers.gqa_forward(x, Wq, Wk, Wv, Wo, 4, 4), answers.mha_forward(x, Wq, Wk, Wv, Wo, 4))
     # mean-pooled projections and a cache: prefill + decode equal the full pass
-    Wk2, Wv2 = reference.mean_pool_heads(Wk, 4, 2), reference.mean_pool_heads(Wv, 4, 2)
+    Wk2, Wv2 = answers.mean_pool_heads(Wk, 4, 2), answers.mean_pool_heads(Wv, 4, 2)
     assert Wk2.shape == (8, 16)
     torch.testing.assert_close(Wk2[:4], (Wk[:4] + Wk[4:8]) / 2)
-    full = reference.gqa_forward(x, Wq, Wk2, Wv2, Wo, 4, 2)
-    c = reference.KVCache()
-    steps = [reference.gqa_forward(x[:, :3], Wq, Wk2, Wv2, Wo, 4, 2, cache=c)]
-    steps += [reference.gqa_forward(x[:, t:t + 1], Wq, Wk2, Wv2, Wo, 4, 2, cache=c) for t in range(3, 6)]
+    full = answers.gqa_forward(x, Wq, Wk2, Wv2, Wo, 4, 2)
+    c = answers.KVCache()
+    steps = [answers.gqa_forward(x[:, :3], Wq, Wk2, Wv2, Wo, 4, 2, cache=c)]
+    steps += [answers.gqa_forward(x[:, t:t + 1], Wq, Wk2, Wv2, Wo, 4, 2, cache=c) for t in range(3, 6)]
     torch.testing.assert_close(torch.cat(steps, 1), full)
     assert cache.gqa_elements_per_token(32, 8, 128) == 65_536  # Llama-3-8B
 
@@ -233,17 +234,17 @@ def test_storage_watch_sees_copies_not_views():
         rand(1, 2, 4, 1, 8) @ k[:, :, None].transpose(-2, -1)
     assert w.largest >= 4 * k.untyped_storage().nbytes()
     with storage_watch() as w:
-        reference.repeat_kv(k, 4)
+        answers.repeat_kv(k, 4)
     assert w.largest == 4 * k.untyped_storage().nbytes()
 
 
 def test_only_trusted_wrappers_carry_the_mark_exercise_refuses():
     from attnlab import checks
 
-    assert not hasattr(reference.attention, "__attnlab_trusted__")
-    assert guard.trusted(reference.attention).__attnlab_trusted__
-    assert not hasattr(checks.stand_in(reference.attention), "__attnlab_trusted__")
-    ns = {"attention": guard.trusted(reference.attention)}
+    assert not hasattr(answers.attention, "__attnlab_trusted__")
+    assert guard.trusted(answers.attention).__attnlab_trusted__
+    assert not hasattr(checks.stand_in(answers.attention), "__attnlab_trusted__")
+    ns = {"attention": guard.trusted(answers.attention)}
     with pytest.raises(AssertionError, match="let through with attnlab.guard.trusted"):
         with checks.exercise_in(ns):
             pass
@@ -297,7 +298,7 @@ def _graded(fn, **kw):
 def test_a_guarded_function_leads_to_neither_the_original_nor_the_state():
     import inspect
 
-    f = reference.attention
+    f = answers.attention
     assert guard.is_guarded(f) and not hasattr(f, "__wrapped__") and f.__closure__ is None
     assert set(f.__globals__) <= {"__name__", "__builtins__"}  # no ledger, no original behind it
     assert str(inspect.signature(f)).startswith("(q: 'torch.Tensor'") and "Scaled dot-product" in f.__doc__
@@ -313,13 +314,13 @@ def test_the_guard_and_the_checks_refuse_to_be_reloaded():
             importlib.reload(module)
     q = rand(1, 1, 2, 2)
     with pytest.raises(guard.ReferenceForbidden):  # the one ledger still holds
-        _graded(lambda: reference.attention(q, q, q))
+        _graded(lambda: answers.attention(q, q, q))
 
 
 def test_emptying_the_ledger_lifts_no_ban_and_fails_the_check():
     def cheat():
         guard._LEDGER.clear()  # the torch modes still carry the ban
-        return reference.attention(Q, Q, Q)
+        return answers.attention(Q, Q, Q)
 
     with pytest.raises(guard.ReferenceForbidden):
         _graded(cheat)
@@ -337,11 +338,11 @@ def test_a_ban_left_behind_fails_one_check_then_is_cleared():
 
 
 def test_only_the_stand_ins_the_test_admits_are_trusted():
-    smuggled = checks.stand_in(reference.attention)  # made by a learner, e.g. as a default argument
+    smuggled = checks.stand_in(answers.attention)  # made by a learner, e.g. as a default argument
     with pytest.raises(guard.ReferenceForbidden):
         _graded(lambda: smuggled(Q, Q, Q))
     with pytest.raises(guard.ReferenceForbidden):
-        _graded(lambda: guard.trusted(reference.split_heads)(rand(1, 2, 4), 2))
+        _graded(lambda: guard.trusted(answers.split_heads)(rand(1, 2, 4), 2))
     ns = {}
     with checks.exercise_in(ns, stand_ins=["attention"]):
         got = ns["attention"](Q, Q, Q, True)  # the test's own stand-in is admitted
@@ -349,7 +350,7 @@ def test_only_the_stand_ins_the_test_admits_are_trusted():
 
 
 def test_the_original_behind_a_guarded_function_cannot_call_the_others():
-    raw = next(c for c in reference.attention.__code__.co_consts if callable(c) and c.__name__ == "attention")
+    raw = next(c for c in answers.attention.__code__.co_consts if callable(c) and c.__name__ == "attention")
     with pytest.raises(guard.ReferenceForbidden, match="attention_weights"):  # a learner's frame breaks the trust
         _graded(lambda: raw(Q, Q, Q))
 
@@ -408,12 +409,12 @@ def test_autograd_in_disguise_is_off_where_backward_is_by_hand(route):
 
 
 def test_the_answers_copied_elsewhere_in_the_package_are_guarded_too():
-    from attnlab import bench, beyond
+    from attnlab.lesson import bench, charlm
 
     cfg = bench.choose("cpu", quick=True)
     layer = bench._Layer("MHA", cfg, 4, torch.Generator())
-    cos, sin = reference.rope_tables(torch.arange(4), 8)
-    for copy_ in (lambda: beyond._rms(Q, W8), lambda: beyond._rope(Q, cos, sin), lambda: layer.decode(),
+    cos, sin = answers.rope_tables(torch.arange(4), 8)
+    for copy_ in (lambda: charlm._rms(Q, W8), lambda: charlm._rope(Q, cos, sin), lambda: layer.decode(),
                   lambda: cfg.elements_per_token("MHA")):
         copy_()  # they work outside a graded block
         with pytest.raises(guard.ReferenceForbidden):
@@ -421,15 +422,15 @@ def test_the_answers_copied_elsewhere_in_the_package_are_guarded_too():
 
 
 def test_replacing_the_answer_key_or_a_comparison_during_the_call_fails_before_the_test_compares():
-    saved = reference.attention, torch.allclose
+    saved = answers.attention, torch.allclose
     try:
-        with pytest.raises(checks.CheckFailed, match="attnlab.reference.attention"):
-            _graded(lambda: setattr(reference, "attention", lambda *a, **k: 0))
-        reference.attention = saved[0]
+        with pytest.raises(checks.CheckFailed, match="attnlab.answers.attention"):
+            _graded(lambda: setattr(answers, "attention", lambda *a, **k: 0))
+        answers.attention = saved[0]
         with pytest.raises(checks.CheckFailed, match="torch.allclose"):
             _graded(lambda: setattr(torch, "allclose", lambda *a, **k: True))
     finally:
-        reference.attention, torch.allclose = saved
+        answers.attention, torch.allclose = saved
     _graded(lambda: None)
 
 
@@ -455,19 +456,20 @@ def test_a_thread_started_in_the_block_runs_under_the_same_bans():
 
 def test_public_helpers_refuse_bad_arguments_by_name():
     """What torch would promote, clamp or take for True is refused with the argument's name."""
-    from attnlab import cache, reference, widgets
+    from attnlab import answers
+    from attnlab.lesson import cache, widgets
 
     q = torch.randn(1, 2, 3, 4)
     with pytest.raises(ValueError, match="q, k, v must share one dtype"):
-        reference.attention(q, q.double(), q)
+        answers.attention(q, q.double(), q)
     with pytest.raises(ValueError, match="causal must be True or False"):
-        reference.attention(q, q, q, causal="yes")
+        answers.attention(q, q, q, causal="yes")
     with pytest.raises(ValueError, match="causal must be True or False"):
-        reference.gqa_attention(q, q, q, causal=1)
+        answers.gqa_attention(q, q, q, causal=1)
     with pytest.raises(ValueError, match="eps must be a number >= 0"):
-        reference.rms_norm(q, torch.ones(4), eps=-1e-6)
+        answers.rms_norm(q, torch.ones(4), eps=-1e-6)
     with pytest.raises(ValueError, match="x, weight must share one dtype"):
-        reference.rms_norm(q.double(), torch.ones(4))
+        answers.rms_norm(q.double(), torch.ones(4))
     with pytest.raises(ValueError, match="d must be an int from 8 to 256 in steps of 8, got 7"):
         widgets.RopeRotation(d=7)
     with pytest.raises(ValueError, match="length must be an int from 8 to 256"):
@@ -494,7 +496,7 @@ def test_a_failed_check_shows_its_sentence_and_the_notebook_lines_not_the_packag
     assert "----> expect_close(got, 2 * x, 'double(x)')" in out
     assert "CheckFailed\x1b[39m: broken with 3 zeros: your code raised KeyError: 'key'" in out
     assert ", in broken\n----> return {}['key']" in out, out
-    assert "attnlab" + "/checks.py" not in out and "Traceback" not in out, out
+    assert "attnlab" + "/checks/" not in out and "Traceback" not in out, out
 
 
 def test_an_error_in_the_learners_torch_code_shows_their_lines_only(capsys):
@@ -509,5 +511,5 @@ def test_an_error_in_the_learners_torch_code_shows_their_lines_only(capsys):
     out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)  # IPython's colours
     assert "view size is not compatible" in out and "scaled_dot_product_attention is switched off" in out, out
     assert "in merge(x)" in out and "in att(q)" in out, out
-    for inside in ("attnlab/checks.py", "torch/_ops.py", "_python_dispatch.py", "torch/overrides.py"):
+    for inside in ("attnlab/checks/", "torch/_ops.py", "_python_dispatch.py", "torch/overrides.py"):
         assert inside not in out, f"{inside} in the learner's traceback:\n{out}"

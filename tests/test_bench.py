@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from attnlab import bench
+from attnlab.lesson import bench
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 `make lab` starts JupyterLab (through the repository's Makefile, on a free
 loopback port with a token) on a copy of course/ in which workbook 05 holds
-the model answers, filled in with ``attnlab.grading.filled`` exactly as the
+the model answers, filled in with ``attnlab.instructor.grading.filled`` exactly as the
 grading tests fill it: the blank release raises NotImplementedError in every
 exercise, so "run all cells and see no error" needs answers, and these are
 the course's own. Workbook 01 stays blank, as released. Debian's Chromium,
@@ -16,7 +16,7 @@ driven by Playwright (no browser is downloaded), then
   every code cell run and no error or stderr output;
 - moves the cache explorer's context slider with the keyboard and picks
   another model in its menu, and finds the plot redrawn and the numbers on
-  the page equal to what ``attnlab.widgets.CacheExplorer`` computes for the
+  the page equal to what ``attnlab.lesson.widgets.CacheExplorer`` computes for the
   same settings;
 - presses nbgrader's Validate button, which reports success on workbook 05
   and, on the blank workbook 01, lists every visible test cell as failed.
@@ -48,8 +48,9 @@ if not (CHROMIUM and os.access(CHROMIUM, os.X_OK)):
     pytest.skip("Chromium is not installed (apt-get install chromium): no browser test", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: no browser test")
 
-from attnlab import cache, grading  # noqa: E402
-from attnlab.widgets import CacheExplorer  # noqa: E402
+from attnlab.instructor import grading
+from attnlab.lesson import cache  # noqa: E402
+from attnlab.lesson.widgets import CacheExplorer  # noqa: E402
 from labserver import make_lab  # noqa: E402
 
 sync_api.expect.set_options(timeout=30_000)  # a widget's round trip through the kernel, on a busy machine

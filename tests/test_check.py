@@ -6,16 +6,17 @@ import json
 import nbformat
 from nbgrader.utils import compute_checksum
 
-from attnlab import check, grading, start
+from attnlab.instructor import grading
+from attnlab.learner import selfcheck, start
 from conftest import ROOT
 
 GQA = "02_gqa"
 
 
 def test_the_recorded_test_cells_are_the_release():
-    recorded = json.loads(check.RELEASE_CELLS.read_text())
-    assert recorded == check.release_test_cells(), \
-        "course/ changed its test cells: record them with `.venv/bin/python -m attnlab.check --record`"
+    recorded = json.loads(selfcheck.RELEASE_CELLS.read_text())
+    assert recorded == selfcheck.release_test_cells(), \
+        "course/ changed its test cells: record them with `.venv/bin/python -m attnlab.learner.selfcheck --record`"
     assert set(recorded) == {p.name for p in (ROOT / "course").iterdir() if p.is_dir()}
 
 
@@ -37,7 +38,7 @@ def test_check_scores_attempted_unattempted_and_tampered_cells(tmp_path, capsys)
     nbformat.write(mine, path)
     before = path.read_bytes()
 
-    assert check.main([str(path)]) == 1  # a failing attempt and changed test cells
+    assert selfcheck.main([str(path)]) == 1  # a failing attempt and changed test cells
     out = capsys.readouterr().out
     assert path.read_bytes() == before  # the learner's file is not modified
     lines = out.splitlines()
@@ -54,11 +55,11 @@ def test_check_scores_attempted_unattempted_and_tampered_cells(tmp_path, capsys)
 
 
 def test_the_course_total_passes_when_nothing_is_attempted_yet(tmp_path, capsys, monkeypatch):
-    # The default set is every workbook of check.DEFAULT (course/ today); here a blank release of one.
+    # The default set is every workbook of selfcheck.DEFAULT (course/ today); here a blank release of one.
     (tmp_path / GQA).mkdir()
     (tmp_path / GQA / f"{GQA}.ipynb").write_bytes((ROOT / "course" / GQA / f"{GQA}.ipynb").read_bytes())
-    monkeypatch.setattr(check, "DEFAULT", tmp_path)
-    assert check.main([]) == 0
+    monkeypatch.setattr(selfcheck, "DEFAULT", tmp_path)
+    assert selfcheck.main([]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == "course: 0 of 14 visible-test points (6 not attempted yet)"
     assert sum(ln.startswith("  todo    ") for ln in lines) == 6
@@ -75,13 +76,13 @@ def test_the_reference_is_the_release_not_the_learners_copy(tmp_path, monkeypatc
     edited = _cell(nb, "test_expand")
     edited.source += "\n# mine"
     nbformat.write(nb, tmp_path / GQA / f"{GQA}.ipynb")
-    monkeypatch.setattr(check, "COURSE", tmp_path)
-    recorded = json.loads(check.RELEASE_CELLS.read_text())
-    expected = check.expected_cells(GQA, recorded)["test_expand"]["checksum"]
+    monkeypatch.setattr(selfcheck, "COURSE", tmp_path)
+    recorded = json.loads(selfcheck.RELEASE_CELLS.read_text())
+    expected = selfcheck.expected_cells(GQA, recorded)["test_expand"]["checksum"]
     assert expected == edited.metadata.nbgrader["checksum"] != compute_checksum(edited)
-    hint = check._restore_hint(GQA, "test_expand", tmp_path / GQA / f"{GQA}.ipynb", expected)
+    hint = selfcheck._restore_hint(GQA, "test_expand", tmp_path / GQA / f"{GQA}.ipynb", expected)
     assert hint == f"restore it from the release: git show HEAD:course/{GQA}/{GQA}.ipynb"
     # Released again since the cells were recorded: nbgrader's checksums in course/ win, nobody is accused.
     stale = {GQA: {g: {"points": c["points"], "checksum": "0" * 32} for g, c in recorded[GQA].items()}}
-    monkeypatch.setattr(check, "COURSE", ROOT / "course")
-    assert check.expected_cells(GQA, stale) == check.release_test_cells()[GQA]
+    monkeypatch.setattr(selfcheck, "COURSE", ROOT / "course")
+    assert selfcheck.expected_cells(GQA, stale) == selfcheck.release_test_cells()[GQA]

@@ -13,7 +13,8 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU: tests/test_gpu.py needs one (tests/gpu/check.sh runs it on a GPU machine)",
                 allow_module_level=True)
 
-from attnlab import bench, pick_device  # noqa: E402
+from attnlab import pick_device
+from attnlab.lesson import bench  # noqa: E402
 
 
 def cuda_gen(seed: int) -> torch.Generator:

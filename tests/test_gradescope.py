@@ -1,4 +1,4 @@
-"""The Gradescope autograders (attnlab/gradescope.py), built and run as Gradescope runs them.
+"""The Gradescope autograders (attnlab/instructor/gradescope.py), built and run as Gradescope runs them.
 
 The zips are built once; workbook 01's is unpacked into a temporary
 AUTOGRADER_ROOT and set up as setup.sh's last step does (its installs need
@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import nbformat
 import pytest
 
-from attnlab import feedback, gradescope, grading, mistakes
+from attnlab.instructor import feedback, gradescope, grading, mistakes
 from conftest import ROOT, assignments
 import hostile_submissions
 from hostile_submissions import HOSTILE
@@ -70,10 +70,10 @@ def zips(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def source(zips, tmp_path_factory):
-    """Workbook 01's autograder, unpacked and set up (setup.sh's `attnlab.gradescope prepare`)."""
+    """Workbook 01's autograder, unpacked and set up (setup.sh's `attnlab.instructor.gradescope prepare`)."""
     folder = gradescope.unpack(zips[A], tmp_path_factory.mktemp("setup") / "source")
     env = dict(_env(folder.parent), PYTHONPATH=str(folder))
-    subprocess.run([sys.executable, "-m", "attnlab.gradescope", "prepare"], cwd=folder, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "attnlab.instructor.gradescope", "prepare"], cwd=folder, env=env, check=True,
                    capture_output=True, timeout=300)
     assert (folder / "autograde" / "gradebook.db").exists()
     return folder
@@ -251,8 +251,8 @@ def test_the_scripts_are_valid_shell_and_install_the_pins_with_torchs_cpu_build(
         assert text.startswith("#!/usr/bin/env bash\n")
     assert "torch==2.13.0" in (ROOT / "requirements.txt").read_text()  # what setup.sh reads the version from
     assert "--index-url https://download.pytorch.org/whl/cpu" in setup
-    assert "-r requirements.txt -c constraints.txt" in setup and "attnlab.gradescope prepare" in setup
-    assert 'AUTOGRADER_ROOT="${AUTOGRADER_ROOT:-/autograder}"' in run and "python3 -m attnlab.gradescope run" in run
+    assert "-r requirements.txt -c constraints.txt" in setup and "attnlab.instructor.gradescope prepare" in setup
+    assert 'AUTOGRADER_ROOT="${AUTOGRADER_ROOT:-/autograder}"' in run and "python3 -m attnlab.instructor.gradescope run" in run
 
 
 def test_the_zips_are_reproducible(tmp_path):
@@ -314,7 +314,7 @@ def _t(name, fn):
 _t("notebook_here", lambda: [open(p).read(50) for p in _g.glob("*.ipynb")])
 _t("gradebook", lambda: open("../../../gradebook.db", "rb").read(20))
 _t("source", lambda: open(SOURCE + "/solutions/01_mha/01_mha.ipynb").read(50))
-_t("answer_key", lambda: __import__("inspect").getsource(__import__("attnlab.reference").reference))
+_t("answer_key", lambda: __import__("inspect").getsource(__import__("attnlab.answers.mha").answers.mha))
 _t("write_here", lambda: open("x.txt", "w").write("x"))
 open(REPORT, "w").write(_j.dumps(_seen))
 '''
@@ -323,16 +323,16 @@ open(REPORT, "w").write(_j.dumps(_seen))
 def test_the_unprivileged_fallback_prepares_a_kernel_without_the_answer_key(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("the fallback changes files' owners: it runs as root")
-    from attnlab import unprivileged
+    from attnlab.instructor import unprivileged
 
     course, tmp = tmp_path / "course", tmp_path / "grading"
     course.mkdir(), tmp.mkdir()
     config = unprivileged.prepare(tmp, course)
     try:
         kdir = pathlib.Path(config.split("os.environ['JUPYTER_PATH'] = ", 1)[1].split("'")[1])
-        assert not (kdir / "attnlab" / "reference.py").exists() and (kdir / "attnlab" / "reference.pyc").exists()
+        assert not (kdir / "attnlab" / "answers" / "mha.py").exists() and (kdir / "attnlab" / "answers" / "mha.pyc").exists()
         spec = json.loads((kdir / "kernels" / unprivileged.KERNEL / "kernel.json").read_text())
-        assert spec["argv"][2].endswith("attnlab/unprivileged.py") and spec["argv"][3] == str(unprivileged.uid())
+        assert spec["argv"][2].endswith("attnlab/instructor/unprivileged.py") and spec["argv"][3] == str(unprivileged.uid())
         assert os.stat(spec["argv"][4]).st_uid == unprivileged.uid()
         assert stat.S_IMODE(os.stat(course).st_mode) == 0o700 and stat.S_IMODE(os.stat(tmp).st_mode) == 0o700
         assert f"c.Execute.kernel_name = '{unprivileged.KERNEL}'" in config

@@ -4,7 +4,7 @@ For every workbook: the model answers score full marks on every autograded
 cell, the blank release scores zero on every one, and each planted mistake
 (solutions/NN_topic/mistakes.py) loses exactly the points of its own
 exercise. Mistakes in different exercises share a graded submission
-(attnlab.mistakes.rounds): the tests give each exercise correct versions of
+(attnlab.instructor.mistakes.rounds): the tests give each exercise correct versions of
 the earlier ones, so one mistake cannot cost another exercise its points, and
 the assertions below would see it if it did.
 
@@ -22,7 +22,8 @@ import sys
 import nbformat
 import pytest
 
-from attnlab import check, feedback, grading, mistakes
+from attnlab.instructor import feedback, grading, mistakes
+from attnlab.learner import selfcheck
 from conftest import ROOT, assignments
 
 MISTAKES = {a: mistakes.load(a) for a in assignments()}
@@ -89,7 +90,7 @@ def visible(tmp_path_factory):
                     continue
                 path = workdir / f"{assignment}-{_round_name(i)}.ipynb"
                 nbformat.write(mistakes.apply(answers, r), path)
-                results = {cell: error for cell, _, error in check.check(path)}
+                results = {cell: error for cell, _, error in selfcheck.check(path)}
                 out.update({m.name: results for m in r})
             done[assignment] = out
         return done[assignment]

@@ -17,7 +17,7 @@ import socket
 import nbformat
 import pytest
 
-from attnlab import grading, sandbox
+from attnlab.instructor import grading, sandbox
 from conftest import ROOT
 from hostile_submissions import ALL_TESTS, ASSIGNMENT as A, HOSTILE
 
@@ -70,7 +70,7 @@ def graded(tmp_path_factory):
     os.environ.update(ATTNLAB_KERNEL_ENV="SNOOP_*", SNOOP_PORT=str(listener.getsockname()[1]),
                       SNOOP_GRADEBOOK=str(tmp / "parallel" / "autograde" / "gradebook.db"),
                       SNOOP_SUBMITTED=str(tmp / "parallel" / "autograde" / "submitted"))
-    checks_before = (ROOT / "attnlab" / "checks.py").read_bytes()
+    checks_before = (ROOT / "attnlab" / "checks" / "__init__.py").read_bytes()
     try:
         parallel = _grade(tmp, "parallel", list(subs), subs, jobs=2)
         serial = _grade(tmp, "serial", SERIAL, subs, jobs=1)
@@ -78,7 +78,7 @@ def graded(tmp_path_factory):
         os.environ.clear()
         os.environ.update(saved)
         listener.close()
-    assert (ROOT / "attnlab" / "checks.py").read_bytes() == checks_before, "a submission changed attnlab/checks.py"
+    assert (ROOT / "attnlab" / "checks" / "__init__.py").read_bytes() == checks_before, "a submission changed attnlab/checks/__init__.py"
     rows = {r["student"]: r for r in grading.summary(parallel[0])}
     return {"parallel": parallel, "serial": serial, "rows": rows}
 
@@ -207,17 +207,17 @@ CHEATS = {
     "lib = torch.library.Library('aten', 'IMPL')": "torch.library",
     "out = F.scaled_dot_product_attention(q, k, v)": "torch's own answer",
     "norm = nn.RMSNorm(8)": "torch's own answer",
-    "f = reference.attention.__wrapped__": "__wrapped__",
-    "f = reference.attention.__closure__[0].cell_contents": "__closure__",
-    "s = reference.attention.__globals__": "__globals__",
-    "c = reference.split_heads.__code__.co_consts": "__code__",
-    "f = getattr(reference.attention, '__globals__')": "__globals__",
-    "f = getattr(reference, name)": "computed name",
-    "d = vars(reference)": "namespace",
-    "d = attnlab.reference.__dict__": "__dict__",
+    "f = answers.attention.__wrapped__": "__wrapped__",
+    "f = answers.attention.__closure__[0].cell_contents": "__closure__",
+    "s = answers.attention.__globals__": "__globals__",
+    "c = answers.split_heads.__code__.co_consts": "__code__",
+    "f = getattr(answers.attention, '__globals__')": "__globals__",
+    "f = getattr(answers, name)": "computed name",
+    "d = vars(answers)": "namespace",
+    "d = attnlab.answers.__dict__": "__dict__",
     "import types\nf = types.FunctionType(code, {})": "types",
     "import importlib\nimportlib.reload(attnlab.guard)": "importlib",
-    "from importlib import reload\nreload(reference)": "reloads a module",
+    "from importlib import reload\nreload(answers)": "reloads a module",
     "spec = importlib.util.spec_from_file_location('r', path)": "importlib",
     "exec(source)": "exec",
     "eval('1')": "eval",
@@ -231,8 +231,8 @@ CHEATS = {
     "import builtins\nprint(builtins.open)": "builtins",
     "b = __builtins__": "__builtins__",
     "import gc\nobjs = gc.get_objects()": "gc",
-    "import inspect\nsrc = inspect.getsource(reference)": "inspect",
-    "import sys\nr = sys.modules['attnlab.reference']": "sys.modules",
+    "import inspect\nsrc = inspect.getsource(answers)": "inspect",
+    "import sys\nr = sys.modules['attnlab.answers']": "sys.modules",
     "import sys\nf = sys._getframe(1)": "sys._getframe",
     "import sys\nsys.settrace(None)": "settrace",
     "import attnlab.guard as g\ng._LEDGER.clear()": "attnlab.guard",
@@ -243,7 +243,7 @@ CHEATS = {
     "def attention(q, k, v, causal=False):\n    return want": "only the test cells bind",
     "w = namespace['want']": "only the test cells bind",
     "frame = tb.tb_frame.f_back.f_locals": "f_locals",
-    "p = 'attnlab/reference.py'": "course file",
+    "p = 'attnlab/answers.py'": "course file",
 }
 
 
@@ -279,7 +279,7 @@ def test_flags_find_test_names_copies_of_the_answer_key_and_leave_given_cells_al
     path = tmp_path / f"{A}.ipynb"
     nbformat.write(nb, path)
     found = grading.flags(path)
-    assert "heads: split_heads is attnlab.reference.split_heads line for line" in found, found
+    assert "heads: split_heads is attnlab.answers.split_heads line for line" in found, found
     assert "cache_size: reads got, a name only the test cells bind" in found, found
     assert "cache_size: reaches __code__" in found, found
     assert all(f.split(":")[0] in ("heads", "cache_size") for f in found), found  # the given cells raise none

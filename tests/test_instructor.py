@@ -13,7 +13,7 @@ import zipfile
 import nbformat
 import pytest
 
-from attnlab import grading
+from attnlab.instructor import grading
 from conftest import ROOT
 
 A = "01_mha"
@@ -56,7 +56,7 @@ def _export(folder):
 
 def _run(ws, *args, **env):
     """What `make collect` / `make grade` run, on the course copy ``ws``."""
-    return subprocess.run([sys.executable, "-m", "attnlab.grading", "--root", str(ws), *args], cwd=ws,
+    return subprocess.run([sys.executable, "-m", "attnlab.instructor.grading", "--root", str(ws), *args], cwd=ws,
                           capture_output=True, text=True, env={**os.environ, **env}, timeout=600)
 
 

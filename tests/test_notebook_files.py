@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from attnlab import grading, notebooks
+from attnlab.instructor import grading, notebooks
 from conftest import ROOT, assignments
 
 
@@ -57,10 +57,10 @@ def test_release_holds_no_answers_or_hidden_tests(assignment):
 
 
 def test_the_exercise_table_is_what_the_test_cells_check():
-    """attnlab/exercises.py lists each workbook's exercises; the test cells name exactly those."""
+    """attnlab/checks/exercises.py lists each workbook's exercises; the test cells name exactly those."""
     import ast
 
-    from attnlab import exercises
+    from attnlab.checks import exercises
 
     for assignment in assignments():
         named = set()

@@ -1,4 +1,4 @@
-"""The grading kernel (attnlab/sandbox.py) shuts student code in, or refuses to run.
+"""The grading kernel (attnlab/instructor/sandbox.py) shuts student code in, or refuses to run.
 
 Kernels start as nbgrader starts them: jupyter_client with the course's
 config (autograde/nbgrader_config.py: the attnlab-grading kernel spec, Unix
@@ -22,7 +22,7 @@ from traitlets.config.loader import PyFileConfigLoader
 
 from conftest import ROOT
 
-SANDBOX = ROOT / "attnlab" / "sandbox.py"
+SANDBOX = ROOT / "attnlab" / "instructor" / "sandbox.py"
 SECRETS = {"ATTNLAB_TEST_SECRET": "grader-only-7319", "GITHUB_TOKEN": "ghp_not_for_students"}
 
 
@@ -125,7 +125,7 @@ status = dict(line.split(":", 1) for line in open("/proc/self/status"))
 facts = {{"uid": os.getuid(), "caps": int(status["CapEff"], 16), "repo": sorted(os.listdir({str(ROOT)!r})),
           "processes": sum(p.isdigit() for p in os.listdir("/proc")), "home": os.listdir(os.path.expanduser("~")),
           "network": refused(lambda: socket.create_connection(("127.0.0.1", 22), timeout=2).close()),
-          "write": refused(lambda: open({str(ROOT / "attnlab" / "checks.py")!r}, "a"))}}
+          "write": refused(lambda: open({str(ROOT / "attnlab" / "checks" / "__init__.py")!r}, "a"))}}
 """)
     assert facts["uid"] != 0 and facts["caps"] == 0, facts
     assert "solutions" not in facts["repo"] and "autograde" not in facts["repo"] and ".git" not in facts["repo"], facts
@@ -172,7 +172,7 @@ def test_a_kernel_that_cannot_isolate_itself_refuses_to_run(tmp_path, refused_sp
     with open(tmp_path / "stderr", "w") as err, pytest.raises(RuntimeError):
         Kernel(tmp_path, refused_spec, stderr=err)
     lines = (tmp_path / "stderr").read_text().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("attnlab.sandbox: refusing to run the grading kernel"), lines
+    assert len(lines) == 1 and lines[0].startswith("attnlab.instructor.sandbox: refusing to run the grading kernel"), lines
     assert "ATTNLAB_SANDBOX=off" in lines[0]
 
 
@@ -187,7 +187,7 @@ def test_without_isolation_only_when_asked(tmp_path, refused_spec, monkeypatch):
     finally:
         k.stop()
     assert facts == {"solutions": True, "secret": False}, facts
-    lines = [ln for ln in (tmp_path / "stderr").read_text().splitlines() if ln.startswith("attnlab.sandbox")]
+    lines = [ln for ln in (tmp_path / "stderr").read_text().splitlines() if ln.startswith("attnlab.instructor.sandbox")]
     assert len(lines) == 1 and "no isolation (ATTNLAB_SANDBOX=off)" in lines[0], lines
 
 
@@ -202,33 +202,36 @@ def test_the_kernel_gets_an_allow_list_environment(kernel):
 
 @needs_namespaces
 def test_the_answer_key_imports_but_its_source_cannot_be_read(kernel):
-    source = (ROOT / "attnlab" / "reference.py").read_text()
+    sources = [p.read_text() for p in sorted((ROOT / "attnlab" / "answers").glob("*.py"))]
     # Statements, not docstrings or messages: bytecode holds those as text, never the code.
-    code_lines = [ast.get_source_segment(source, node) for node in ast.walk(ast.parse(source))
+    code_lines = [ast.get_source_segment(source, node) for source in sources for node in ast.walk(ast.parse(source))
                   if isinstance(node, (ast.Assign, ast.Return)) and node.lineno == node.end_lineno]
     code_lines = [ln for ln in code_lines if len(ln) > 25 and not any(q in ln for q in "\"'")]
     assert len(code_lines) > 10
     facts = kernel.facts("""
-import inspect, os, torch, attnlab.reference as reference
+import inspect, os, torch, attnlab.answers as answers
 q, k, v = (torch.randn(2, 3, 5, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
 want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-facts = {"works": torch.allclose(reference.attention(q, k, v, causal=True), want, atol=1e-5),
-         "py_exists": os.path.exists(reference.__file__[:-1]), "shown": []}
+topics = [answers, answers.mha, answers.gqa, answers.rope, answers.mla, answers.mha2mla]
+facts = {"works": torch.allclose(answers.attention(q, k, v, causal=True), want, atol=1e-5),
+         "py_exists": [m.__name__ for m in topics if os.path.exists(m.__file__[:-1])], "shown": []}
 def shown(fn):
     try:
         facts["shown"].append(fn())
     except Exception as e:  # OSError, TypeError, UnicodeDecodeError: nothing shown
         pass
-shown(lambda: inspect.getsource(reference))
-for obj in vars(reference).values():
-    if callable(obj):
-        shown(lambda: inspect.getsource(obj))
-        shown(lambda: inspect.getsource(inspect.unwrap(obj)))
-shown(lambda: open(reference.__file__, errors="replace").read())
-shown(lambda: open(reference.__file__[:-1]).read())
+for module in topics:
+    shown(lambda: inspect.getsource(module))
+    for obj in vars(module).values():
+        if callable(obj):
+            shown(lambda: inspect.getsource(obj))
+            shown(lambda: inspect.getsource(inspect.unwrap(obj)))
+    shown(lambda: open(module.__file__, errors="replace").read())
+    shown(lambda: open(module.__file__[:-1]).read())
+    shown(lambda: os.listdir(os.path.dirname(module.__file__)))
 """)
-    assert facts["works"], "attnlab.reference.attention no longer works in the kernel"
-    assert not facts["py_exists"], "reference.py is in the kernel's package"
+    assert facts["works"], "attnlab.answers.attention no longer works in the kernel"
+    assert not facts["py_exists"], f"the source of {facts['py_exists']} is in the kernel's package"
     leaked = [ln for ln in code_lines if any(ln in text for text in facts["shown"])]
     assert not leaked, f"the kernel can read the answer key's source: {leaked[:3]}"
 
@@ -340,7 +343,7 @@ MEMORY_BOMBS = {
 
 def test_a_memory_bomb_loses_its_cell_and_the_kernel_goes_on(tmp_path, monkeypatch):
     """At the address-space limit the cell fails with a MemoryError and its memory comes back,
-    again and again: the kernel keeps a reserve to report the error (attnlab.grading_kernel),
+    again and again: the kernel keeps a reserve to report the error (attnlab.instructor.grading_kernel),
     without which it died in its own machinery in some runs and nbgrader graded nothing."""
     monkeypatch.setenv("ATTNLAB_KERNEL_MEMORY", "3G")  # torch takes 1.4 GiB of it
     if not NAMESPACES:

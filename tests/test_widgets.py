@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from attnlab import cache
-from attnlab.widgets import CacheGrowth
+from attnlab.lesson import cache
+from attnlab.lesson.widgets import CacheGrowth
 
 
 def test_cache_growth_follows_its_controls():
@@ -39,7 +39,7 @@ def test_cache_growth_refuses_an_unknown_preset():
 
 
 def test_rope_rotation_turns_with_position():
-    from attnlab.widgets import RopeRotation
+    from attnlab.lesson.widgets import RopeRotation
 
     w = RopeRotation(d=64)
     assert w.pairs() == [0, 4, 16, 31]
@@ -55,7 +55,7 @@ def test_rope_rotation_turns_with_position():
 def test_rope_scores_depend_only_on_distance():
     import numpy as np
 
-    from attnlab.widgets import RopeScores
+    from attnlab.lesson.widgets import RopeScores
 
     w = RopeScores(d=32, length=24)
     s = w.scores
@@ -69,7 +69,7 @@ def test_rope_scores_depend_only_on_distance():
 
 
 def test_cache_explorer_numbers_follow_the_formulas():
-    from attnlab.widgets import CacheExplorer
+    from attnlab.lesson.widgets import CacheExplorer
 
     w = CacheExplorer(preset="DeepSeek-V3", gpu="80 GB")
     n = w.numbers
@@ -102,7 +102,7 @@ def test_cache_explorer_numbers_follow_the_formulas():
 
 
 def test_cache_explorer_refuses_unknown_choices():
-    from attnlab.widgets import CacheExplorer
+    from attnlab.lesson.widgets import CacheExplorer
 
     with pytest.raises(ValueError, match="preset"):
         CacheExplorer(preset="GPT-5")

@@ -11,7 +11,7 @@ import subprocess
 
 import nbformat
 
-from attnlab import start, workspace
+from attnlab.learner import start, workspace
 from conftest import ROOT
 
 A = "01_mha"

@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import attnlab
-from attnlab import reference
+from attnlab import answers
 from attnlab.checks import attention_suspects, exercise, expect_close, expect_shape, number
 
 torch.manual_seed(0)
@@ -152,11 +152,11 @@ for B, H, Tq, Tk, D, Dv, dtype, causal in [
     with exercise("attention", case=case):
         got = attention(hq, hk, hv, causal=causal)
     # bfloat16 is compared with the float64 result, so that more careful rounding never costs a point.
-    want = reference.attention(hq.double(), hk.double(), hv.double(), causal=causal).to(dtype)
+    want = answers.attention(hq.double(), hk.double(), hv.double(), causal=causal).to(dtype)
     suspects = attention_suspects(hq, hk, hv, causal)
     if D != Dv:  # scaling q by sqrt(D / Dv) turns the 1/sqrt(D) scale into 1/sqrt(Dv)
         suspects["the scores are scaled by the values' width Dv instead of the keys' width D"] = \
-            reference.attention(hq * math.sqrt(D / Dv), hk, hv, causal=causal)
+            answers.attention(hq * math.sqrt(D / Dv), hk, hv, causal=causal)
     expect_close(got, want, case, suspects=suspects)
 ### END HIDDEN TESTS
 
@@ -240,17 +240,17 @@ for B, T, H, D, dtype in [(3, 5, 6, 4, torch.float64), (1, 7, 2, 9, torch.bfloat
     case = f"split_heads(x, {H}) of a ({B}, {T}, {H * D}) {kind} tensor, {H} heads of {D} features"
     with exercise("split_heads", case=case):
         got = split_heads(hx, H)
-    expect_close(got, reference.split_heads(hx, H), case,
+    expect_close(got, answers.split_heads(hx, H), case,
                  hint="The number of heads is the argument n_heads, and each head is C // n_heads features wide.")
     hh = torch.randn(B, H, T, D, generator=g).to(device, dtype)
     case = f"merge_heads of a ({B}, {H}, {T}, {D}) {kind} tensor"
     with exercise("merge_heads", case=case):
         got = merge_heads(hh)
-    expect_close(got, reference.merge_heads(hh), case)
+    expect_close(got, answers.merge_heads(hh), case)
     case = f"merge_heads of a ({B}, {H}, {T}, {D}) {kind} tensor that is not contiguous in memory"
     with exercise("merge_heads", case=case):
         got = merge_heads(hh.transpose(1, 2).contiguous().transpose(1, 2))
-    expect_close(got, reference.merge_heads(hh), case)
+    expect_close(got, answers.merge_heads(hh), case)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -314,8 +314,8 @@ for causal in (False, True):
             got = mha(x, causal=causal)
         want, _ = torch_mha(x, x, x, attn_mask=future if causal else None, need_weights=False)
     expect_close(got, want, f"MultiHeadAttention(x, causal={causal})",
-                 suspects={"W_o is not applied to the merged heads": reference.merge_heads(
-                               reference.attention(*(reference.split_heads(W(x), 4) for W in (mha.W_q, mha.W_k, mha.W_v)),
+                 suspects={"W_o is not applied to the merged heads": answers.merge_heads(
+                               answers.attention(*(answers.split_heads(W(x), 4) for W in (mha.W_q, mha.W_k, mha.W_v)),
                                                    causal=causal))})
 print("MultiHeadAttention: correct")
 
@@ -332,7 +332,7 @@ for B, T, C, H, causal in [(3, 9, 24, 3, True), (1, 4, 20, 5, False), (2, 1, 16,
             + ("with the default causal=True" if causal else "causal=False"))
     with exercise("MultiHeadAttention", case=case):
         got = hm(hx) if causal else hm(hx, causal=False)
-    want = reference.mha_forward(hx, *weights, n_heads=H, causal=causal)
+    want = answers.mha_forward(hx, *weights, n_heads=H, causal=causal)
     expect_close(got, want.detach(), case)
     assert got.requires_grad, (f"{case}: your output carries no gradient (is it computed under torch.no_grad(), "
                                "or detached?), so the module cannot be trained")
@@ -428,7 +428,7 @@ for causal in (False, True):
     with exercise("attention_backward"):  # by hand: autograd is switched off here
         got = attention_backward(q.detach(), k.detach(), v.detach(), dout, causal=causal)
     assert isinstance(got, (tuple, list)) and len(got) == 3, "attention_backward must return (dq, dk, dv)"
-    want = torch.autograd.grad(reference.attention(q, k, v, causal=causal), (q, k, v), dout)
+    want = torch.autograd.grad(answers.attention(q, k, v, causal=causal), (q, k, v), dout)
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
         unscaled = {} if name == "dv" else {  # dq and dk carry the scores' 1/sqrt(d)
             f"{name} is missing the 1/sqrt(d) scale that the scores carry": w_ * math.sqrt(q.shape[-1])}
@@ -449,7 +449,7 @@ for B, H, Tq, Tk, D, Dv, causal in [(3, 2, 6, 6, 8, 5, True), (1, 3, 2, 7, 4, 6,
         got = attention_backward(hq, hk, hv, hd, causal=causal)
     assert isinstance(got, (tuple, list)) and len(got) == 3, f"{case}: attention_backward must return (dq, dk, dv)"
     qkv = [t.clone().requires_grad_() for t in (hq, hk, hv)]
-    want = torch.autograd.grad(reference.attention(*qkv, causal=causal), qkv, hd)
+    want = torch.autograd.grad(answers.attention(*qkv, causal=causal), qkv, hd)
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
         expect_close(g_, w_, f"{case}: {name}",
                      hint="The queries are the last Tq positions: the mask is aligned bottom-right, as in attention."
@@ -468,7 +468,7 @@ for causal in (False, True):
         out = AttentionFunction.apply(q, k, v, causal)
         passed = torch.autograd.gradcheck(AttentionFunction.apply, (q, k, v, causal), raise_exception=False,
                                           fast_mode=True)
-    want = reference.attention(q, k, v, causal=causal).detach()
+    want = answers.attention(q, k, v, causal=causal).detach()
     expect_close(out.detach(), want, f"AttentionFunction.apply(q, k, v, {causal}), the forward value")
     assert passed, (f"gradcheck failed for causal={causal}: the gradients of your Function do not match finite "
                     "differences. Does backward return one gradient per input of forward (None for causal)?")
@@ -553,7 +553,7 @@ with torch.no_grad():
     cache = KVCache()
     with exercise("mha_step"):
         outs = [mha_step(mha, x[:, :5], cache)] + [mha_step(mha, x[:, t:t + 1], cache) for t in range(5, 8)]
-    want = reference.mha_forward(x, *weights, n_heads=4, causal=True)  # (2, 8, 32)
+    want = answers.mha_forward(x, *weights, n_heads=4, causal=True)  # (2, 8, 32)
 expect_shape(cache.k, (2, 4, 8, 8), "cache.k after 8 tokens",
              hint="The cache is (B, H, T, D): did you concatenate along the time axis, dim=2?")
 expect_close(outs[0], want[:, :5], "the prefill output",
@@ -580,7 +580,7 @@ for B, C, H, chunks in [(3, 24, 6, [4, 1, 1, 3, 1]), (1, 12, 2, [1, 1, 1, 1]), (
             with exercise("mha_step", case=case):
                 steps.append((case, start, n, mha_step(hm, hx[:, start:start + n], cache)))
             start += n
-        want = reference.mha_forward(hx, *hw, n_heads=H, causal=True)
+        want = answers.mha_forward(hx, *hw, n_heads=H, causal=True)
     for case, start, n, got in steps:
         expect_close(got, want[:, start:start + n], case,
                      hint="Every step is causal: a new token sees the cache and the new tokens up to itself.")
@@ -700,7 +700,7 @@ print(f"elements stored: {stored:,}; formula: {formula:,}; "
 # 12.6 GiB of weights? And a batch of 8 sequences?
 
 # %%
-from attnlab.widgets import CacheGrowth
+from attnlab.lesson.widgets import CacheGrowth
 
 CacheGrowth()
 

@@ -1,5 +1,5 @@
-"""Planted mistakes of workbook 01_mha; attnlab/mistakes.py says what each must show."""
-from attnlab.mistakes import Mistake
+"""Planted mistakes of workbook 01_mha; attnlab/instructor/mistakes.py says what each must show."""
+from attnlab.instructor.mistakes import Mistake
 
 MISTAKES = [
     Mistake("no_scale", "attention", " / math.sqrt(q.shape[-1])", "", ("test_attention",),

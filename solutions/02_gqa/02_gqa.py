@@ -33,7 +33,7 @@
 # 6. the cache size of GQA models.
 #
 # **You need** workbook 01: attention with a bottom-right causal mask, heads,
-# the KV cache. Its answers come with the course package (`attnlab.reference`),
+# the KV cache. Its answers come with the course package (`attnlab.answers`),
 # so this workbook stands on its own.
 #
 # **Time** about 75 minutes.
@@ -46,11 +46,11 @@ import torch
 import torch.nn as nn
 
 import attnlab
-from attnlab import cache as cache_math
-from attnlab import reference
+from attnlab.lesson import cache as cache_math
+from attnlab import answers
 from attnlab.checks import exercise, expect_close, expect_shape, number, storage_watch
 # Workbook 01's answers, as building blocks for this one.
-from attnlab.reference import KVCache, attention, attention_backward, merge_heads, split_heads
+from attnlab.answers import KVCache, attention, attention_backward, merge_heads, split_heads
 
 torch.manual_seed(0)
 device = attnlab.pick_device()
@@ -111,7 +111,7 @@ k, v = torch.randn(2, 2, 5, 16, device=device), torch.randn(2, 2, 5, 16, device=
 for causal in (False, True):
     with exercise("gqa_attention_expanded"):
         got = gqa_attention_expanded(q, k, v, causal=causal)
-    expect_close(got, reference.gqa_attention(q, k, v, causal), f"gqa_attention_expanded(causal={causal})")
+    expect_close(got, answers.gqa_attention(q, k, v, causal), f"gqa_attention_expanded(causal={causal})")
 print("repeat_kv and gqa_attention_expanded: correct")
 
 ### BEGIN HIDDEN TESTS
@@ -121,7 +121,7 @@ for B, G, n_rep, Tq, Tk, D, causal in [(3, 3, 2, 4, 9, 6, True), (1, 1, 5, 2, 2,
     case = f"repeat_kv of a ({B}, {G}, {Tk}, {D}) float64 tensor with n_rep={n_rep}"
     with exercise("repeat_kv", case=case):
         got = repeat_kv(hx, n_rep)
-    expect_close(got, reference.repeat_kv(hx, n_rep), case,
+    expect_close(got, answers.repeat_kv(hx, n_rep), case,
                  hint="Query head h reads K/V head h // n_rep, for any batch, size and dtype.")
     hq = torch.randn(B, G * n_rep, Tq, D, generator=g, dtype=torch.float64).to(device)
     hv = torch.randn(B, G, Tk, D + 1, generator=g, dtype=torch.float64).to(device)  # values wider than keys
@@ -129,7 +129,7 @@ for B, G, n_rep, Tq, Tk, D, causal in [(3, 3, 2, 4, 9, 6, True), (1, 1, 5, 2, 2,
             f"keys, values {D + 1} wide (keys {D}), batch {B}, float64{', causal' if causal else ''}")
     with exercise("gqa_attention_expanded", case=case):
         got = gqa_attention_expanded(hq, hx, hv, causal=causal)
-    expect_close(got, reference.gqa_attention(hq, hx, hv, causal), case)
+    expect_close(got, answers.gqa_attention(hq, hx, hv, causal), case)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -185,16 +185,16 @@ repeated_bytes = 4 * k.untyped_storage().nbytes()  # what repeat_kv(k, 4) would 
 for causal in (False, True):
     with exercise("gqa_attention"), storage_watch() as watch:
         got = gqa_attention(q, k, v, causal=causal)
-    expect_close(got, reference.gqa_attention(q, k, v, causal), f"gqa_attention(causal={causal})",
+    expect_close(got, answers.gqa_attention(q, k, v, causal), f"gqa_attention(causal={causal})",
                  suspects={"query heads are grouped with a stride (q.view(B, n_rep, G, ...)) instead of "
-                           "consecutively": reference.attention(q, k.repeat(1, 4, 1, 1), v.repeat(1, 4, 1, 1), causal)})
+                           "consecutively": answers.attention(q, k.repeat(1, 4, 1, 1), v.repeat(1, 4, 1, 1), causal)})
     assert watch.largest < repeated_bytes, (
         f"gqa_attention created a tensor of {watch.largest:,} bytes, as large as the keys repeated for every "
         f"query head ({repeated_bytes:,} bytes): compute group by group instead of repeating K and V.")
 q = torch.randn(2, 8, 3, 32, device=device)  # three new tokens against 64 keys
 with exercise("gqa_attention"):
     got = gqa_attention(q, k, v, causal=True)
-expect_close(got, reference.gqa_attention(q, k, v, True), "gqa_attention with 3 queries and 64 keys, causal",
+expect_close(got, answers.gqa_attention(q, k, v, True), "gqa_attention with 3 queries and 64 keys, causal",
              hint="Row r * Tq + i of a group belongs to query i: is the (Tq, Tk) mask stacked n_rep times "
                   "and aligned bottom-right?")
 print("gqa_attention: correct, and no repeated K/V")
@@ -210,7 +210,7 @@ for B, G, n_rep, Tq, Tk, D, Dv, causal in [(3, 2, 3, 4, 11, 8, 5, True), (1, 4, 
             f"values {Dv} wide (keys {D}), batch {B}, float64{', causal' if causal else ''}")
     with exercise("gqa_attention", case=case), storage_watch() as watch:
         got = gqa_attention(hq, hk, hv, causal=causal)
-    expect_close(got, reference.gqa_attention(hq, hk, hv, causal), case,
+    expect_close(got, answers.gqa_attention(hq, hk, hv, causal), case,
                  hint="The output is (B, H, Tq, Dv): its width is the values' width, not the keys'.")
     if n_rep > 1 and Tk > 8 * Tq:
         repeated = n_rep * hk.untyped_storage().nbytes()
@@ -261,7 +261,7 @@ class GroupedQueryAttention(nn.Module):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_module", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-from attnlab.suspects import weights_of
+from attnlab.checks.suspects import weights_of
 # (Your module runs with the course's gqa_attention and repeat_kv here, so that a
 # mistake in sections 1-2 costs points there, not again here.)
 x = torch.randn(2, 7, 32, device=device)
@@ -270,16 +270,16 @@ with torch.no_grad():
         gqa = GroupedQueryAttention(32, 8, n_kv).to(device)
         with exercise("GroupedQueryAttention"):
             got = gqa(x)
-        want = reference.gqa_forward(x, *weights_of(gqa), n_heads=8, n_kv_heads=n_kv)
+        want = answers.gqa_forward(x, *weights_of(gqa), n_heads=8, n_kv_heads=n_kv)
         expect_close(got, want, f"GroupedQueryAttention(32, 8, {n_kv})(x)",
                      hint="Are K and V split into n_kv_heads heads? Is the mask causal?")
         if n_kv == 8:  # as many K/V heads as query heads: this is workbook 01's MHA
-            expect_close(got, reference.mha_forward(x, *weights_of(gqa), n_heads=8), "GQA with n_kv_heads = n_heads vs MHA")
+            expect_close(got, answers.mha_forward(x, *weights_of(gqa), n_heads=8), "GQA with n_kv_heads = n_heads vs MHA")
         if n_kv == 1:  # one K/V head for all: MQA, every query head attends to the same keys
             q = split_heads(gqa.W_q(x), 8)
             k, v = gqa.W_k(x)[:, None], gqa.W_v(x)[:, None]  # (B, 1, T, D): broadcast over the heads
             mqa = gqa.W_o(merge_heads(torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(4)).masked_fill(
-                ~reference.causal_mask(7, 7, device), float("-inf")), -1) @ v))
+                ~answers.causal_mask(7, 7, device), float("-inf")), -1) @ v))
             expect_close(got, mqa, "GQA with n_kv_heads = 1 vs MQA")
 
     # Prefill 4 tokens, then decode 3 one at a time, with a cache of 2 K/V heads.
@@ -287,7 +287,7 @@ with torch.no_grad():
     kv = KVCache()
     with exercise("GroupedQueryAttention"):
         steps = [gqa(x[:, :4], cache=kv)] + [gqa(x[:, t:t + 1], cache=kv) for t in range(4, 7)]
-    want = reference.gqa_forward(x, *weights_of(gqa), n_heads=8, n_kv_heads=2)
+    want = answers.gqa_forward(x, *weights_of(gqa), n_heads=8, n_kv_heads=2)
     expect_shape(kv.k, (2, 2, 7, 4), "the cache's keys after 7 tokens",
                  hint="The cache holds n_kv_heads heads. (An empty KVCache has length 0, so `if cache:` is "
                       "False: test `if cache is not None:`.)")
@@ -316,7 +316,7 @@ for B, C, H, G, chunks in [(3, 24, 6, 3, [5, 1, 2, 1]), (1, 40, 10, 5, [1, 1, 1]
     with exercise("GroupedQueryAttention", case=layer):
         got = hm(hx)
     got_grads = torch.autograd.grad(got.square().sum(), [hx] + weights_of(hm))
-    want = reference.gqa_forward(hx, *weights_of(hm), n_heads=H, n_kv_heads=G)
+    want = answers.gqa_forward(hx, *weights_of(hm), n_heads=H, n_kv_heads=G)
     want_grads = torch.autograd.grad(want.square().sum(), [hx] + weights_of(hm))
     expect_close(got, want.detach(), layer)
     for name, gg, wg in zip(["x", "W_q", "W_k", "W_v", "W_o"], got_grads, want_grads):
@@ -368,7 +368,7 @@ dout = torch.randn(2, 6, 4, 8, device=device)
 for causal in (False, True):
     with exercise("gqa_attention_backward"):
         got = gqa_attention_backward(q.detach(), k.detach(), v.detach(), dout, causal=causal)
-    want = torch.autograd.grad(reference.gqa_attention(q, k, v, causal), (q, k, v), dout)
+    want = torch.autograd.grad(answers.gqa_attention(q, k, v, causal), (q, k, v), dout)
     assert isinstance(got, (tuple, list)) and len(got) == 3, "gqa_attention_backward must return (dq, dk, dv)"
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
         expect_close(g_, w_, f"{name} (causal={causal})",
@@ -387,7 +387,7 @@ for B, G, n_rep, Tq, Tk, D, Dv, causal in [(3, 2, 4, 3, 5, 6, 4, True), (1, 3, 2
             f"keys, values {Dv} wide (keys {D}), batch {B}, float64{', causal' if causal else ''}")
     with exercise("gqa_attention_backward", case=case):
         got = gqa_attention_backward(hq.detach(), hk.detach(), hv.detach(), hd, causal=causal)
-    want = torch.autograd.grad(reference.gqa_attention(hq, hk, hv, causal), (hq, hk, hv), hd)
+    want = torch.autograd.grad(answers.gqa_attention(hq, hk, hv, causal), (hq, hk, hv), hd)
     assert isinstance(got, (tuple, list)) and len(got) == 3, f"{case}: your code must return (dq, dk, dv)"
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
         expect_close(g_, w_, f"{name} of {case}", hint="dq has the shape of q, dk of k, dv of v: take each "
@@ -415,8 +415,8 @@ for B, G, n_rep, Tq, Tk, D, Dv, causal in [(3, 2, 4, 3, 5, 6, 4, True), (1, 3, 2
 # How much does the conversion cost *before* any uptraining? Write
 # `conversion_error`: the relative error $\lVert y_{GQA} - y_{MHA}\rVert / \lVert y_{MHA}\rVert$
 # of the outputs on some input `x`, where the GQA layer keeps $W_Q$ and $W_O$
-# and mean-pools $W_K$ and $W_V$. Use `reference.mha_forward` and
-# `reference.gqa_forward` (workbook 01's and this workbook's answers) for the
+# and mean-pools $W_K$ and $W_V$. Use `answers.mha_forward` and
+# `answers.gqa_forward` (workbook 01's and this workbook's answers) for the
 # two layers.
 
 # %% nbgrader={"grade": false, "grade_id": "mean_pool", "locked": false, "schema_version": 3, "solution": true, "task": false}
@@ -432,15 +432,15 @@ def mean_pool_heads(W, n_heads, n_kv_heads):
 def conversion_error(W_q, W_k, W_v, W_o, n_heads, n_kv_heads, x):
     """Relative output error of the mean-pooled GQA layer against the MHA layer, on x (B, T, C).
 
-    Both layers are causal: reference.mha_forward(x, W_q, W_k, W_v, W_o, n_heads) and
-    reference.gqa_forward(x, W_q, W_k2, W_v2, W_o, n_heads, n_kv_heads) with the pooled W_k2, W_v2.
+    Both layers are causal: answers.mha_forward(x, W_q, W_k, W_v, W_o, n_heads) and
+    answers.gqa_forward(x, W_q, W_k2, W_v2, W_o, n_heads, n_kv_heads) with the pooled W_k2, W_v2.
     Returns a Python float: the Frobenius norm of the difference of the (B, T, C) outputs over
     the norm of the MHA output.
     """
     ### BEGIN SOLUTION
-    y_mha = reference.mha_forward(x, W_q, W_k, W_v, W_o, n_heads)
+    y_mha = answers.mha_forward(x, W_q, W_k, W_v, W_o, n_heads)
     W_k2, W_v2 = mean_pool_heads(W_k, n_heads, n_kv_heads), mean_pool_heads(W_v, n_heads, n_kv_heads)
-    y_gqa = reference.gqa_forward(x, W_q, W_k2, W_v2, W_o, n_heads, n_kv_heads)
+    y_gqa = answers.gqa_forward(x, W_q, W_k2, W_v2, W_o, n_heads, n_kv_heads)
     return ((y_gqa - y_mha).norm() / y_mha.norm()).item()
     ### END SOLUTION
 
@@ -459,9 +459,9 @@ with exercise("conversion_error"):
     errors = {n_kv: conversion_error(*Ws, 8, n_kv, x) for n_kv in (8, 2)}
 assert isinstance(errors[8], float), f"conversion_error must return a Python float, not {type(errors[8]).__name__}"
 assert errors[8] < 1e-5, f"with n_kv_heads = n_heads nothing is pooled, so the error must be 0; you have {errors[8]:.3g}"
-W_k2, W_v2 = (reference.mean_pool_heads(w, 8, 2) for w in Ws[1:3])
-y = reference.mha_forward(x, *Ws, 8)
-expected = ((reference.gqa_forward(x, Ws[0], W_k2, W_v2, Ws[3], 8, 2) - y).norm() / y.norm()).item()
+W_k2, W_v2 = (answers.mean_pool_heads(w, 8, 2) for w in Ws[1:3])
+y = answers.mha_forward(x, *Ws, 8)
+expected = ((answers.gqa_forward(x, Ws[0], W_k2, W_v2, Ws[3], 8, 2) - y).norm() / y.norm()).item()
 assert abs(errors[2] - expected) < 1e-4, f"conversion_error(..., 8, 2, x) = {errors[2]:.4f}; expected {expected:.4f}"
 print("mean_pool_heads and conversion_error: correct")
 
@@ -472,7 +472,7 @@ for H, G, D, C in [(6, 3, 4, 5), (4, 1, 3, 12), (10, 5, 2, 7)]:
     case = f"mean_pool_heads of a ({H * D}, {C}) float64 projection, {H} heads of {D} rows into {G} K/V heads"
     with exercise("mean_pool_heads", case=case):
         got = mean_pool_heads(hW, H, G)
-    expect_close(got, reference.mean_pool_heads(hW, H, G), case)
+    expect_close(got, answers.mean_pool_heads(hW, H, G), case)
 # conversion_error again and again, with other weights and inputs each time (the first with the shapes of
 # the visible check): nothing may carry over from one call to the next.
 for B, T, H, G, D in [(2, 10, 8, 2, 4), (2, 10, 8, 2, 4), (3, 6, 6, 3, 4), (1, 5, 4, 1, 3), (2, 6, 10, 5, 2)]:
@@ -482,9 +482,9 @@ for B, T, H, G, D in [(2, 10, 8, 2, 4), (2, 10, 8, 2, 4), (3, 6, 6, 3, 4), (1, 5
             f"K/V heads, x of shape ({B}, {T}, {H * D}), float64)")
     with exercise("conversion_error", case=case):
         got = number(conversion_error(*hWs, H, G, hx), case)
-    y = reference.mha_forward(hx, *hWs, H)
-    pooled = [reference.mean_pool_heads(w, H, G) for w in hWs[1:3]]
-    want = ((reference.gqa_forward(hx, hWs[0], *pooled, hWs[3], H, G) - y).norm() / y.norm()).item()
+    y = answers.mha_forward(hx, *hWs, H)
+    pooled = [answers.mean_pool_heads(w, H, G) for w in hWs[1:3]]
+    want = ((answers.gqa_forward(hx, hWs[0], *pooled, hWs[3], H, G) - y).norm() / y.norm()).item()
     assert abs(got - want) < 1e-8, (
         f"{case}: your code returns {got:.6g}; expected {want:.6g}. Does it keep something from an earlier call "
         "(a stored output, say)? Compute everything from the arguments of this call.")

@@ -1,5 +1,5 @@
-"""Planted mistakes of workbook 02_gqa; attnlab/mistakes.py says what each must show."""
-from attnlab.mistakes import Mistake
+"""Planted mistakes of workbook 02_gqa; attnlab/instructor/mistakes.py says what each must show."""
+from attnlab.instructor.mistakes import Mistake
 
 MISTAKES = [
     Mistake("repeat_tiles_heads", "expand", "x[:, :, None].expand(B, G, n_rep, T, D).reshape(B, G * n_rep, T, D)",

@@ -41,10 +41,10 @@ import matplotlib.pyplot as plt
 import torch
 
 import attnlab
-from attnlab import reference
+from attnlab import answers
 from attnlab.checks import exercise, expect_close, expect_shape
 # Workbooks 01 and 02's answers, as building blocks for this one.
-from attnlab.reference import KVCache, gqa_attention, merge_heads, split_heads
+from attnlab.answers import KVCache, gqa_attention, merge_heads, split_heads
 
 torch.manual_seed(0)
 device = attnlab.pick_device()
@@ -114,13 +114,13 @@ for d, base, positions in [(16, 10000.0, torch.arange(100, 107)), (6, 500000.0, 
     call = f"rope_frequencies({d}, base={base:,g})"
     with exercise("rope_frequencies", case=call):
         got_theta = rope_frequencies(d, base)
-    expect_close(got_theta, reference.rope_frequencies(d, base), call, atol=1e-7)
+    expect_close(got_theta, answers.rope_frequencies(d, base), call, atol=1e-7)
     where = ", ".join(f"{m:,}" for m in positions.tolist()) if len(positions) <= 3 else \
         f"{int(positions[0]):,}..{int(positions[-1]):,}"
     case = f"rope_tables at positions {where}, d={d}, base={base:,g}"
     with exercise("rope_tables", case=case):
         got_cos, got_sin = rope_tables(positions.to(device), d, base)
-    want_cos, want_sin = reference.rope_tables(positions, d, base)
+    want_cos, want_sin = answers.rope_tables(positions, d, base)
     for name, got_t, want_t in [("cos", got_cos, want_cos), ("sin", got_sin, want_sin)]:
         expect_shape(got_t, want_t.shape, f"the {name} table of {case}")
         off = (got_t.detach().cpu().double() - want_t.double()).abs().amax(dim=1)  # (T,): the worst pair per position
@@ -137,7 +137,7 @@ for d, base, positions in [(16, 10000.0, torch.arange(100, 107)), (6, 500000.0, 
 # same vector, rotated by RoPE. The fast pair spins; the slow pairs barely move.
 
 # %%
-from attnlab.widgets import RopeRotation
+from attnlab.lesson.widgets import RopeRotation
 
 RopeRotation(d=64)
 
@@ -180,7 +180,7 @@ def rope_half(x, cos, sin):
 
 # %% nbgrader={"grade": true, "grade_id": "test_layouts", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 x = torch.tensor([[1.0, 0.0, 0.0, 1.0]], device=device).expand(3, 4)  # (T=3, d=4): the same vector at 3 positions
-cos, sin = reference.rope_tables(torch.arange(3, device=device), 4)
+cos, sin = answers.rope_tables(torch.arange(3, device=device), 4)
 with exercise("rope_interleaved"):
     got = rope_interleaved(x, cos, sin)
 # pair 0 = (1, 0) turns by m radians; pair 1 = (0, 1) by m/100 radians
@@ -188,22 +188,22 @@ want = torch.stack([torch.cos(torch.arange(3.0)), torch.sin(torch.arange(3.0)),
                     -torch.sin(torch.arange(3.0) / 100), torch.cos(torch.arange(3.0) / 100)], dim=-1).to(device)
 expect_close(got, want, "rope_interleaved of (1, 0, 0, 1) at positions 0, 1, 2",
              suspects={"the rotation goes the wrong way (the sign of sin is flipped)":
-                       reference.rope_interleaved(x, cos, -sin),
+                       answers.rope_interleaved(x, cos, -sin),
                        "the pairs are (x[i], x[i + d/2]): that is the rotate-half layout":
-                       reference.rope_half(x, cos, sin)})
+                       answers.rope_half(x, cos, sin)})
 with exercise("rope_half"):
     got = rope_half(x, cos, sin)
-expect_close(got, reference.rope_half(x, cos, sin), "rope_half of (1, 0, 0, 1) at positions 0, 1, 2",
-             suspects={"the rotation goes the wrong way (the sign of sin is flipped)": reference.rope_half(x, cos, -sin),
+expect_close(got, answers.rope_half(x, cos, sin), "rope_half of (1, 0, 0, 1) at positions 0, 1, 2",
+             suspects={"the rotation goes the wrong way (the sign of sin is flipped)": answers.rope_half(x, cos, -sin),
                        "the pairs are (x[2i], x[2i+1]): that is the interleaved layout":
-                       reference.rope_interleaved(x, cos, sin)})
+                       answers.rope_interleaved(x, cos, sin)})
 q = torch.randn(2, 4, 6, 16, device=device)  # (B, H, T, D)
-cos, sin = reference.rope_tables(torch.arange(10, 16, device=device), 16)
+cos, sin = answers.rope_tables(torch.arange(10, 16, device=device), 16)
 with exercise("rope_interleaved", "rope_half"):
     got_i, got_h = rope_interleaved(q, cos, sin), rope_half(q, cos, sin)
-expect_close(got_i, reference.rope_interleaved(q, cos, sin), "rope_interleaved on a (2, 4, 6, 16) tensor",
+expect_close(got_i, answers.rope_interleaved(q, cos, sin), "rope_interleaved on a (2, 4, 6, 16) tensor",
              hint="The tables are (T, d/2): they broadcast over the batch and head axes.")
-expect_close(got_h, reference.rope_half(q, cos, sin), "rope_half on a (2, 4, 6, 16) tensor")
+expect_close(got_h, answers.rope_half(q, cos, sin), "rope_half on a (2, 4, 6, 16) tensor")
 print("rope_interleaved and rope_half: correct")
 
 ### BEGIN HIDDEN TESTS
@@ -211,12 +211,12 @@ g = torch.Generator().manual_seed(311)
 for shape, offset in [((3, 2, 5, 8), 7), ((4, 6), 1000), ((1, 3, 1, 2), 0), ((2, 1, 9, 32), 123),
                       ((2, 3, 4, 16), 100_000)]:
     hx = torch.randn(shape, generator=g, dtype=torch.float64).to(device)
-    hc, hs = reference.rope_tables(torch.arange(offset, offset + shape[-2], device=device), shape[-1])
+    hc, hs = answers.rope_tables(torch.arange(offset, offset + shape[-2], device=device), shape[-1])
     for name, fn in [("rope_interleaved", rope_interleaved), ("rope_half", rope_half)]:
         case = f"{name} of a {shape} float64 tensor at positions {offset:,}..{offset + shape[-2] - 1:,}"
         with exercise("rope_interleaved", "rope_half", case=case):
             got = fn(hx, hc, hs)
-        expect_close(got, getattr(reference, name)(hx, hc, hs), case,
+        expect_close(got, getattr(answers, name)(hx, hc, hs), case,
                      hint="The tables broadcast over every leading axis; a float64 x gives a float64 result.")
 ### END HIDDEN TESTS
 
@@ -264,7 +264,7 @@ assert rows == [0, 2, 4, 1, 3, 5, 6, 8, 10, 7, 9, 11], (
 H, D, C, T = 4, 8, 32, 6
 W_q, W_k = torch.randn(H * D, C, device=device), torch.randn(H * D, C, device=device)
 x = torch.randn(1, T, C, device=device)
-cos, sin = reference.rope_tables(torch.arange(T, device=device), D)
+cos, sin = answers.rope_tables(torch.arange(T, device=device), D)
 with exercise("permute_for_rotate_half"):
     W_q2, W_k2 = permute_for_rotate_half(W_q, H), permute_for_rotate_half(W_k, H)
 
@@ -274,7 +274,7 @@ def scores(rope, Wq, Wk):
     return q @ k.transpose(-2, -1)
 
 
-expect_close(scores(reference.rope_half, W_q2, W_k2), scores(reference.rope_interleaved, W_q, W_k),
+expect_close(scores(answers.rope_half, W_q2, W_k2), scores(answers.rope_interleaved, W_q, W_k),
              "the scores of rotate-half RoPE with your permuted weights", atol=1e-4)
 print("permute_for_rotate_half: correct; both layouts give the same scores")
 
@@ -285,7 +285,7 @@ for H, D, C in [(3, 4, 5), (1, 16, 2), (6, 2, 7)]:
     case = f"permute_for_rotate_half of a ({H * D}, {C}) float64 projection with {H} heads of {D} rows"
     with exercise("permute_for_rotate_half", case=case):
         got = permute_for_rotate_half(hW, H)
-    expect_close(got, reference.permute_for_rotate_half(hW, H), case,
+    expect_close(got, answers.permute_for_rotate_half(hW, H), case,
                  hint="Per head: its even rows first, then its odd rows; the values and dtype of W unchanged.")
 ### END HIDDEN TESTS
 
@@ -407,7 +407,7 @@ for (name, d), verdict in verdicts.items():
 # an unrelated key: still constant along the diagonals.
 
 # %%
-from attnlab.widgets import RopeScores
+from attnlab.lesson.widgets import RopeScores
 
 RopeScores(d=64, length=64)
 
@@ -456,10 +456,10 @@ kv, got = KVCache(), []
 with exercise("rope_gqa_step"):
     for t0, t1 in [(0, 5), (5, 6), (6, 7), (7, 8)]:
         got.append(rope_gqa_step(x[:, t0:t1], *Ws, H, G, kv))
-want = reference.rope_gqa_step(x, *Ws, H, G, KVCache())  # (2, 8, C): all 8 tokens at once
+want = answers.rope_gqa_step(x, *Ws, H, G, KVCache())  # (2, 8, C): all 8 tokens at once
 at_zero, zero_cache = [], KVCache()  # what the position-0 bug produces
 for t0, t1 in [(0, 5), (5, 6), (6, 7), (7, 8)]:
-    at_zero.append(reference.rope_gqa_step(x[:, t0:t1], *Ws, H, G, zero_cache, start=0))
+    at_zero.append(answers.rope_gqa_step(x[:, t0:t1], *Ws, H, G, zero_cache, start=0))
 expect_shape(kv.k, (2, G, 8, C // H), "the cache's keys after 8 tokens")
 for (t0, t1), step, bug in zip([(0, 5), (5, 6), (6, 7), (7, 8)], got, at_zero):
     expect_close(step, want[:, t0:t1], f"the step for positions {t0}..{t1 - 1}",
@@ -481,7 +481,7 @@ for B, C, H, G, chunks, base in [(3, 24, 6, 3, [4, 1, 2, 1], 10000.0), (1, 16, 4
         with exercise("rope_gqa_step", case=case):
             steps.append((case, start, n, rope_gqa_step(hx[:, start:start + n], *hW, H, G, kv, base=base)))
         start += n
-    want = reference.rope_gqa_step(hx, *hW, H, G, KVCache(), base=base)
+    want = answers.rope_gqa_step(hx, *hW, H, G, KVCache(), base=base)
     for case, start, n, got in steps:
         expect_close(got, want[:, start:start + n], case,
                      hint="" if base == 10000.0 else f"Are your tables built with the base you are given ({base:,g})?")
@@ -498,7 +498,7 @@ with exercise("rope_gqa_step", case=case):
     got = rope_gqa_step(hx, *hW, H, G, kv, base=500000.0)
 ref_cache = KVCache()
 ref_cache.k, ref_cache.v = cached
-expect_close(got, reference.rope_gqa_step(hx, *hW, H, G, ref_cache, base=500000.0), case)
+expect_close(got, answers.rope_gqa_step(hx, *hW, H, G, ref_cache, base=500000.0), case)
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -591,7 +591,7 @@ T = 32
 gen = torch.Generator().manual_seed(1)
 W_q, W_uk = torch.randn(D, C, generator=gen, dtype=torch.float64), torch.randn(D, d_c, generator=gen, dtype=torch.float64)
 h, c = torch.randn(T, C, generator=gen, dtype=torch.float64), torch.randn(T, d_c, generator=gen, dtype=torch.float64)
-cos, sin = reference.rope_tables(torch.arange(T), D)
+cos, sin = answers.rope_tables(torch.arange(T), D)
 plain = (h @ W_q.T) @ (c @ W_uk.T).T  # (T, T)
 roped = rope_interleaved(h @ W_q.T, cos, sin) @ rope_interleaved(c @ W_uk.T, cos, sin).T  # (T, T)
 absorbed = absorbed_scores(h, c, absorb(W_q, W_uk))  # (T, T)

@@ -1,5 +1,5 @@
-"""Planted mistakes of workbook 03_rope; attnlab/mistakes.py says what each must show."""
-from attnlab.mistakes import Mistake
+"""Planted mistakes of workbook 03_rope; attnlab/instructor/mistakes.py says what each must show."""
+from attnlab.instructor.mistakes import Mistake
 
 MISTAKES = [
     Mistake("exponent_without_2", "tables", "(base ** (-2 * i / d)).float()", "(base ** (-i / d)).float()",

@@ -45,11 +45,11 @@ import matplotlib.pyplot as plt
 import torch
 
 import attnlab
-from attnlab import cache as cache_math
-from attnlab import reference
+from attnlab.lesson import cache as cache_math
+from attnlab import answers
 from attnlab.checks import exercise, expect_close, expect_shape, number, storage_watch
 # Workbooks 01-03's answers and the MLA layer's weights, from the course package.
-from attnlab.reference import MLA_PRESETS, MLAWeights, attention, merge_heads, rope_interleaved, rope_tables, split_heads
+from attnlab.answers import MLA_PRESETS, MLAWeights, attention, merge_heads, rope_interleaved, rope_tables, split_heads
 
 torch.manual_seed(0)
 device = attnlab.pick_device()
@@ -130,7 +130,7 @@ for shape, dtype, eps in [((3, 5, 16), torch.float64, None), ((7,), torch.float6
     case = f"rms_norm of a {shape} {str(dtype).removeprefix('torch.')} input" + (f" with eps={eps:g}" if eps else "")
     with exercise("rms_norm", case=case):
         got = rms_norm(hx, hw) if eps is None else rms_norm(hx, hw, eps=eps)
-    expect_close(got, reference.rms_norm(hx, hw, 1e-6 if eps is None else eps), case,
+    expect_close(got, answers.rms_norm(hx, hw, 1e-6 if eps is None else eps), case,
                  hint=f"The eps passed in ({eps:g}) is the one added to the mean square." if eps else
                  "RMSNorm normalises over the last axis (the features), whatever the number of axes before it.")
 ### END HIDDEN TESTS
@@ -177,11 +177,11 @@ h = torch.randn(2, 6, cfg.d_model, device=device)
 with torch.no_grad(), exercise("compress_kv"):
     c_kv = compress_kv(m, h)
 with torch.no_grad():
-    expect_close(c_kv, reference.compress_kv(m, h), "compress_kv(m, h)", atol=1e-5,
+    expect_close(c_kv, answers.compress_kv(m, h), "compress_kv(m, h)", atol=1e-5,
                  suspects={"the latent's RMSNorm is missing": m.W_dkv(h)})
     with exercise("up_project_kv"):
         k_c, v_c = up_project_kv(m, c_kv)
-    want_k, want_v = reference.up_project_kv(m, c_kv)
+    want_k, want_v = answers.up_project_kv(m, c_kv)
 expect_close(k_c, want_k, "k_C from up_project_kv", atol=1e-5, hint="(B, H, T, d_nope): split W_UK's output into heads.")
 expect_close(v_c, want_v, "v_C from up_project_kv", atol=1e-5)
 print("compress_kv and up_project_kv: correct")
@@ -189,9 +189,9 @@ print("compress_kv and up_project_kv: correct")
 ### BEGIN HIDDEN TESTS
 g = torch.Generator().manual_seed(422)
 # Layers other than the notebook's: other head counts, values narrower or wider than keys; batch and dtype vary.
-for c, B, T, dtype in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 3, 5, torch.float64),
-                       (reference.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1), 3, 5, torch.float64),
-                       (reference.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1), 1, 1, torch.float32)]:
+for c, B, T, dtype in [(answers.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 3, 5, torch.float64),
+                       (answers.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1), 3, 5, torch.float64),
+                       (answers.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1), 1, 1, torch.float32)]:
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
     hm = MLAWeights(c).to(device=device, dtype=dtype)
     hh = torch.randn(B, T, c.d_model, generator=g, dtype=dtype).to(device)
@@ -201,13 +201,13 @@ for c, B, T, dtype in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 3, 
     with torch.no_grad(), exercise("compress_kv", case=f"compress_kv for {case}"):
         got_c = compress_kv(hm, hh)
     with torch.no_grad():
-        want_c = reference.compress_kv(hm, hh)
+        want_c = answers.compress_kv(hm, hh)
     expect_close(got_c, want_c, f"compress_kv for {case}", hint=sizes)
     with torch.no_grad(), exercise("up_project_kv", case=f"up_project_kv for {case}"):
         got = up_project_kv(hm, want_c)
     assert isinstance(got, (tuple, list)) and len(got) == 2, f"up_project_kv for {case} must return (k_C, v_C)"
     with torch.no_grad():
-        want_k, want_v = reference.up_project_kv(hm, want_c)
+        want_k, want_v = answers.up_project_kv(hm, want_c)
     expect_close(got[0], want_k, f"k_C from up_project_kv for {case}", hint=sizes)
     expect_close(got[1], want_v, f"v_C from up_project_kv for {case}", hint=sizes)
 ### END HIDDEN TESTS
@@ -240,7 +240,7 @@ with torch.no_grad():
     with exercise("compress_q"):
         got = compress_q(m, h)
     assert isinstance(got, (tuple, list)) and len(got) == 2, "compress_q must return (c_q, q_c)"
-    want_cq, want_qc = reference.compress_q(m, h)
+    want_cq, want_qc = answers.compress_q(m, h)
     expect_close(got[0], want_cq, "c_Q from compress_q", atol=1e-5,
                  suspects={"the query latent's RMSNorm is missing": m.W_dq(h)})
     expect_close(got[1], want_qc, "q_C from compress_q", atol=1e-5)
@@ -248,8 +248,8 @@ print("compress_q: correct")
 
 ### BEGIN HIDDEN TESTS
 g = torch.Generator().manual_seed(433)
-for c, B, dtype in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 2, torch.float64),
-                    (reference.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1), 3, torch.float32)]:
+for c, B, dtype in [(answers.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 2, torch.float64),
+                    (answers.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1), 3, torch.float32)]:
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
     hm = MLAWeights(c).to(device=device, dtype=dtype)
     hh = torch.randn(B, 4, c.d_model, generator=g, dtype=dtype).to(device)
@@ -259,7 +259,7 @@ for c, B, dtype in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 2, tor
         got = compress_q(hm, hh)
     assert isinstance(got, (tuple, list)) and len(got) == 2, f"{case}: compress_q must return (c_q, q_c)"
     with torch.no_grad():
-        want_cq, want_qc = reference.compress_q(hm, hh)
+        want_cq, want_qc = answers.compress_q(hm, hh)
     sizes = "This layer is not the notebook's tiny one: take every size from m.cfg."
     expect_close(got[0], want_cq, f"c_Q from {case}", hint=sizes)
     expect_close(got[1], want_qc, f"q_C from {case}", hint=sizes)
@@ -303,10 +303,10 @@ def decoupled_rope(m, h, c_q, cos, sin):
 # %% nbgrader={"grade": true, "grade_id": "test_decoupled_rope", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
 cos, sin = rope_tables(torch.arange(6, device=device), cfg.d_rope)
 with torch.no_grad():
-    c_q, _ = reference.compress_q(m, h)
+    c_q, _ = answers.compress_q(m, h)
     with exercise("decoupled_rope"):
         q_r, k_r = decoupled_rope(m, h, c_q, cos, sin)
-    want_qr, want_kr = reference.decoupled_rope(m, h, c_q, cos, sin)
+    want_qr, want_kr = answers.decoupled_rope(m, h, c_q, cos, sin)
 expect_shape(k_r, (2, 1, 6, cfg.d_rope), "k_R",
              hint="One RoPE key per token, shared by all heads: (B, 1, T, d_rope), not one per head.")
 expect_close(k_r, want_kr, "k_R", atol=1e-5,
@@ -318,22 +318,22 @@ print("decoupled_rope: correct")
 ### BEGIN HIDDEN TESTS
 g = torch.Generator().manual_seed(444)
 # Tokens that do not start at position 0 (a later chunk, a long context), other layers, batches and table dtypes.
-for c, B, offset, table_dtype in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 2, 9, torch.float32),
-                                  (reference.MLAConfig("h2", 16, 2, 12, 8, 6, 8, 3, 1), 3, 0, torch.float32),
-                                  (reference.MLAConfig("h2", 16, 2, 12, 8, 6, 8, 3, 1), 1, 100_000, torch.float64)]:
+for c, B, offset, table_dtype in [(answers.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 2, 9, torch.float32),
+                                  (answers.MLAConfig("h2", 16, 2, 12, 8, 6, 8, 3, 1), 3, 0, torch.float32),
+                                  (answers.MLAConfig("h2", 16, 2, 12, 8, 6, 8, 3, 1), 1, 100_000, torch.float64)]:
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
     hm = MLAWeights(c).to(device).double()
     hh = torch.randn(B, 5, c.d_model, generator=g, dtype=torch.float64).to(device)
-    hcos, hsin = reference.rope_tables(torch.arange(offset, offset + 5, device=device), c.d_rope, dtype=table_dtype)
+    hcos, hsin = answers.rope_tables(torch.arange(offset, offset + 5, device=device), c.d_rope, dtype=table_dtype)
     case = (f"decoupled_rope for {B} sequence(s) of 5 tokens at positions {offset:,} to {offset + 4:,} "
             f"({str(table_dtype).removeprefix('torch.')} tables), a layer with {c.n_heads} heads and d_rope = {c.d_rope}")
     with torch.no_grad():
-        hcq, _ = reference.compress_q(hm, hh)
+        hcq, _ = answers.compress_q(hm, hh)
         with exercise("decoupled_rope", case=case):
             got = decoupled_rope(hm, hh, hcq, hcos, hsin)
     assert isinstance(got, (tuple, list)) and len(got) == 2, f"{case}: decoupled_rope must return (q_R, k_R)"
     with torch.no_grad():
-        want_qr, want_kr = reference.decoupled_rope(hm, hh, hcq, hcos, hsin)
+        want_qr, want_kr = answers.decoupled_rope(hm, hh, hcq, hcos, hsin)
     tables = "Rotate by the cos and sin passed in: they hold the angles of these tokens' positions."
     expect_close(got[0], want_qr, f"q_R from {case}", hint=tables)
     expect_shape(got[1], (B, 1, 5, c.d_rope), f"k_R from {case}", hint="One k_R per token, shared by all heads.")
@@ -371,7 +371,7 @@ def mla_forward(m, h):
 with torch.no_grad():
     with exercise("mla_forward"):
         y = mla_forward(m, h)
-    want = reference.mla_forward(m, h)
+    want = answers.mla_forward(m, h)
 expect_close(y, want, "mla_forward(m, h)", atol=1e-5,
              hint="Check: scale 1/sqrt(d_nope + d_rope); RoPE only on the decoupled parts; a causal mask.")
 print("mla_forward: correct")
@@ -380,7 +380,7 @@ print("mla_forward: correct")
 g = torch.Generator().manual_seed(455)
 # Layers other than the notebook's (values narrower or wider than keys), other batches, float64; and the
 # gradients, since training runs this form.
-for c, B in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 2), (reference.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1), 3)]:
+for c, B in [(answers.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 2), (answers.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1), 3)]:
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
     hm = MLAWeights(c).to(device).double()
     hh = torch.randn(B, 7, c.d_model, generator=g, dtype=torch.float64).to(device).requires_grad_()
@@ -388,7 +388,7 @@ for c, B in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 2), (referenc
             f"on a batch of {B} x 7 tokens in float64")
     with exercise("mla_forward", case=case):
         got = mla_forward(hm, hh)
-    want = reference.mla_forward(hm, hh)
+    want = answers.mla_forward(hm, hh)
     expect_close(got, want.detach(), case, hint="This layer is not the notebook's tiny one: take every size from m.cfg.")
     assert got.requires_grad, f"{case}: your output carries no gradient (is it computed under no_grad, or detached?)"
     inputs = {"the input h": hh, **{f"the weight {n}": p for n, p in hm.named_parameters()}}
@@ -506,7 +506,7 @@ assert all(shape[-1] in (cfg.d_latent, cfg.d_rope) for shape in held.values()), 
     "only, never the decompressed keys or values.")
 # A decode step after a longer prompt must not re-expand the cache: no tensor as large as the keys of every
 # head. (This layer has wide heads, d_nope = 4 d_c, so that re-expanded keys stand out by their size.)
-wide = MLAWeights(reference.MLAConfig("wide heads", 64, 4, 8, 24, 32, 4, 32, 1)).to(device)
+wide = MLAWeights(answers.MLAConfig("wide heads", 64, 4, 8, 24, 32, 4, 32, 1)).to(device)
 long_kv, x_long = LatentCache(), torch.randn(2, 65, 64, device=device)
 expanded_bytes = 2 * 4 * 65 * 32 * x_long.element_size()  # (B, H, Tk, d_nope) keys
 with torch.no_grad(), exercise("mla_absorbed_step"):
@@ -517,7 +517,7 @@ assert watch.largest < expanded_bytes, (
     f"a decode step created a tensor of {watch.largest:,} bytes, as large as every head's keys for the whole "
     f"context ({expanded_bytes:,} bytes): absorb W_UK and W_UV instead of decompressing the cache.")
 with torch.no_grad():
-    want = reference.mla_forward(m, x)
+    want = answers.mla_forward(m, x)
 for (t0, t1), step in zip([(0, 5), (5, 6), (6, 7), (7, 8)], steps):
     expect_close(step, want[:, t0:t1], f"the absorbed step for positions {t0}..{t1 - 1}", atol=1e-4,
                  hint="Is the RoPE position len(cache) + i? The scale 1/sqrt(d_nope + d_rope)? W_UV after the weights?")
@@ -541,7 +541,7 @@ def decode_in_chunks(hm, hx, chunks, what):
 
 def compare_with_naive(hm, hx, outs, hint):
     with torch.no_grad():
-        naive = reference.mla_forward(hm, hx)
+        naive = answers.mla_forward(hm, hx)
     for case, start, n, out in outs:
         where = f"position {start}" if n == 1 else f"positions {start} to {start + n - 1}"
         expect_close(out, naive[:, start:start + n], f"{case} ({where})", hint=hint)
@@ -549,8 +549,8 @@ def compare_with_naive(hm, hx, outs, hint):
 
 positions = "Is the RoPE position len(cache) + i, counted by this sequence's own cache, not kept between calls?"
 # Prefills and decode steps of several tokens (queries fewer than keys), on new caches and other layers.
-for c, B, chunks in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 3, [3, 1, 1, 2]),
-                     (reference.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1), 1, [1, 1, 1])]:
+for c, B, chunks in [(answers.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 3, [3, 1, 1, 2]),
+                     (answers.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1), 1, [1, 1, 1])]:
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
     hm = MLAWeights(c).to(device).double()
     hx = torch.randn(B, sum(chunks), c.d_model, generator=g, dtype=torch.float64).to(device)
@@ -563,7 +563,7 @@ for c, B, chunks in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 3, [3
     expect_shape(kv.k_r, (B, sum(chunks), c.d_rope), f"{what}: the cached RoPE keys after {sum(chunks)} tokens")
 
 # Two sequences decoded in turn, each with its own cache: nothing may carry over from one to the other.
-c = reference.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1)
+c = answers.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1)
 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
 hm = MLAWeights(c).to(device).double()
 xa, xb = (torch.randn(B, 4, c.d_model, generator=g, dtype=torch.float64).to(device) for B in (2, 1))
@@ -578,10 +578,10 @@ compare_with_naive(hm, xb, outs_b, hint=positions)
 
 # A long context: 100,000 tokens already cached, then a step at positions 100,000 and 100,001. (The cached
 # latents and RoPE keys are made up: only the new tokens' rotation and the step's output are compared.)
-c, N = reference.MLAConfig("long", 32, 2, 8, 12, 6, 16, 5, 1), 100_000
+c, N = answers.MLAConfig("long", 32, 2, 8, 12, 6, 16, 5, 1), 100_000
 torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
 hm = MLAWeights(c).to(device).double()
-past_c = reference.rms_norm(torch.randn(1, N, c.d_latent, generator=g, dtype=torch.float64), hm.kv_norm.detach()).to(device)
+past_c = answers.rms_norm(torch.randn(1, N, c.d_latent, generator=g, dtype=torch.float64), hm.kv_norm.detach()).to(device)
 past_r = torch.randn(1, N, c.d_rope, generator=g, dtype=torch.float64).to(device)
 hx = torch.randn(1, 2, c.d_model, generator=g, dtype=torch.float64).to(device)
 case = f"a decode step at positions {N:,} and {N + 1:,}, after {N:,} cached tokens (float64, d_rope = {c.d_rope})"
@@ -589,10 +589,10 @@ kv = LatentCache()
 kv.c_kv, kv.k_r = past_c.clone(), past_r.clone()
 with torch.no_grad(), exercise("mla_absorbed_step", case=case):
     got = mla_absorbed_step(hm, hx, kv)
-long_kv = reference.LatentCache()
+long_kv = answers.LatentCache()
 long_kv.c_kv, long_kv.k_r = past_c, past_r
 with torch.no_grad():
-    want = reference.mla_absorbed_step(hm, hx, long_kv)
+    want = answers.mla_absorbed_step(hm, hx, long_kv)
 expect_shape(kv.k_r, (1, N + 2, c.d_rope), f"{case}: the cached RoPE keys")
 drift = ("Beyond position 100,000 angles formed in float32 are off by thousandths of a radian: form the angles "
          "in float64 (rope_tables does) and only then take their cos and sin.")
@@ -675,7 +675,7 @@ def mla_kv_backward(m, h, dk_c, dv_c, dk_r, cos, sin):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_backward", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-from attnlab.suspects import kv_gradients_by_autograd
+from attnlab.checks.suspects import kv_gradients_by_autograd
 mm = MLAWeights(cfg).to(device).double()
 hh = torch.randn(2, 6, cfg.d_model, device=device, dtype=torch.float64)
 inputs = kv_gradients_by_autograd(mm, hh, "heads")
@@ -694,8 +694,8 @@ print("mla_kv_backward matches autograd")
 g = torch.Generator().manual_seed(477)
 # Other layers (values narrower or wider than keys, other latents), batches, and tokens that do not start at
 # position 0 (the tables passed in are those of their positions).
-for c, B, start in [(reference.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 3, 0),
-                    (reference.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1), 1, 37)]:
+for c, B, start in [(answers.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 3, 0),
+                    (answers.MLAConfig("h2", 16, 2, 12, 8, 6, 4, 3, 1), 1, 37)]:
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
     hm = MLAWeights(c).to(device).double()
     hx = torch.randn(B, 5, c.d_model, generator=g, dtype=torch.float64).to(device)

@@ -1,5 +1,5 @@
-"""Planted mistakes of workbook 04_mla; attnlab/mistakes.py says what each must show."""
-from attnlab.mistakes import Mistake
+"""Planted mistakes of workbook 04_mla; attnlab/instructor/mistakes.py says what each must show."""
+from attnlab.instructor.mistakes import Mistake
 
 MISTAKES = [
     Mistake("rms_norm_no_weight", "rms_norm", "+ eps) * weight", "+ eps)", ("test_rms_norm",),

@@ -39,8 +39,8 @@ import torch
 from IPython.display import Image, display
 
 import attnlab
-from attnlab import bench
-from attnlab import cache as cache_math
+from attnlab.lesson import bench
+from attnlab.lesson import cache as cache_math
 from attnlab.checks import exercise, number
 
 torch.manual_seed(0)
@@ -221,7 +221,7 @@ def median_time(fn, clock, sync=None, warmup=3, repeats=10):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_timer", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-from attnlab.suspects import FakeGPU
+from attnlab.checks.suspects import FakeGPU
 # A slow first call (compilation), then 5 ms steps, one of them preempted (50 ms).
 gpu = FakeGPU([0.200] + [0.005] * 6 + [0.050] + [0.005] * 10)
 with exercise("median_time"):
@@ -292,7 +292,7 @@ for what, warm, reps, steps, on_gpu in [
 # %% [markdown]
 # ## 4 · The benchmark
 #
-# `attnlab.bench` measures one attention layer of each mechanism. On a GPU it
+# `attnlab.lesson.bench` measures one attention layer of each mechanism. On a GPU it
 # uses bf16, DeepSeek-V3's head dimensions (128 heads; query and key 128 + 64,
 # value 128; latent 512), a batch of 8 and contexts up to 32K tokens; on a CPU
 # it scales everything down so that it finishes in seconds, and says so.
@@ -309,7 +309,7 @@ for what, warm, reps, steps, on_gpu in [
 #    that time over the measured one;
 # 4. **prefill against decode** for the two MLA forms.
 #
-# The same harness runs from a terminal, `python -m attnlab.bench --out DIR`,
+# The same harness runs from a terminal, `python -m attnlab.lesson.bench --out DIR`,
 # and writes `bench.json` (every figure, the device, the versions) and
 # `bench.png`. While the notebook is graded it runs a quick version.
 
@@ -358,7 +358,7 @@ print("\n".join(bench.targets(result)))
 #   only 16 or 32 rows (one query per head of a group), and such skinny
 #   products run far below the big square matmul that sets the compute roof.
 #   On the two-core CPU the course was built on (two runs of
-#   `taskset -c 0,1 python -m attnlab.bench --device cpu`, 2026-11-29), at 16K
+#   `taskset -c 0,1 python -m attnlab.lesson.bench --device cpu`, 2026-11-29), at 16K
 #   tokens MHA reached 93–102 % of its roofline and MLA absorbed 50–51 %, just
 #   at the target, and GQA 37–38 %, which misses it; a step of MLA absorbed
 #   took 6.1–6.2 ms against MHA's 11.2–11.8 ms, and MLA naive 180–189 ms.
@@ -367,7 +367,7 @@ print("\n".join(bench.targets(result)))
 # %% [markdown]
 # ## 5 · Measured on a GPU
 #
-# Results of `python -m attnlab.bench` on GPUs the course's maintainers ran it
+# Results of `python -m attnlab.lesson.bench` on GPUs the course's maintainers ran it
 # on are committed beside this notebook, in `results/<device>/`, and shown
 # here, with their targets; the cell says so when there are none yet.
 
@@ -382,7 +382,7 @@ for path in runs:
     if (path.parent / "bench.png").exists():
         display(Image(filename=str(path.parent / "bench.png")))
 if not runs:
-    print("No GPU results are committed yet: run `python -m attnlab.bench --out results/<your-gpu>` on one.")
+    print("No GPU results are committed yet: run `python -m attnlab.lesson.bench --out results/<your-gpu>` on one.")
 
 # %% [markdown]
 # **What the H200 showed** (`results/nvidia-h200/`: one NVIDIA H200, torch
@@ -440,7 +440,7 @@ if not runs:
 # single GPU; the fp8 cache dtype.
 
 # %%
-from attnlab.widgets import CacheExplorer
+from attnlab.lesson.widgets import CacheExplorer
 
 CacheExplorer(preset="Llama-3-8B", gpu="24 GB")
 

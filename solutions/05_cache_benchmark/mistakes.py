@@ -1,5 +1,5 @@
-"""Planted mistakes of workbook 05_cache_benchmark; attnlab/mistakes.py says what each must show."""
-from attnlab.mistakes import Mistake
+"""Planted mistakes of workbook 05_cache_benchmark; attnlab/instructor/mistakes.py says what each must show."""
+from attnlab.instructor.mistakes import Mistake
 
 MISTAKES = [
     Mistake("bf16_as_4_bytes", "bytes_per_token", '{"fp32": 4, "bf16": 2, "fp8": 1}', '{"fp32": 4, "bf16": 4, "fp8": 1}',

@@ -40,7 +40,8 @@ import matplotlib.pyplot as plt
 import torch
 
 import attnlab
-from attnlab import beyond, reference
+from attnlab import answers
+from attnlab.lesson import charlm, retrofit
 from attnlab.checks import exercise, expect_close, expect_shape
 
 torch.manual_seed(0)
@@ -77,7 +78,7 @@ print(f"torch {torch.__version__}; the exercises use float64 on the CPU, the tra
 #
 # Write `gqa_as_mla`: from GQA's `W_k`, `W_v` (each `(G*D, C)`, as `nn.Linear`
 # stores them) return `W_dkv` `(2*G*D, C)` and the selection matrices `W_uk`,
-# `W_uv`, each `(H*D, 2*G*D)`. `beyond.latent_attention` runs the MLA layer.
+# `W_uv`, each `(H*D, 2*G*D)`. `retrofit.latent_attention` runs the MLA layer.
 
 # %% nbgrader={"grade": false, "grade_id": "gqa_as_mla", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def gqa_as_mla(W_k, W_v, n_heads, n_kv_heads):
@@ -96,7 +97,7 @@ def gqa_as_mla(W_k, W_v, n_heads, n_kv_heads):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_gqa_as_mla", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-from attnlab.suspects import gqa_weights, strided_selection
+from attnlab.checks.suspects import gqa_weights, strided_selection
 C, H, G, D = 32, 8, 2, 4
 W_q, W_k, W_v, W_o = gqa_weights(C, H, G, D, seed=60)
 x = torch.randn(2, 7, C, dtype=torch.float64)
@@ -108,17 +109,17 @@ expect_shape(W_dkv, (2 * G * D, C), "W_dkv",
              hint="The latent is GQA's keys and values side by side: 2 * G * D numbers per token, GQA's cache exactly.")
 expect_shape(W_uk, (H * D, 2 * G * D), "W_uk", hint="One D-row block per query head, reading the 2*G*D-wide latent.")
 expect_shape(W_uv, (H * D, 2 * G * D), "W_uv")
-want = reference.gqa_forward(x, W_q, W_k, W_v, W_o, H, G)
+want = answers.gqa_forward(x, W_q, W_k, W_v, W_o, H, G)
 s_uk, s_uv = strided_selection(H, G, D)
-expect_close(beyond.latent_attention(x, W_q, W_dkv, W_uk, W_uv, W_o, H), want,
+expect_close(retrofit.latent_attention(x, W_q, W_dkv, W_uk, W_uv, W_o, H), want,
              "the MLA layer built from your weights, against GQA",
              suspects={"query head h reads group h % G instead of h // (H // G)":
-                       beyond.latent_attention(x, W_q, W_dkv, s_uk, s_uv, W_o, H),
+                       retrofit.latent_attention(x, W_q, W_dkv, s_uk, s_uv, W_o, H),
                        "the values are read from the keys' half of the latent (W_uv = W_uk)":
-                       beyond.latent_attention(x, W_q, W_dkv, W_uk, W_uk, W_o, H)})
+                       retrofit.latent_attention(x, W_q, W_dkv, W_uk, W_uk, W_o, H)})
 # With RoPE, rotating the queries and the *decompressed* keys is still exactly GQA with RoPE (workbook 03).
-want_rope = reference.rope_gqa_step(x, W_q, W_k, W_v, W_o, H, G, reference.KVCache())
-expect_close(beyond.latent_attention(x, W_q, W_dkv, W_uk, W_uv, W_o, H, rope=True), want_rope,
+want_rope = answers.rope_gqa_step(x, W_q, W_k, W_v, W_o, H, G, answers.KVCache())
+expect_close(retrofit.latent_attention(x, W_q, W_dkv, W_uk, W_uv, W_o, H, rope=True), want_rope,
              "the MLA layer with RoPE on the decompressed keys, against GQA with RoPE")
 print(f"GQA written as MLA: the same outputs, and the same cache: {W_dkv.shape[0]} numbers per token "
       f"(2 * G * D = {2 * G * D})")
@@ -140,9 +141,9 @@ for (hC, hH, hG, hD), hB, dtype, seed in [((24, 6, 1, 4), 3, torch.float64, 601)
         expect_shape(t, shape, f"{name} for {layer}")
         assert t.dtype == dtype, f"{name} for {layer} is {t.dtype}: it must have the dtype of W_k and W_v"
     for rope in (False, True):
-        h_want = (reference.rope_gqa_step(hx, hq, hk, hv, ho, hH, hG, reference.KVCache()) if rope
-                  else reference.gqa_forward(hx, hq, hk, hv, ho, hH, hG))
-        expect_close(beyond.latent_attention(hx, hq, h_dkv, h_uk, h_uv, ho, hH, rope=rope), h_want,
+        h_want = (answers.rope_gqa_step(hx, hq, hk, hv, ho, hH, hG, answers.KVCache()) if rope
+                  else answers.gqa_forward(hx, hq, hk, hv, ho, hH, hG))
+        expect_close(retrofit.latent_attention(hx, hq, h_dkv, h_uk, h_uv, ho, hH, rope=rope), h_want,
                      f"the MLA layer built from your weights{' with RoPE' if rope else ''}, against GQA with {layer}, "
                      f"on a batch of {hB}")
 ### END HIDDEN TESTS
@@ -200,7 +201,7 @@ def joint_svd(W_k, W_v, rank):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_joint_svd", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-from attnlab.suspects import gqa_weights, svd_suspects
+from attnlab.checks.suspects import gqa_weights, svd_suspects
 W_k, W_v = gqa_weights(32, 8, 2, 4, seed=62)[1:3]  # (8, 32) each: the stack is (16, 32)
 for r in (3, 16):
     with exercise("joint_svd"):
@@ -253,8 +254,8 @@ def retrofit(W_k, W_v, n_heads, n_kv_heads, rank):
 
 
 def error_against_rank(W_q, W_k, W_v, W_o, n_heads, n_kv_heads, x, ranks):
-    want = reference.gqa_forward(x, W_q, W_k, W_v, W_o, n_heads, n_kv_heads)
-    return [beyond.relative_error(beyond.latent_attention(x, W_q, *retrofit(W_k, W_v, n_heads, n_kv_heads, r), W_o,
+    want = answers.gqa_forward(x, W_q, W_k, W_v, W_o, n_heads, n_kv_heads)
+    return [retrofit.relative_error(retrofit.latent_attention(x, W_q, *retrofit(W_k, W_v, n_heads, n_kv_heads, r), W_o,
                                                           n_heads), want) for r in ranks]
 
 
@@ -268,7 +269,7 @@ def error_against_rank(W_q, W_k, W_v, W_o, n_heads, n_kv_heads, x, ranks):
 # the same inputs:
 
 # %%
-from attnlab.suspects import gqa_weights
+from attnlab.checks.suspects import gqa_weights
 C, H, G, D = 64, 8, 2, 16
 W_q, W_k, W_v, W_o = gqa_weights(C, H, G, D, seed=63)
 x = torch.randn(4, 32, C, dtype=torch.float64, generator=torch.Generator().manual_seed(64))
@@ -320,13 +321,13 @@ for name, errs in curves.items():
 # Write `partial_rope(x, cos, sin, keep)`: `x` `(B, H, T, d)`; `cos`, `sin`
 # `(T, d/2)` as `rope_tables` returns them; `keep` a bool tensor `(d/2,)`, the
 # same pairs for every head, or `(H, d/2)`, its own pairs per head (MHA2MLA
-# chooses per head). Use workbook 03's `reference.rope_interleaved`, allowed here.
+# chooses per head). Use workbook 03's `answers.rope_interleaved`, allowed here.
 
 # %% nbgrader={"grade": false, "grade_id": "partial_rope", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def partial_rope(x, cos, sin, keep):
     """Interleaved RoPE on the pairs where keep (d/2,) or (H, d/2) is True; the others unrotated. x (B, H, T, d)."""
     ### BEGIN SOLUTION
-    rotated = reference.rope_interleaved(x, cos, sin)  # (B, H, T, d): every pair rotated
+    rotated = answers.rope_interleaved(x, cos, sin)  # (B, H, T, d): every pair rotated
     mask = keep.repeat_interleave(2, dim=-1)  # (d,) or (H, d): both features of a pair
     if mask.ndim == 2:
         mask = mask[:, None, :]  # (H, 1, d): the same pairs at every position
@@ -335,19 +336,19 @@ def partial_rope(x, cos, sin, keep):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_partial_rope", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-from attnlab.suspects import partial_suspects
+from attnlab.checks.suspects import partial_suspects
 x = torch.randn(2, 3, 5, 8, dtype=torch.float64)
-cos, sin = reference.rope_tables(torch.arange(5), 8, dtype=torch.float64)
+cos, sin = answers.rope_tables(torch.arange(5), 8, dtype=torch.float64)
 for keep in (torch.tensor([True, False, False, True]),
              torch.tensor([[True, True, False, False], [False, False, False, True], [True, False, True, False]])):
     with exercise("partial_rope"):
         got = partial_rope(x, cos, sin, keep)
-    expect_close(got, reference.partial_rope(x, cos, sin, keep), f"partial_rope with keep={keep.int().tolist()}",
+    expect_close(got, answers.partial_rope(x, cos, sin, keep), f"partial_rope with keep={keep.int().tolist()}",
                  suspects=partial_suspects(x, cos, sin, keep))
 with exercise("partial_rope"):
     everything = partial_rope(x, cos, sin, torch.ones(4, dtype=torch.bool))
     nothing = partial_rope(x, cos, sin, torch.zeros(4, dtype=torch.bool))
-expect_close(everything, reference.rope_interleaved(x, cos, sin), "partial_rope keeping every pair (full RoPE)")
+expect_close(everything, answers.rope_interleaved(x, cos, sin), "partial_rope keeping every pair (full RoPE)")
 expect_close(nothing, x, "partial_rope keeping no pair (no rotation at all)")
 print("partial_rope: correct")
 
@@ -360,17 +361,17 @@ for shape, per_head, start, dtype in [((1, 4, 7, 12), True, 11, torch.float64),
                                       ((2, 5, 3, 16), True, 250_000, torch.float32)]:
     hB, hH, hT, hd = shape
     hx = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
-    hcos, hsin = reference.rope_tables(torch.arange(start, start + hT), hd, dtype=dtype)
+    hcos, hsin = answers.rope_tables(torch.arange(start, start + hT), hd, dtype=dtype)
     hkeep = torch.rand((hH, hd // 2) if per_head else (hd // 2,), generator=g) < 0.5
     case = (f"partial_rope on x of shape {shape} in {str(dtype).removeprefix('torch.')} "
             f"at positions {start:,} to {start + hT - 1:,}, "
             f"keep={hkeep.int().tolist()}")
     with exercise("partial_rope", case=case):
         hgot = partial_rope(hx, hcos, hsin, hkeep)
-    from_zero = reference.rope_tables(torch.arange(hT), hd, dtype=dtype)
-    expect_close(hgot, reference.partial_rope(hx, hcos, hsin, hkeep), case,
+    from_zero = answers.rope_tables(torch.arange(hT), hd, dtype=dtype)
+    expect_close(hgot, answers.partial_rope(hx, hcos, hsin, hkeep), case,
                  suspects={"the tables are rebuilt from positions 0 .. T-1 instead of using the cos and sin passed in":
-                           reference.partial_rope(hx, *from_zero, hkeep), **partial_suspects(hx, hcos, hsin, hkeep)})
+                           answers.partial_rope(hx, *from_zero, hkeep), **partial_suspects(hx, hcos, hsin, hkeep)})
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -383,33 +384,33 @@ for shape, per_head, start, dtype in [((1, 4, 7, 12), True, 11, torch.float64),
 # radians in all, so it hardly rotates anyway; the fastest turns by 63 radians.
 
 # %%
-from attnlab.suspects import gqa_weights
+from attnlab.checks.suspects import gqa_weights
 d = 16
 q1, k1 = torch.randn(1, 1, 1, d, dtype=torch.float64), torch.randn(1, 1, 1, d, dtype=torch.float64)
 keep = torch.tensor([True, True, False, False, False, False, False, False])
 
 
 def score(m, n):
-    cq, sq = reference.rope_tables(torch.tensor([m]), d, dtype=torch.float64)
-    ck, sk = reference.rope_tables(torch.tensor([n]), d, dtype=torch.float64)
+    cq, sq = answers.rope_tables(torch.tensor([m]), d, dtype=torch.float64)
+    ck, sk = answers.rope_tables(torch.tensor([n]), d, dtype=torch.float64)
     return (partial_rope(q1, cq, sq, keep) * partial_rope(k1, ck, sk, keep)).sum().item()
 
 
 print(f"score(3, 1) = {score(3, 1):.6f}; score(103, 101) = {score(103, 101):.6f}: the same, as m - n is")
-theta = reference.rope_frequencies(d).double()
+theta = answers.rope_frequencies(d).double()
 print("total angle over 64 positions, per pair:", " ".join(f"{63 * t:.2f}" for t in theta))
 
 C, H, G = 64, 4, 4  # an MHA layer, head width 16: 8 pairs per head
 W_q, W_k, W_v, W_o = gqa_weights(C, H, G, d, seed=65)
 x = torch.randn(2, 64, C, dtype=torch.float64, generator=torch.Generator().manual_seed(66))
-cos, sin = reference.rope_tables(torch.arange(64), d, dtype=torch.float64)
+cos, sin = answers.rope_tables(torch.arange(64), d, dtype=torch.float64)
 
 
 def layer_with(keep):
-    q = partial_rope(reference.split_heads(x @ W_q.T, H), cos, sin, keep)
-    k = partial_rope(reference.split_heads(x @ W_k.T, H), cos, sin, keep)
-    v = reference.split_heads(x @ W_v.T, H)
-    return reference.merge_heads(reference.attention(q, k, v, causal=True)) @ W_o.T
+    q = partial_rope(answers.split_heads(x @ W_q.T, H), cos, sin, keep)
+    k = partial_rope(answers.split_heads(x @ W_k.T, H), cos, sin, keep)
+    v = answers.split_heads(x @ W_v.T, H)
+    return answers.merge_heads(answers.attention(q, k, v, causal=True)) @ W_o.T
 
 
 full = layer_with(torch.ones(d // 2, dtype=torch.bool))
@@ -417,7 +418,7 @@ for name, kept in [("4 fastest pairs (high frequencies)", [0, 1, 2, 3]), ("4 slo
                    ("every other pair (uniform)", [0, 2, 4, 6])]:
     keep = torch.zeros(d // 2, dtype=torch.bool)
     keep[kept] = True
-    print(f"keep the {name:<34}: output changes by {beyond.relative_error(layer_with(keep), full):.3f} (relative)")
+    print(f"keep the {name:<34}: output changes by {retrofit.relative_error(layer_with(keep), full):.3f} (relative)")
 
 # %% [markdown]
 # On random weights, dropping the slow pairs changes the output far less than
@@ -458,7 +459,7 @@ def pairs_by_norm(q, k, n_keep):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_pairs_by_norm", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-from attnlab.suspects import scaled_pairs, top_pairs
+from attnlab.checks.suspects import scaled_pairs, top_pairs
 # Head 0: big queries on pairs 0 and 1, big keys on pairs 2 and 3, so only the product finds pairs 1 and 2.
 q = scaled_pairs((2, 2, 50, 8), [[4, 4, 1, 0.1], [0.1, 1, 1, 3]], seed=67)
 k = scaled_pairs((2, 2, 50, 8), [[0.1, 2, 4, 4], [3, 1, 0.5, 3]], seed=68)
@@ -472,7 +473,7 @@ expect_shape(got, (2, 4), "the mask", hint="One row per head, one column per fre
 
 q_size = q.unflatten(-1, (4, 2)).norm(dim=-1).mean(dim=(0, 2))  # (H, d/2)
 k_size = k.unflatten(-1, (4, 2)).norm(dim=-1).mean(dim=(0, 2))
-want = reference.pairs_by_norm(q, k, 2)
+want = answers.pairs_by_norm(q, k, 2)
 rows = {"only the queries' norms are used (the keys' matter as much)": top_pairs(q_size, 2),
         "the pairs with the smallest score are kept": top_pairs(q_size * k_size, 2, largest=False),
         "the norms are summed, not multiplied": top_pairs(q_size + k_size, 2)}
@@ -503,7 +504,7 @@ for (hB, hH, hT, hd), n, dtype in [((3, 4, 9, 12), 2, torch.float64), ((1, 2, 20
         hgot = pairs_by_norm(hq, hk, n)
     assert isinstance(hgot, torch.Tensor) and hgot.dtype == torch.bool, f"{case}: the mask must be a bool tensor"
     expect_shape(hgot, (hH, hd // 2), f"the mask from {case}", hint="One row per head, one column per frequency pair.")
-    h_want = reference.pairs_by_norm(hq, hk, n)
+    h_want = answers.pairs_by_norm(hq, hk, n)
     for h in range(hH):
         assert torch.equal(hgot[h], h_want[h]), (
             f"{case}: in head {h} you keep pairs {hgot[h].nonzero().flatten().tolist()}; "
@@ -525,7 +526,7 @@ for (hB, hH, hT, hd), n, dtype in [((3, 4, 9, 12), 2, torch.float64), ((1, 2, 20
 # The formulas say what each mechanism caches. What it costs in quality can
 # only be measured by training. The course ships a small public-domain text,
 # the opening of Shakespeare's *Coriolanus* (64K characters, from Karpathy's
-# "tiny Shakespeare"; see `attnlab/data/README.md`), and `attnlab.beyond`
+# "tiny Shakespeare"; see `attnlab/data/README.md`), and `attnlab.lesson.charlm`
 # trains a two-layer character-level model on it, on the CPU, from a fixed
 # seed and the same batches for every model:
 #
@@ -539,13 +540,13 @@ for (hB, hH, hT, hd), n, dtype in [((3, 4, 9, 12), 2, torch.float64), ((1, 2, 20
 # are compared at equal size.
 
 # %%
-corpus = beyond.Corpus(beyond.load_text())
+corpus = charlm.Corpus(charlm.load_text())
 print(f"{len(corpus.train):,} training and {len(corpus.val):,} validation characters; {corpus.vocab} distinct")
-configs = {kind: beyond.LMConfig(kind, corpus.vocab) for kind in ("MHA", "GQA", "MLA")}
+configs = {kind: charlm.LMConfig(kind, corpus.vocab) for kind in ("MHA", "GQA", "MLA")}
 print(f"{'model':<5} {'parameters':>10} {'MLP width':>9} {'cache/token (all layers)':>25} {'bf16 bytes/token':>17}")
 for kind, cfg in configs.items():
     elements = cfg.cache_elements_per_token()
-    print(f"{kind:<5} {beyond.count_params(beyond.CharLM(cfg)):>10,} {cfg.d_ff:>9} {elements:>16} elements {2 * elements:>17}")
+    print(f"{kind:<5} {charlm.count_params(charlm.CharLM(cfg)):>10,} {cfg.d_ff:>9} {elements:>16} elements {2 * elements:>17}")
 
 # %% [markdown]
 # Per token, over both layers, GQA caches half of MHA's 256 numbers and MLA
@@ -557,8 +558,8 @@ for kind, cfg in configs.items():
 
 # %%
 steps = 20 if attnlab.is_grading() else 300
-train_config = beyond.TrainConfig(steps=steps, eval_every=10 if attnlab.is_grading() else 50)
-runs = {kind: beyond.train(cfg, corpus, train_config) for kind, cfg in configs.items()}
+train_config = charlm.TrainConfig(steps=steps, eval_every=10 if attnlab.is_grading() else 50)
+runs = {kind: charlm.train(cfg, corpus, train_config) for kind, cfg in configs.items()}
 
 # %%
 def smooth(values, k=25):
@@ -632,7 +633,7 @@ stack = torch.cat([gqa_model.blocks[0].attn.W_k.weight, gqa_model.blocks[0].attn
 gauss = torch.randn(stack.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(69))
 sv_trained, sv_gauss = torch.linalg.svdvals(stack), torch.linalg.svdvals(gauss)
 retro_ranks = [64, 48, 32, 24, 16, 8]
-retro = {r: beyond.evaluate(beyond.with_low_rank_kv(gqa_model, r, svd=joint_svd), corpus) for r in retro_ranks}
+retro = {r: charlm.evaluate(retrofit.with_low_rank_kv(gqa_model, r, svd=joint_svd), corpus) for r in retro_ranks}
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
 axes[0].semilogy((sv_trained / sv_trained.norm()).numpy(), "o-", ms=3, label="trained GQA, layer 0")
 axes[0].semilogy((sv_gauss / sv_gauss.norm()).numpy(), "o-", ms=3, label="Gaussian, same shape")
@@ -680,9 +681,9 @@ for n in (4, 2):
     for name, rule in rules.items():
         keeps = []
         for layer in range(len(mha_model.blocks)):
-            q, k = beyond.sample_qk(mha_model, sample, layer)
+            q, k = retrofit.sample_qk(mha_model, sample, layer)
             keeps.append(rule(n, q, k).expand(H, pairs).clone())
-        line.append(f"{name} {beyond.evaluate(beyond.with_partial_rope(mha_model, keeps), corpus):.3f}")
+        line.append(f"{name} {charlm.evaluate(retrofit.with_partial_rope(mha_model, keeps), corpus):.3f}")
         if name == "2-norm":
             chosen = [keep.nonzero()[:, 1].view(H, n).tolist() for keep in keeps]
     print(f"keep {n} of {pairs} pairs per head: " + ", ".join(line))

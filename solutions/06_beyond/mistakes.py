@@ -1,5 +1,5 @@
-"""Planted mistakes of workbook 06_beyond; attnlab/mistakes.py says what each must show."""
-from attnlab.mistakes import Mistake
+"""Planted mistakes of workbook 06_beyond; attnlab/instructor/mistakes.py says what each must show."""
+from attnlab.instructor.mistakes import Mistake
 
 MISTAKES = [
     Mistake("strided_groups", "gqa_as_mla", "eye.repeat_interleave(n_rep, dim=0)", "eye.repeat(n_rep, 1, 1)",

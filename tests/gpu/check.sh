@@ -37,7 +37,7 @@ else:
 PY
 status=0
 start=$SECONDS
-python3 -m attnlab.bench --out "$out" || status=$?
+python3 -m attnlab.lesson.bench --out "$out" || status=$?
 echo "benchmark: $((SECONDS - start)) s"
 start=$SECONDS
 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py || status=$?

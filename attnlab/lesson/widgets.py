@@ -11,7 +11,8 @@ import ipywidgets as widgets
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import cache, validate
+from attnlab import arguments
+from attnlab.lesson import cache
 
 CUSTOM = "custom"
 
@@ -130,7 +131,7 @@ class RopeRotation(widgets.VBox):
     """
 
     def __init__(self, d: int = 64, base: float = 10000.0):
-        validate.int_in_range("d", d, 8, 256, step=8)
+        arguments.int_in_range("d", d, 8, 256, step=8)
         style = {"description_width": "6em"}
         self.position = widgets.IntSlider(value=1, min=0, max=256, description="position m", style=style)
         self.d = widgets.IntSlider(value=d, min=8, max=256, step=8, description="head dim d", style=style)
@@ -148,9 +149,9 @@ class RopeRotation(widgets.VBox):
         return sorted({0, half // 8, half // 2, half - 1})
 
     def _redraw(self):
-        from . import reference
+        from attnlab import answers
 
-        theta = reference.rope_frequencies(self.d.value, self.base.value).double()
+        theta = answers.rope_frequencies(self.d.value, self.base.value).double()
         m = self.position.value
         self.angles = {i: float((m * theta[i]) % (2 * np.pi)) for i in self.pairs()}
         fig = Figure(figsize=(4, 4))
@@ -179,8 +180,8 @@ class RopeScores(widgets.VBox):
     """
 
     def __init__(self, d: int = 64, length: int = 64, seed: int = 0):
-        validate.int_in_range("d", d, 8, 256, step=8)
-        validate.int_in_range("length", length, 8, 256, step=8)
+        arguments.int_in_range("d", d, 8, 256, step=8)
+        arguments.int_in_range("length", length, 8, 256, step=8)
         style = {"description_width": "6em"}
         self.d = widgets.IntSlider(value=d, min=8, max=256, step=8, description="head dim d", style=style)
         self.base = widgets.FloatLogSlider(value=10000, base=10, min=2, max=6, step=0.25, description="base", style=style)
@@ -197,15 +198,15 @@ class RopeScores(widgets.VBox):
     def _redraw(self):
         import torch
 
-        from . import reference
+        from attnlab import answers
 
         d, T = self.d.value, self.length.value
         gen = torch.Generator().manual_seed(self._seed)
         q = torch.randn(d, generator=gen, dtype=torch.float64)
         k = q.clone() if self.similar.value else torch.randn(d, generator=gen, dtype=torch.float64)
-        cos, sin = reference.rope_tables(torch.arange(T), d, self.base.value)
-        rq = reference.rope_interleaved(q.expand(T, d), cos, sin)  # (T, d): q at every position
-        rk = reference.rope_interleaved(k.expand(T, d), cos, sin)  # (T, d): k at every position
+        cos, sin = answers.rope_tables(torch.arange(T), d, self.base.value)
+        rq = answers.rope_interleaved(q.expand(T, d), cos, sin)  # (T, d): q at every position
+        rk = answers.rope_interleaved(k.expand(T, d), cos, sin)  # (T, d): k at every position
         self.scores = (rq @ rk.T / np.sqrt(d)).numpy()  # (T, T): [m, n]
         fig = Figure(figsize=(4.4, 3.6))
         ax = fig.subplots()

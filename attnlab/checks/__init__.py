@@ -21,8 +21,9 @@ import warnings
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from . import exercises, reference
-from .guard import ReferenceForbidden, forbidden, trusted
+from attnlab import answers
+from attnlab.checks import exercises
+from attnlab.guard import ReferenceForbidden, forbidden, trusted
 
 if "_GENUINE" in globals():
     # importlib.reload would run this file again in the same namespace and take
@@ -46,7 +47,7 @@ class CheckFailed(AssertionError):
 
 
 # Frames a learner's traceback has no use for: the checks' own, and torch's dispatch through them.
-_COURSE_FILES = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+_COURSE_FILES = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
                  *(os.path.join(os.path.dirname(torch.__file__), *f.split("/")) for f in
                    ("_ops.py", "overrides.py", "utils/_python_dispatch.py")))
 
@@ -447,11 +448,11 @@ def _threads_too(block, no_autograd: bool, watch: _Watch):
 
 # What the tests rely on, as it was when the course imported it. A notebook
 # that replaces any of these (``torch.allclose = lambda *a, **k: True``,
-# ``reference.attention = my_attention``) makes every later test fail instead
+# ``answers.attention = my_attention``) makes every later test fail instead
 # of pass: each test checks before and after the learner's code runs. (Code in
 # the same process can always undo a check made in that process; the
 # instructor's summary also flags such code in the submitted cells: see
-# attnlab.grading.flags.)
+# attnlab.instructor.grading.flags.)
 _TORCH_RELIED_ON = {  # what test cells compare with or compute expected values with
     torch: ["allclose", "isclose", "equal", "isfinite", "softmax", "matmul", "einsum", "cat", "stack", "randn",
             "no_grad"],
@@ -469,8 +470,12 @@ _TORCH_RELIED_ON = {  # what test cells compare with or compute expected values 
 }
 
 
+_TOPICS = {f"attnlab.answers.{m}" for m in ("mha", "gqa", "rope", "mla", "mha2mla")}
+
+
 def _snapshot() -> dict:
-    from . import cache, guard, validate
+    from attnlab import arguments, guard
+    from attnlab.lesson import cache
 
     out = {}
     for owner, names in _TORCH_RELIED_ON.items():
@@ -478,10 +483,12 @@ def _snapshot() -> dict:
         label = label.replace("torch.nn.Tensor", "torch.Tensor").replace("torch.nn.functional", "F")
         out.update({(label, n): (owner, getattr(owner, n)) for n in names})
     # The course's own modules and classes, whole: the answer key, the guard, the argument checks.
-    owners = {"attnlab.reference": reference, "attnlab.cache": cache, "attnlab.guard": guard,
-              "attnlab.validate": validate}
-    owners.update({f"attnlab.reference.{n}": v for n, v in vars(reference).items()
-                   if isinstance(v, type) and v.__module__ == reference.__name__})
+    owners = {"attnlab.answers": answers, "attnlab.lesson.cache": cache, "attnlab.guard": guard,
+              "attnlab.arguments": arguments}
+    topics = {m.__name__: m for m in vars(answers).values() if isinstance(m, type(torch)) and m.__name__ in _TOPICS}
+    owners.update(topics)  # a topic's functions call each other through their own module
+    owners.update({f"attnlab.answers.{n}": v for n, v in vars(answers).items()
+                   if isinstance(v, type) and v.__module__ in topics})
     for label, owner in owners.items():
         out.update({(label, n): (owner, v) for n, v in list(vars(owner).items())
                     if callable(v) or isinstance(v, (list, type))})
@@ -497,7 +504,7 @@ def _refuse_tampering(namespace: dict) -> None:
     replaced = [f"{label}.{attr}" for (label, attr), (owner, value) in _GENUINE.items()
                 if getattr(owner, attr, None) is not value]
     replaced += [f"attnlab.checks.{n}" for n in _OWN if getattr(module, n, None) is not _GENUINE_OWN[n]]
-    for label, module_name in (("attnlab.reference", "attnlab.reference"), ("attnlab.guard", "attnlab.guard"),
+    for label, module_name in (("attnlab.answers", "attnlab.answers"), ("attnlab.guard", "attnlab.guard"),
                                ("attnlab.checks", __name__)):
         if sys.modules.get(module_name) is not _MODULES[label]:
             replaced.append(f"sys.modules[{module_name!r}]")
@@ -517,7 +524,7 @@ def _refuse_tampering(namespace: dict) -> None:
 
 def _refuse_leftovers() -> None:
     """Fail (once) when the previous cells left the guard or torch's modes in a state no test leaves."""
-    from . import guard
+    from attnlab import guard
 
     found = guard.anomalies()
     C = torch._C
@@ -538,7 +545,7 @@ def exercise(*names: str, case: str = ""):
     """Run the learner's code for the exercises ``names`` (as the workbook names
     its function or class: ``"attention"``, ``"MultiHeadAttention"``) on its own.
 
-    A test cell says only which exercise it checks; :mod:`attnlab.exercises`
+    A test cell says only which exercise it checks; :mod:`attnlab.checks.exercises`
     knows what that exercise builds on and is given, and the test cell's
     notebook is the namespace (see :func:`exercise_in`)."""
     spec = exercises.lookup(*names)
@@ -578,7 +585,7 @@ def exercise_in(namespace: dict, stand_ins=(), allow=(), no_autograd=False, case
     _refuse_leftovers()
     saved = {name: namespace.get(name) for name in stand_ins}
     try:
-        wrappers = {name: stand_in(getattr(reference, name)) for name in stand_ins}
+        wrappers = {name: stand_in(getattr(answers, name)) for name in stand_ins}
         namespace.update(wrappers)
         with contextlib.ExitStack() as stack:
             stack.enter_context(warnings.catch_warnings())
@@ -613,7 +620,7 @@ def exercise_in(namespace: dict, stand_ins=(), allow=(), no_autograd=False, case
 
 
 def _guard_ledger() -> list:
-    from . import guard
+    from attnlab import guard
 
     return guard._LEDGER if type(guard._LEDGER) is list else []
 
@@ -632,7 +639,7 @@ def stand_in(fn):
 
 _GENUINE = _snapshot()
 _GENUINE_OWN = {n: globals()[n] for n in _OWN}
-_MODULES = {label: sys.modules[name] for label, name in (("attnlab.reference", "attnlab.reference"),
+_MODULES = {label: sys.modules[name] for label, name in (("attnlab.answers", "attnlab.answers"),
                                                           ("attnlab.guard", "attnlab.guard"),
                                                           ("attnlab.checks", __name__))}
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from . import validate
-from .guard import guarded
+from attnlab import arguments
+from attnlab.guard import guarded
 
 GiB = 2**30
 
@@ -37,7 +37,7 @@ def dtype_bytes(dtype) -> int:
 def mha_elements_per_token(n_layers: int, n_heads: int, d_head: int) -> int:
     """2 * n_heads * d_head * n_layers: a key and a value per head and layer."""
     for name, value in (("n_layers", n_layers), ("n_heads", n_heads), ("d_head", d_head)):
-        validate.positive_int(name, value)
+        arguments.positive_int(name, value)
     return 2 * n_heads * d_head * n_layers
 
 
@@ -48,7 +48,7 @@ def gqa_elements_per_token(n_layers: int, n_kv_heads: int, d_head: int) -> int:
     MHA is the case n_kv_heads = n_heads, MQA the case n_kv_heads = 1.
     """
     for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("d_head", d_head)):
-        validate.positive_int(name, value)
+        arguments.positive_int(name, value)
     return 2 * n_kv_heads * d_head * n_layers
 
 
@@ -56,7 +56,7 @@ def gqa_elements_per_token(n_layers: int, n_kv_heads: int, d_head: int) -> int:
 def mla_elements_per_token(n_layers: int, d_latent: int, d_rope: int) -> int:
     """(d_c + d_h^R) * n_layers: the KV latent and the one shared RoPE key, per layer."""
     for name, value in (("n_layers", n_layers), ("d_latent", d_latent), ("d_rope", d_rope)):
-        validate.positive_int(name, value)
+        arguments.positive_int(name, value)
     return (d_latent + d_rope) * n_layers
 
 
@@ -64,7 +64,7 @@ def mla_elements_per_token(n_layers: int, d_latent: int, d_rope: int) -> int:
 def cache_bytes(elements_per_token: int, seq_len: int, batch: int = 1, dtype="bf16") -> int:
     """Bytes of a cache holding ``seq_len`` tokens for each of ``batch`` sequences."""
     for name, value in (("elements_per_token", elements_per_token), ("seq_len", seq_len), ("batch", batch)):
-        validate.positive_int(name, value)
+        arguments.positive_int(name, value)
     return elements_per_token * seq_len * batch * dtype_bytes(dtype)
 
 
@@ -178,7 +178,7 @@ def mechanism_elements_per_token(mechanism: str, n_layers: int, n_heads: int, n_
 @guarded
 def longest_context(gpu_bytes: float, weight_bytes: float, bytes_per_token: int, batch: int = 1) -> int:
     """The most tokens per sequence whose cache fits beside the weights (0 if the weights alone do not fit)."""
-    validate.positive_int("bytes_per_token", bytes_per_token)
-    validate.positive_int("batch", batch)
+    arguments.positive_int("bytes_per_token", bytes_per_token)
+    arguments.positive_int("batch", batch)
     free = gpu_bytes - weight_bytes
     return max(0, int(free // (bytes_per_token * batch)))

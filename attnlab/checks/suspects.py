@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from . import reference
+from attnlab import answers
 
 
 
@@ -29,12 +29,12 @@ def kv_gradients_by_autograd(mm, hh, wrt, start=0):
     The weights' gradients are computed only after your function has returned, and never stored in mm."""
     B, T, _ = hh.shape
     c = mm.cfg
-    cs, sn = reference.rope_tables(torch.arange(start, start + T, device=hh.device), c.d_rope)
-    c_q, q_c = reference.compress_q(mm, hh)
-    k_c, v_c = reference.up_project_kv(mm, reference.compress_kv(mm, hh))
-    q_r, k_r = reference.decoupled_rope(mm, hh, c_q, cs, sn)
+    cs, sn = answers.rope_tables(torch.arange(start, start + T, device=hh.device), c.d_rope)
+    c_q, q_c = answers.compress_q(mm, hh)
+    k_c, v_c = answers.up_project_kv(mm, answers.compress_kv(mm, hh))
+    q_r, k_r = answers.decoupled_rope(mm, hh, c_q, cs, sn)
     k_r_heads = k_r.expand(B, c.n_heads, T, c.d_rope)
-    y = reference.attention(torch.cat([q_c, q_r], -1), torch.cat([k_c, k_r_heads], -1), v_c, causal=True)
+    y = answers.attention(torch.cat([q_c, q_r], -1), torch.cat([k_c, k_r_heads], -1), v_c, causal=True)
     if wrt == "heads":
         return (*torch.autograd.grad(y.square().sum(), [k_c, v_c, k_r_heads]), cs, sn)
     return torch.autograd.grad(y.square().sum(), [mm.W_dkv.weight, mm.W_uk.weight, mm.W_uv.weight, mm.W_kr.weight])
@@ -89,7 +89,7 @@ def svd_suspects(W_k, W_v, r):
 
 def partial_suspects(x, cos, sin, keep):
     """What common mistakes in partial RoPE give for these inputs."""
-    rotated = reference.rope_interleaved(x, cos, sin)
+    rotated = answers.rope_interleaved(x, cos, sin)
     halves = torch.cat([keep, keep], dim=-1)
     halves = halves[:, None, :] if halves.ndim == 2 else halves
     pairs = keep.repeat_interleave(2, dim=-1)

@@ -5,7 +5,7 @@ introductions (title, what each needs, how long it takes); ``make lab`` copies
 it into ``work/`` and opens it. Its one code cell, :func:`progress`, reads your
 notebooks in ``work/`` (how many exercises you have written) and what your
 last ``make check`` found (``work/.progress.json``, written by
-:mod:`attnlab.check`).
+:mod:`attnlab.learner.selfcheck`).
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def page(sources: list[pathlib.Path]) -> nbformat.NotebookNode:
             "`NotImplementedError`; *test cells passing* is what your last `make check` (in a terminal, at the "
             "course's root) found with the visible tests, for every test cell at once (JupyterLab's Run All "
             "stops at the first that fails). Graded, more checks run that you cannot see."),
-        new_code_cell("from attnlab.start import progress\n\nprogress()"),
+        new_code_cell("from attnlab.learner.start import progress\n\nprogress()"),
         new_markdown_cell(
             "## How to work\n\n"
             "- Replace each `raise NotImplementedError()` with your code and run the test cell below it: "

@@ -19,10 +19,10 @@ first shuts the kernel in. On Linux:
   other submissions, ``.git``), not ``/root`` or ``/home``. Paths listed in
   ``ATTNLAB_SANDBOX_HIDE`` are covered by empty folders should they lie
   inside an allowed one;
-* the answer key: ``attnlab/reference.py`` (the modules in ``SOURCELESS``) is
-  replaced by a compiled ``reference.pyc`` made at kernel start, so the tests
-  can still call ``attnlab.reference`` but its source cannot be read or shown
-  by ``inspect``;
+* the answer key: the modules of ``attnlab/answers/`` (the folders in
+  ``SOURCELESS``) are replaced by compiled ``.pyc`` files made at kernel
+  start, so the tests can still call ``attnlab.answers`` but its source
+  cannot be read or shown by ``inspect``;
 * the kernel's folder: nbgrader's copy of the submission (``NN.ipynb``) is
   left out of it, so test inputs cannot be read back from the file; the
   other files of the folder are there read-only, and what the kernel writes
@@ -30,7 +30,7 @@ first shuts the kernel in. On Linux:
   disappears with it;
 * limits: address space (``ATTNLAB_KERNEL_MEMORY``, default 6G: a memory bomb
   ends in a ``MemoryError`` in its own cell, and the kernel goes on, see
-  :mod:`attnlab.grading_kernel`), processes and threads
+  :mod:`attnlab.instructor.grading_kernel`), processes and threads
   (``ATTNLAB_KERNEL_PROCESSES``, default 256 or 4 per core: a fork bomb fails
   with ``BlockingIOError`` in its own notebook), CPU time
   (``ATTNLAB_KERNEL_CPU``, default 600 s for the whole notebook, see
@@ -59,7 +59,7 @@ CPU, disk, output and environment limits only, and says so on stderr. On
 macOS and other systems without these namespaces the kernel runs the same
 way, with a notice: isolation is absent there, not failed, and refusing would
 make grading impossible on an instructor's laptop. ``python -m
-attnlab.sandbox --report`` tries the sandbox here and prints what holds.
+attnlab.instructor.sandbox --report`` tries the sandbox here and prints what holds.
 
 This file runs as a script (the kernel spec names it by path), so that the
 launcher does not import the package, and with it torch, before ipykernel
@@ -78,11 +78,11 @@ import resource
 import signal
 import sys
 
-PACKAGE = pathlib.Path(__file__).resolve().parent
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent
 ROOT = PACKAGE.parent
 
-# Modules of the package that reach the kernel as bytecode only: the answer key.
-SOURCELESS = ("reference",)
+# Folders of the package whose modules reach the kernel as bytecode only: the answer key.
+SOURCELESS = ("answers",)
 
 DEFAULT_MEMORY = "6G"
 # CPU seconds for the whole notebook. The kernel of a model answer uses 4 s
@@ -227,6 +227,12 @@ def compiled(module: str) -> bytes:
     return importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code)
 
 
+def sourceless() -> dict[str, bytes]:
+    """Every module of the SOURCELESS folders, compiled: {'answers/mha': bytes of its .pyc, ...}."""
+    return {f"{folder}/{p.stem}": compiled(f"{folder}/{p.stem}")
+            for folder in SOURCELESS for p in sorted((PACKAGE / folder).glob("*.py"))}
+
+
 # ------------------------------------------------------------------ the system calls
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -364,23 +370,16 @@ def _build(ops: list[tuple], new: str, old: str, rw: str, owner: tuple[int, int]
 
 
 def _package(target: str, source: str, sources: dict) -> None:
-    """The course package, without the source of the SOURCELESS modules."""
+    """The course package, with the SOURCELESS folders as bytecode only."""
     _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "size=8m,mode=755")
-    skip = {f"{m}.py" for m in SOURCELESS}
     for entry in os.listdir(source):
-        if entry in skip or entry.endswith(".pyc"):
+        if entry.endswith(".pyc"):
             continue
         src, t = f"{source}/{entry}", f"{target}/{entry}"
-        if entry == "__pycache__":  # the cached bytecode, less the SOURCELESS modules'
-            os.mkdir(t)
-            for f in os.listdir(src):
-                if f.split(".")[0] not in SOURCELESS:
-                    open(f"{t}/{f}", "a").close()
-                    _mount(f"{src}/{f}", f"{t}/{f}", None, MS_BIND)
-            continue
         os.mkdir(t) if os.path.isdir(src) else open(t, "a").close()
-        _mount(src, t, None, MS_BIND | MS_REC)
-    for module, data in sources.items():
+        if entry not in SOURCELESS:
+            _mount(src, t, None, MS_BIND | MS_REC)
+    for module, data in sources.items():  # neither the sources nor their __pycache__
         pathlib.Path(f"{target}/{module}.pyc").write_bytes(data)
 
 
@@ -462,7 +461,7 @@ def isolate(cmd: list[str], workdir: str, sockets: str | None, connection: str |
     workdir = os.path.abspath(workdir)
     ops = _plan(workdir, sockets, connection)
     files = {f"matplotlib/{name}": data for name, data in _font_caches().items()}
-    sources = {m: compiled(m) for m in SOURCELESS}
+    sources = sourceless()
     root = os.geteuid() == 0
     uid, gid = (KERNEL_UID_BASE + os.getpid(),) * 2 if root else (os.getuid(), os.getgid())
     env = kernel_env(os.path.expanduser("~"), "/tmp")
@@ -540,7 +539,7 @@ print(json.dumps({"uid": os.getuid(), "capabilities": int(caps, 16),
 
 def _refuse(why: str, hint: str = "to grade without isolation on purpose, set ATTNLAB_SANDBOX=off") -> None:
     """One line on stderr (nbgrader's log) and a non-zero exit: the notebook is not graded."""
-    print(f"attnlab.sandbox: refusing to run the grading kernel: {why}; {hint}", file=sys.stderr)
+    print(f"attnlab.instructor.sandbox: refusing to run the grading kernel: {why}; {hint}", file=sys.stderr)
     sys.exit(3)
 
 
@@ -559,7 +558,7 @@ def report() -> dict:
                                        "processes": f"{lim['processes']} processes and threads "
                                                     "(ATTNLAB_KERNEL_PROCESSES)",
                                        "output": f"{lim['output']:,} characters per cell (ATTNLAB_KERNEL_OUTPUT)"},
-           "readable": readable + [str(PACKAGE) + f" (without {', '.join(SOURCELESS)}.py)"],
+           "readable": readable + [str(PACKAGE) + f" ({', '.join(SOURCELESS)}/ as bytecode only)"],
            "hidden": secret_paths(), "environment": sorted(kernel_env(os.path.expanduser("~"), "/tmp"))}
     lines = r.stdout.strip().splitlines()
     seen = json.loads(lines[-1]) if r.returncode == 0 and lines else None
@@ -585,21 +584,21 @@ def main(argv: list[str]) -> None:
     try:
         lim = limits()
     except ValueError as e:
-        _refuse(str(e), "see attnlab/sandbox.py for the limits")
+        _refuse(str(e), "see attnlab/instructor/sandbox.py for the limits")
     mode = os.environ.get("ATTNLAB_SANDBOX", "on").strip().lower()
     if mode not in ("on", "off"):
         _refuse(f"ATTNLAB_SANDBOX is {os.environ['ATTNLAB_SANDBOX']!r}", "write on (the default) or off")
     if probe:
         cmd = [sys.executable, "-c", _PROBE, str(ROOT), *secret_paths()]
     else:
-        cap = f"import attnlab.grading_kernel as _k; _k.setup({lim['output']}); del _k"
+        cap = f"import attnlab.instructor.grading_kernel as _k; _k.setup({lim['output']}); del _k"
         cmd = [sys.executable, "-m", "ipykernel_launcher", *argv, f"--IPKernelApp.exec_lines={cap}"]
     linux = sys.platform.startswith("linux")
     if mode == "off" or not linux:
         why = "ATTNLAB_SANDBOX=off" if mode == "off" else "namespaces are Linux's"
         refused = _set_limits(lim, processes=False)
         kept = "memory, " if "memory" not in refused else ""
-        print(f"attnlab.sandbox: no isolation ({why}): the kernel sees the grader's files and network; "
+        print(f"attnlab.instructor.sandbox: no isolation ({why}): the kernel sees the grader's files and network; "
               f"{kept}CPU, file size, output and environment limits only", file=sys.stderr)
         os.execve(cmd[0], cmd, kernel_env(os.path.expanduser("~"), None))
     connection, sockets = _connection(argv)

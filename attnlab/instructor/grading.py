@@ -19,7 +19,7 @@ import warnings
 
 import nbformat
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 _MARKER = re.compile(r"^\s*### (BEGIN|END) SOLUTION\s*$")
 
 
@@ -323,7 +323,7 @@ import functools  # noqa: E402
 # Names whose replacement would change what the tests see.
 _CHECKERS = {"expect_close", "expect_shape", "expect_tensor", "number", "exercise", "stand_in", "storage_watch",
              "attention_suspects", "trusted", "forbidden", "guarded"}
-_MODULES = {"torch", "attnlab", "checks", "guard", "reference", "builtins", "np", "numpy", "math", "F", "nn"}
+_MODULES = {"torch", "attnlab", "checks", "guard", "answers", "arguments", "reference", "builtins", "np", "numpy", "math", "F", "nn"}
 _DUNDERS = {"__eq__", "__ne__", "__bool__", "__torch_function__", "__torch_dispatch__", "__instancecheck__"}
 # Calls, by the name called (bare or as an attribute).
 _CALLS = {"setattr": "calls setattr", "delattr": "calls delattr", "_exit": "calls os._exit", "exit": "calls exit",
@@ -378,7 +378,7 @@ _TORCH_ANSWERS = {"scaled_dot_product_attention", "multi_head_attention_forward"
                   "RMSNorm", "_scaled_dot_product_attention_math", "_native_multi_head_attention",
                   "TransformerEncoderLayer", "TransformerDecoderLayer", "Transformer"}
 _SECRETS = ("solutions", "gradebook", "autograde", "hidden", "submitted", ".git")
-_COURSE_FILES = ("reference.py", ".ipynb", "attnlab/", "guard.py", "checks.py")
+_COURSE_FILES = ("answers/", ".ipynb", "attnlab/", "guard.py", "checks/")
 
 
 def _base_name(node) -> str:
@@ -456,9 +456,9 @@ def _parse(source: str):
 def _course_answers() -> tuple[dict, dict, dict]:
     """What a pasted answer would match, line for line:
 
-    - ``whole``: every function of attnlab/reference.py and every model answer's function, signature,
-      docstring and body (normalized) -> 'attnlab.reference.rms_norm' or '04_mla:rms_norm';
-    - ``bodies``: the bodies of reference.py's functions that no model answer shares (pasting one into
+    - ``whole``: every function of attnlab/answers/ and every model answer's function, signature,
+      docstring and body (normalized) -> 'attnlab.answers.rms_norm' or '04_mla:rms_norm';
+    - ``bodies``: the bodies of the answers' functions that no model answer shares (pasting one into
       the release's function is a copy of the answer key; a body equal to a model answer is the
       right answer, which the flags cannot tell from honest work);
     - ``cells``: (workbook, grade_id) -> the normalized functions of that model answer, which are not
@@ -477,13 +477,12 @@ def _course_answers() -> tuple[dict, dict, dict]:
             for f in fns:
                 model_bodies.add(_body(f))
                 whole.setdefault(_normalized(f), f"the model answer {nb_path.stem}:{grade_id}")
-    reference = ROOT / "attnlab" / "reference.py"
-    if reference.exists():
-        for f in _functions(ast.parse(reference.read_text())):
-            whole[_normalized(f)] = f"attnlab.reference.{f.name}"
+    for topic in sorted((ROOT / "attnlab" / "answers").glob("[a-z]*.py")):
+        for f in _functions(ast.parse(topic.read_text())):
+            whole[_normalized(f)] = f"attnlab.answers.{f.name}"
             body = _body(f)
             if len(body) >= 2 and body not in model_bodies:
-                bodies[body] = f"attnlab.reference.{f.name}"
+                bodies[body] = f"attnlab.answers.{f.name}"
     return whole, bodies, cells
 
 

@@ -1,6 +1,6 @@
 """What the grading kernel sets up in itself before the first cell runs.
 
-:mod:`attnlab.sandbox` starts ipykernel with ``IPKernelApp.exec_lines`` that
+:mod:`attnlab.instructor.sandbox` starts ipykernel with ``IPKernelApp.exec_lines`` that
 call :func:`setup`. A student's code can undo any of it, as it can anything
 in its own process: these guard the grader against accidents (a print in a
 loop, a list that fills memory), not against the isolation of the sandbox.

@@ -1,8 +1,8 @@
 """The KV-cache benchmark: cache bytes, decode latency, roofline, prefill against decode.
 
-    python -m attnlab.bench                 # picks CUDA (bf16, long contexts) or the CPU (float32, short)
-    python -m attnlab.bench --quick         # a few seconds, for a smoke test
-    python -m attnlab.bench --out results/  # writes bench.json and bench.png there
+    python -m attnlab.lesson.bench                 # picks CUDA (bf16, long contexts) or the CPU (float32, short)
+    python -m attnlab.lesson.bench --quick         # a few seconds, for a smoke test
+    python -m attnlab.lesson.bench --out results/  # writes bench.json and bench.png there
 
 One attention layer of each mechanism, at DeepSeek-V3's head dimensions on a
 GPU (128 heads, query/key 128 + 64, value 128, latent 512) and a scaled-down
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .guard import guarded
+from attnlab.guard import guarded
 
 MECHANISMS = ["MHA", "GQA", "MQA", "MLA naive", "MLA absorbed"]
 

@@ -86,7 +86,7 @@ def workbook_secrets(source, release, answers=()) -> set[str]:
 
 def _machine_paths(extra=()) -> list[str]:
     paths = {sys.prefix, sys.base_prefix, os.path.expanduser("~"), tempfile.gettempdir(),
-             os.path.dirname(os.path.dirname(os.path.abspath(__file__))), *extra}
+             os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), *extra}
     # Longest first, so that a folder inside another is cut as a whole.
     return sorted((p.rstrip("/") for p in paths if p and p != "/"), key=len, reverse=True)
 

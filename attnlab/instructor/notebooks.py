@@ -5,10 +5,10 @@ nbgrader metadata in the cell headers) is the file people edit and review;
 ``NN_topic.ipynb`` beside it is built from it, deterministically, with no
 outputs and no jupytext bookkeeping, and nbgrader releases that. The start
 page, ``course/START.ipynb``, is built from the workbooks' introductions
-(:mod:`attnlab.start`).
+(:mod:`attnlab.learner.start`).
 
-    python -m attnlab.notebooks          # rebuild every .ipynb
-    python -m attnlab.notebooks --check  # exit 1 if any .ipynb is stale
+    python -m attnlab.instructor.notebooks          # rebuild every .ipynb
+    python -m attnlab.instructor.notebooks --check  # exit 1 if any .ipynb is stale
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import sys
 import jupytext
 import nbformat
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 SOLUTIONS = ROOT / "solutions"
 START = ROOT / "course" / "START.ipynb"
 
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only report stale notebooks")
     args = parser.parse_args(argv)
-    from . import start
+    from attnlab.learner import start
 
     stale = []
     built = [(src.with_suffix(".ipynb"), build(src)) for src in sources()]

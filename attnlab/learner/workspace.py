@@ -1,6 +1,6 @@
 """The learner's workspace: work/, a copy of course/ that nothing overwrites.
 
-``make lab`` runs ``python -m attnlab.workspace course work`` before it opens
+``make lab`` runs ``python -m attnlab.learner.workspace course work`` before it opens
 JupyterLab on work/. Each workbook folder of course/ that work/ does not have
 yet is copied in whole; a workbook already in work/ is never touched, so
 neither ``make release`` (which rewrites course/), ``git pull`` nor ``make

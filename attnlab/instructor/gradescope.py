@@ -5,12 +5,12 @@ the image once, then ``run_autograder`` grades ``$AUTOGRADER_ROOT/submission``
 and writes ``$AUTOGRADER_ROOT/results/results.json`` (Gradescope's
 "Autograder Specifications": tests[] with name, score, max_score, output,
 status, visibility; top-level score, execution_time, output,
-stdout_visibility). ``python -m attnlab.gradescope build`` writes
+stdout_visibility). ``python -m attnlab.instructor.gradescope build`` writes
 ``autograde/gradescope/<NN_topic>.zip`` with both scripts, the pins, the course
 package and that workbook's nbgrader source (hidden tests included: nothing
 of the other workbooks but their cell ids). Grading goes through nbgrader with
 the course's config, and each test's ``output`` is the verdict of
-:mod:`attnlab.feedback` (never a hidden line, input or grading path).
+:mod:`attnlab.instructor.feedback` (never a hidden line, input or grading path).
 
 The student's code runs in the same container as the hidden tests. Where the
 container allows namespaces, the course's sandboxed grading kernel runs as in
@@ -33,7 +33,7 @@ import tempfile
 import time
 import zipfile
 
-PACKAGE = pathlib.Path(__file__).resolve().parent
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent
 ROOT = PACKAGE.parent
 OUT = ROOT / "autograde" / "gradescope"
 MANIFEST = "gradescope.json"
@@ -73,17 +73,17 @@ $PIP -r requirements.txt -c constraints.txt
 # matplotlib's font cache now: building it inside a graded cell would warn on stderr.
 MPLBACKEND=Agg __VENV__/bin/python -c "import matplotlib.pyplot"
 # The gradebook and the release, once: run_autograder then only grades.
-PYTHONPATH="$PWD" __VENV__/bin/python -m attnlab.gradescope prepare
+PYTHONPATH="$PWD" __VENV__/bin/python -m attnlab.instructor.gradescope prepare
 """.replace("__VENV__", VENV)
 
 RUN_AUTOGRADER = r"""#!/usr/bin/env bash
-# Gradescope runs this for each submission; the work is in attnlab/gradescope.py.
+# Gradescope runs this for each submission; the work is in attnlab/instructor/gradescope.py.
 export AUTOGRADER_ROOT="${AUTOGRADER_ROOT:-/autograder}"
 venv="${ATTNLAB_VENV:-__VENV__}"
 if [ -x "$venv/bin/python3" ]; then PATH="$venv/bin:$PATH"; fi
 export PYTHONPATH="$AUTOGRADER_ROOT/source" MPLBACKEND=Agg
 # From the source folder: python3 -m looks there first for the course package.
-cd "$AUTOGRADER_ROOT/source" && python3 -m attnlab.gradescope run --root "$AUTOGRADER_ROOT"
+cd "$AUTOGRADER_ROOT/source" && python3 -m attnlab.instructor.gradescope run --root "$AUTOGRADER_ROOT"
 status=$?
 # Whatever happened above, Gradescope gets a result, never an empty page.
 results="$AUTOGRADER_ROOT/results/results.json"
@@ -119,7 +119,7 @@ def _files(assignment: str) -> list[tuple[str, pathlib.Path]]:
 
 def _manifest(assignment: str, ids: dict | None = None) -> dict:
     """The workbook, and every workbook's release cell ids: what tells a wrong workbook apart."""
-    from attnlab import grading
+    from attnlab.instructor import grading
 
     ids = ids or grading._release_ids(ROOT, workbooks())
     return {"workbook": assignment, "cells": {a: sorted(c) for a, c in ids.items()}}
@@ -136,7 +136,7 @@ def build(assignments=None, out: pathlib.Path = OUT) -> list[pathlib.Path]:
     """Write ``out/<NN_topic>.zip`` for each workbook (default: all); returns their paths."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from attnlab import grading
+    from attnlab.instructor import grading
 
     made, ids = [], grading._release_ids(ROOT, workbooks())
     for a in assignments or workbooks():
@@ -165,7 +165,7 @@ def unpack(zip_path: pathlib.Path, source: pathlib.Path) -> pathlib.Path:
 
 def prepare(root: pathlib.Path = ROOT) -> None:
     """setup.sh's last step: the workbook in the gradebook (nbgrader generate_assignment)."""
-    from attnlab import grading
+    from attnlab.instructor import grading
 
     assignment = json.loads((pathlib.Path(root) / MANIFEST).read_text())["workbook"]
     result = grading.api(pathlib.Path(root)).generate_assignment(assignment, force=True)
@@ -177,7 +177,7 @@ def prepare(root: pathlib.Path = ROOT) -> None:
 
 def check_submission(folder: pathlib.Path, assignment: str, cells: dict) -> tuple[pathlib.Path | None, str]:
     """(the notebook to grade, '') or (None, why it cannot be graded), without starting a kernel."""
-    from attnlab import grading
+    from attnlab.instructor import grading
 
     folder = pathlib.Path(folder)
     found = sorted(p for p in folder.rglob("*.ipynb") if p.is_file() and not any(
@@ -228,10 +228,10 @@ def not_graded(assignment: str, why: str) -> dict:
 
 
 def verdicts(nb, extra_paths=()) -> dict[str, str]:
-    """grade_id -> the learner-facing verdict of each autograded cell, as :mod:`attnlab.feedback` words it."""
+    """grade_id -> the learner-facing verdict of each autograded cell, as :mod:`attnlab.instructor.feedback` words it."""
     import copy
 
-    from attnlab import feedback
+    from attnlab.instructor import feedback
 
     nb = copy.deepcopy(nb)
     feedback.sanitise(nb, extra_paths)
@@ -249,7 +249,7 @@ def verdicts(nb, extra_paths=()) -> dict[str, str]:
 def isolation() -> str:
     """How this container can run the kernel: 'sandbox' (namespaces), 'unprivileged' (root,
     no namespaces) or '' (neither: nothing is graded). ATTNLAB_GRADESCOPE_KERNEL chooses."""
-    from attnlab import sandbox
+    from attnlab.instructor import sandbox
 
     chosen = os.environ.get("ATTNLAB_GRADESCOPE_KERNEL", "").strip().lower()
     if chosen in ("sandbox", "unprivileged"):
@@ -273,7 +273,7 @@ def _grade(root: pathlib.Path, assignment: str, notebook: pathlib.Path, how: str
     """Autograde ``notebook`` in a private copy of the course under ``tmp``."""
     import nbformat
 
-    from attnlab import grading, unprivileged
+    from attnlab.instructor import grading, unprivileged
 
     config = unprivileged.prepare(tmp, ROOT) if how == "unprivileged" else ""
     try:
@@ -344,14 +344,14 @@ def bench(assignment: str = "01_mha") -> float:
 
     import nbformat
 
-    from attnlab import grading
+    from attnlab.instructor import grading
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         source = unpack(build([assignment], tmp / "zips")[0], tmp / "ag" / "source")
         env = dict(os.environ, PATH=f"{pathlib.Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                    AUTOGRADER_ROOT=str(tmp / "ag"), PYTHONPATH=str(source))
-        subprocess.run([sys.executable, "-m", "attnlab.gradescope", "prepare"], env=env, cwd=source, check=True,
+        subprocess.run([sys.executable, "-m", "attnlab.instructor.gradescope", "prepare"], env=env, cwd=source, check=True,
                        stdout=subprocess.DEVNULL)
         release = nbformat.read(source / "course" / assignment / f"{assignment}.ipynb", as_version=4)
         answers = grading.filled(release, nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb",

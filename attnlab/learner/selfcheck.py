@@ -1,7 +1,7 @@
 """Check your own notebooks with their visible tests, without changing them.
 
-    python -m attnlab.check                      # every notebook in work/ (course/ before make lab)
-    python -m attnlab.check course/01_mha/01_mha.ipynb
+    python -m attnlab.learner.selfcheck                      # every notebook in work/ (course/ before make lab)
+    python -m attnlab.learner.selfcheck course/01_mha/01_mha.ipynb
 
 Each notebook is run top to bottom on a copy, in a temporary folder; then
 every test cell is reported: passed, failed, not attempted yet (the exercise
@@ -15,7 +15,7 @@ fails and no test cell was changed.
 What a test cell must be is not read from the notebook being checked (its
 cells and their metadata are the learner's to edit or delete): the release's
 test cells are recorded in attnlab/data/release_test_cells.json with
-nbgrader's own checksum (``python -m attnlab.check --record`` writes it from
+nbgrader's own checksum (``python -m attnlab.learner.selfcheck --record`` writes it from
 course/ after a release), and nbgrader's checksums in course/ take over for a
 cell released again since (see :func:`expected_cells`).
 """
@@ -31,14 +31,14 @@ import warnings
 import nbformat
 from nbformat.warnings import MissingIDFieldWarning
 
-from . import start
+from attnlab.learner import start
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The released workbooks, and the default set that `make check` runs.
 COURSE = ROOT / "course"
-WORK = ROOT / "work"  # the learner's own copies (make lab fills it; attnlab/workspace.py)
+WORK = ROOT / "work"  # the learner's own copies (make lab fills it; attnlab/learner/workspace.py)
 DEFAULT = WORK
-RELEASE_CELLS = pathlib.Path(__file__).resolve().parent / "data" / "release_test_cells.json"
+RELEASE_CELLS = pathlib.Path(__file__).resolve().parents[1] / "data" / "release_test_cells.json"
 
 
 def _read(path: pathlib.Path) -> nbformat.NotebookNode:

@@ -1,8 +1,8 @@
 """The grading kernel where the container refuses namespaces: an unprivileged user of its own.
 
-:mod:`attnlab.sandbox` shuts the kernel in with namespaces and fails closed
+:mod:`attnlab.instructor.sandbox` shuts the kernel in with namespaces and fails closed
 where Linux refuses them, as Docker's default profile does (Gradescope's
-containers among others). There :mod:`attnlab.gradescope` grades as root with
+containers among others). There :mod:`attnlab.instructor.gradescope` grades as root with
 this kernel instead, which is the sandbox's ``ATTNLAB_SANDBOX=off`` mode (its
 memory, CPU, file-size, output and environment limits) started as a user id
 no other process has, so that Unix permissions keep from it what the
@@ -11,7 +11,7 @@ namespaces would have hidden:
 * the course (``/autograder/source``: the workbook's source with its hidden
   tests, the answer key's source) and the grading copy (gradebook, restored
   notebook) are made root-only; the kernel imports a copy of the package
-  whose answer key is bytecode only (:func:`attnlab.sandbox.compiled`);
+  whose answer key is bytecode only (:func:`attnlab.instructor.sandbox.compiled`);
 * its working folder stays root's and read-only to it, and nbgrader's copy of
   the notebook there (hidden tests restored) is made unreadable to it;
 * at most ``ATTNLAB_KERNEL_PROCESSES`` processes for that user id; no new
@@ -47,20 +47,20 @@ def uid() -> int:
 def prepare(tmp: pathlib.Path, course: pathlib.Path) -> str:
     """Set the kernel up for a grading copy under ``tmp`` (made root-only, as ``course`` is);
     returns the lines nbgrader's config needs to use it."""
-    from attnlab import sandbox
+    from attnlab.instructor import sandbox
 
-    package = pathlib.Path(__file__).resolve().parent
+    package = pathlib.Path(__file__).resolve().parents[1]
     kdir = pathlib.Path(tempfile.mkdtemp(prefix="attnlab-kernel-package-"))
     home = pathlib.Path(tempfile.mkdtemp(prefix="attnlab-kernel-home-"))
     _made.extend([str(kdir), str(home)])
-    skip = {f"{m}.py" for m in sandbox.SOURCELESS}
     shutil.copytree(package, kdir / "attnlab", ignore=lambda d, names: [
-        n for n in names if n in skip or n == "__pycache__" or n.endswith(".pyc")])
-    for module in sandbox.SOURCELESS:
-        (kdir / "attnlab" / f"{module}.pyc").write_bytes(sandbox.compiled(module))
+        n for n in names if n == "__pycache__" or n.endswith(".pyc")
+        or os.path.basename(d) in sandbox.SOURCELESS and n.endswith(".py")])
+    for module, data in sandbox.sourceless().items():
+        (kdir / "attnlab" / f"{module}.pyc").write_bytes(data)
     spec = kdir / "kernels" / KERNEL / "kernel.json"
     spec.parent.mkdir(parents=True)
-    spec.write_text(json.dumps({"argv": [sys.executable, "-P", str(kdir / "attnlab" / "unprivileged.py"),
+    spec.write_text(json.dumps({"argv": [sys.executable, "-P", str(kdir / "attnlab" / "instructor" / "unprivileged.py"),
                                          str(uid()), str(home), "-f", "{connection_file}"],
                                 "display_name": "Python 3 (attnlab grading, unprivileged)", "language": "python"}))
     for path in [kdir, *kdir.rglob("*")]:
@@ -118,7 +118,7 @@ def launch(argv: list[str]) -> None:
     for entry in os.listdir("."):
         if entry.endswith(".ipynb"):  # nbgrader's copy, hidden tests restored
             os.chmod(entry, 0o600)
-    package = os.path.dirname(os.path.abspath(__file__))
+    here = os.path.dirname(os.path.abspath(__file__))  # the copy's attnlab/instructor
     processes = int(os.environ.get("ATTNLAB_KERNEL_PROCESSES", max(256, 4 * (os.cpu_count() or 1))))
     os.setgroups([])
     os.setresgid(kernel_uid, kernel_uid, kernel_uid)
@@ -126,10 +126,10 @@ def launch(argv: list[str]) -> None:
     resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):  # no setuid program gives root back
-        sys.exit(f"attnlab.unprivileged: prctl failed ({os.strerror(ctypes.get_errno())})")
+        sys.exit(f"attnlab.instructor.unprivileged: prctl failed ({os.strerror(ctypes.get_errno())})")
     env = dict(os.environ, HOME=home, MPLCONFIGDIR=os.path.join(home, "matplotlib"),
-               PYTHONPATH=os.path.dirname(package), ATTNLAB_SANDBOX="off")
-    os.execve(sys.executable, [sys.executable, "-P", os.path.join(package, "sandbox.py"), *rest], env)
+               PYTHONPATH=os.path.dirname(os.path.dirname(here)), ATTNLAB_SANDBOX="off")
+    os.execve(sys.executable, [sys.executable, "-P", os.path.join(here, "sandbox.py"), *rest], env)
 
 
 if __name__ == "__main__":

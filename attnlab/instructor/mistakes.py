@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import nbformat
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
