@@ -412,7 +412,7 @@ def test_the_answers_copied_elsewhere_in_the_package_are_guarded_too():
     from attnlab.lesson import bench, charlm
 
     cfg = bench.choose("cpu", quick=True)
-    layer = bench._Layer("MHA", cfg, 4, torch.Generator())
+    layer = bench.Layer("MHA", cfg, 4, torch.Generator())
     cos, sin = answers.rope_tables(torch.arange(4), 8)
     for copy_ in (lambda: charlm._rms(Q, W8), lambda: charlm._rope(Q, cos, sin), lambda: layer.decode(),
                   lambda: cfg.elements_per_token("MHA")):

@@ -53,8 +53,8 @@ def test_naive_and_absorbed_mla_steps_agree():
 
     cfg = bench.choose("cpu", quick=True)
     gen = torch.Generator().manual_seed(1)
-    naive = bench._Layer("MLA naive", cfg, 64, gen)
-    absorbed = bench._Layer("MLA absorbed", cfg, 64, torch.Generator().manual_seed(1))
+    naive = bench.Layer("MLA naive", cfg, 64, gen)
+    absorbed = bench.Layer("MLA absorbed", cfg, 64, torch.Generator().manual_seed(1))
     torch.testing.assert_close(naive.decode(), absorbed.decode(), atol=1e-4, rtol=1e-4)
 
 
@@ -66,8 +66,8 @@ def test_prefill_is_causal_attention_and_both_forms_agree():
 
     cfg = bench.choose("cpu", quick=True)
     B, H, T = cfg.batch, cfg.n_heads, 48
-    naive = bench._Layer("MLA naive", cfg, T, torch.Generator().manual_seed(2))
-    absorbed = bench._Layer("MLA absorbed", cfg, T, torch.Generator().manual_seed(2))
+    naive = bench.Layer("MLA naive", cfg, T, torch.Generator().manual_seed(2))
+    absorbed = bench.Layer("MLA absorbed", cfg, T, torch.Generator().manual_seed(2))
     kv = naive.cache[0]  # (B, T, d_c + d_rope)
     c, k_r = kv[..., :cfg.d_latent], kv[..., cfg.d_latent:]
     k = torch.cat([torch.einsum("btc,hnc->bhtn", c, naive.W_uk), k_r[:, None].expand(B, H, T, -1)], dim=-1)
@@ -84,20 +84,20 @@ def test_a_generator_on_the_wrong_device_is_named():
     cfg = bench.choose("cpu", quick=True)
     cfg.device = "cuda"  # as on a GPU, with the CPU generator of the tests
     with pytest.raises(ValueError, match="generator is on cpu"):
-        bench._Layer("MHA", cfg, 16, torch.Generator())
+        bench.Layer("MHA", cfg, 16, torch.Generator())
 
 
 def test_a_size_that_runs_out_of_memory_is_skipped_and_the_run_goes_on(monkeypatch):
     import torch
 
-    real = bench._Layer
+    real = bench.Layer
 
     def layer(mech, cfg, T, gen):
         if mech == "MLA naive" and T == max(cfg.contexts):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
         return real(mech, cfg, T, gen)
 
-    monkeypatch.setattr(bench, "_Layer", layer)
+    monkeypatch.setattr(bench, "Layer", layer)
     monkeypatch.setattr(bench, "_out_of_memory", lambda: (torch.cuda.OutOfMemoryError,))
     cfg = bench.choose("cpu", quick=True)
     result = bench.run(cfg, progress=False)
@@ -109,22 +109,17 @@ def test_a_size_that_runs_out_of_memory_is_skipped_and_the_run_goes_on(monkeypat
     bench.plot(result)
 
 
-def test_short_gpu_steps_are_timed_back_to_back(monkeypatch):
-    """A step much shorter than the target is repeated k times per sample, so
-    the sample times the work, not the launch; the median is per call."""
-    now = [0.0]
-    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+def test_short_steps_are_timed_back_to_back():
+    """torch.utils.benchmark times a block of calls per sample, so that a step of a few microseconds
+    times the work, not the clock; the median and the samples are per call."""
+    calls = [0]
 
-    def step():  # a 0.1 ms step on a fake clock
-        now[0] += 1e-4
+    def step():
+        calls[0] += 1
+        sum(range(200))
 
-    many, k = bench._repeated(step, sync=lambda: None, at_least_s=2e-3)
-    assert k == 20
-    before = now[0]
-    many()
-    assert now[0] - before == pytest.approx(2e-3)
-    slow, k = bench._repeated(lambda: now.__setitem__(0, now[0] + 5e-3), sync=lambda: None, at_least_s=2e-3)
-    assert k == 1
+    med, samples = bench.measure(step, warmup=2, max_run_s=0.2)
+    assert 0 < med < 1e-3 and samples and calls[0] > 10 * len(samples) + 2
 
 
 def test_command_line_writes_json_and_png(tmp_path, capsys):
@@ -134,32 +129,6 @@ def test_command_line_writes_json_and_png(tmp_path, capsys):
     assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
     assert "roofline" in out and "wrote" in out
-
-
-class FakeGPU:
-    def __init__(self, durations):
-        self.now, self.pending, self.calls, self.durations = 0.0, 0.0, 0, durations
-
-    def clock(self):
-        return self.now
-
-    def fn(self):
-        self.pending += self.durations[min(self.calls, len(self.durations) - 1)]
-        self.calls += 1
-
-    def sync(self):
-        self.now, self.pending = self.now + self.pending, 0.0
-
-
-def test_median_time_warms_up_synchronises_and_takes_the_median():
-    gpu = FakeGPU([1.0, 0.002, 0.002, 0.5, 0.002])
-    med, samples = bench.median_time(gpu.fn, gpu.clock, gpu.sync, warmup=1, repeats=4)
-    assert med == pytest.approx(0.002) and len(samples) == 4 and gpu.calls == 5
-    unsynced = FakeGPU([0.01])
-    med, _ = bench.median_time(unsynced.fn, unsynced.clock, None, warmup=0, repeats=3)
-    assert med == 0.0  # without sync the clock sees only the launch
-    with pytest.raises(ValueError):
-        bench.median_time(gpu.fn, gpu.clock, repeats=0)
 
 
 def test_the_notebook_shows_committed_gpu_results(tmp_path, monkeypatch, quick_result):

@@ -57,8 +57,8 @@ def test_gpu_timings_and_roofline_are_sane(quick):
 
 def test_naive_and_absorbed_mla_agree_in_bf16():
     cfg = bench.choose("cuda", quick=True)
-    naive = bench._Layer("MLA naive", cfg, 1024, cuda_gen(3))
-    absorbed = bench._Layer("MLA absorbed", cfg, 1024, cuda_gen(3))
+    naive = bench.Layer("MLA naive", cfg, 1024, cuda_gen(3))
+    absorbed = bench.Layer("MLA absorbed", cfg, 1024, cuda_gen(3))
     with torch.inference_mode():
         step_n, step_a = naive.decode(), absorbed.decode()
         assert step_n.dtype == torch.bfloat16 and relative(step_n, step_a) < 2e-2
@@ -72,7 +72,7 @@ def test_the_full_size_prefill_fits_in_memory():
     heads' scores at once would need 34 GB in bf16, a few heads at a time a few GB."""
     cfg = bench.choose("cuda")
     for mech in ("MLA naive", "MLA absorbed"):
-        layer = bench._Layer(mech, cfg, cfg.prefill_tokens, cuda_gen(4))
+        layer = bench.Layer(mech, cfg, cfg.prefill_tokens, cuda_gen(4))
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()

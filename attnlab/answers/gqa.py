@@ -9,8 +9,8 @@ import math
 import torch
 
 from attnlab import arguments
-from attnlab.guard import guarded
 from attnlab.answers.mha import _check_weights, causal_mask, merge_heads, split_heads
+from attnlab.guard import guarded
 
 
 @guarded

@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 
 from attnlab import arguments
-from attnlab.guard import guarded
 from attnlab.answers.rope import _check_rope, rope_interleaved
+from attnlab.guard import guarded
 
 
 # Retrofitting GQA into MLA (TransMLA, arXiv 2502.07864; MHA2MLA, arXiv 2502.14837).

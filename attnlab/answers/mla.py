@@ -4,53 +4,19 @@ The course's own answers: see :mod:`attnlab.answers`.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 
 from attnlab import arguments
-from attnlab.guard import guarded
 from attnlab.answers.mha import attention, causal_mask, merge_heads, split_heads
 from attnlab.answers.rope import rope_interleaved, rope_tables
+from attnlab.guard import guarded
+from attnlab.models import MLAConfig
 
 
 # Multi-head latent attention (DeepSeek-V2, arXiv 2405.04434, section 2.1;
 # DeepSeek-V3's inference/model.py). Names follow the paper: W_DKV compresses
 # h into the KV latent c_KV, W_UK and W_UV decompress it, W_DQ / W_UQ do the
 # same for queries, W_QR and W_KR make the decoupled RoPE parts.
-
-
-@dataclass(frozen=True)
-class MLAConfig:
-    """The dimensions of one MLA layer (and the number of layers, for cache sizes)."""
-
-    name: str
-    d_model: int  # C
-    n_heads: int  # H
-    d_latent: int  # d_c, kv_lora_rank: the cached KV latent
-    d_q_latent: int  # d'_c, q_lora_rank: the query latent
-    d_nope: int  # d_h, qk_nope_head_dim: the compressed part of a query/key head
-    d_rope: int  # d_h^R, qk_rope_head_dim: the decoupled RoPE part
-    d_v: int  # v_head_dim
-    n_layers: int
-
-    @property
-    def softmax_scale(self) -> float:
-        return 1.0 / math.sqrt(self.d_nope + self.d_rope)
-
-
-MLA_PRESETS = {
-    c.name: c
-    for c in [
-        # DeepSeek-V3 inference/configs/config_671B.json
-        MLAConfig("DeepSeek-V3", 7168, 128, 512, 1536, 128, 64, 128, 61),
-        # DeepSeek-V2, arXiv 2405.04434, section 3.1.2
-        MLAConfig("DeepSeek-V2", 5120, 128, 512, 1536, 128, 64, 128, 60),
-        # The same structure, small enough for a CPU in seconds.
-        MLAConfig("tiny", 64, 4, 16, 24, 8, 4, 8, 2),
-    ]
-}
 
 
 class MLAWeights(torch.nn.Module):

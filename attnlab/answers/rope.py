@@ -7,9 +7,9 @@ from __future__ import annotations
 import torch
 
 from attnlab import arguments
-from attnlab.guard import guarded
 from attnlab.answers.gqa import _gqa_qkv, gqa_attention
 from attnlab.answers.mha import KVCache, merge_heads
+from attnlab.guard import guarded
 
 
 @guarded

@@ -18,9 +18,11 @@ from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from attnlab import answers
 from attnlab.guard import guarded
+from attnlab.lesson import cache
 
 DATA = pathlib.Path(__file__).resolve().parent.parent / "data" / "shakespeare.txt"
 
@@ -101,9 +103,8 @@ class LMConfig:
 
     def cache_elements_per_token(self) -> int:
         """Elements cached per token over all layers (DeepSeek-V2, Table 1)."""
-        per_layer = {"MHA": 2 * self.n_heads * self.d_head, "GQA": 2 * self.n_kv_heads * self.d_head,
-                     "MLA": self.d_latent + self.d_rope}[self.kind]
-        return per_layer * self.n_layers
+        return cache.mechanism_elements_per_token(self.kind, self.n_layers, self.n_heads, self.n_kv_heads,
+                                                  self.d_head, self.d_latent, self.d_rope)
 
 
 # The models' own RMSNorm and RoPE answer workbook 04's rms_norm and 06's partial_rope:
@@ -247,25 +248,6 @@ class TrainConfig:
     threads: int | None = 1
 
 
-class _Progress:
-    """A one-line progress bar on stdout (stderr would zero a notebook cell under nbgrader)."""
-
-    def __init__(self, total: int, stream=None):
-        self.total, self.done, self.start = total, 0, time.perf_counter()
-        self.stream = stream or sys.stdout
-
-    def step(self, label: str):
-        self.done += 1
-        # At most about 50 updates: each one is an output message in a notebook.
-        if self.done != self.total and self.done % max(1, self.total // 50):
-            return
-        bar = "#" * int(20 * self.done / self.total)
-        self.stream.write(f"\r[{bar:<20}] {self.done}/{self.total} {label:<40} {time.perf_counter() - self.start:5.1f} s")
-        if self.done == self.total:
-            self.stream.write("\n")
-        self.stream.flush()
-
-
 @contextlib.contextmanager
 def torch_threads(n: int | None):
     """Run torch on ``n`` threads inside the block (None: as it is), then restore the setting."""
@@ -317,7 +299,10 @@ def _train(cfg: LMConfig, corpus: Corpus, tc: TrainConfig, progress: bool) -> di
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     g = torch.Generator().manual_seed(tc.seed)  # the same batches for every model
     out = {"config": cfg, "params": count_params(model), "train": [], "val": []}
-    bar = _Progress(tc.steps) if progress else None
+    # On stdout (stderr would zero a notebook cell under nbgrader), at most about once a second: each
+    # update is an output message in a notebook.
+    bar = tqdm(total=tc.steps, file=sys.stdout, disable=not progress, mininterval=1.0, desc=cfg.kind,
+               bar_format="{desc}: {bar:20}| {n}/{total} {elapsed}{postfix}")
     start, cpu_start, running = time.perf_counter(), time.process_time(), None
     for step in range(tc.steps):
         x, y = corpus.batch("train", tc.batch, cfg.context, g)
@@ -331,8 +316,9 @@ def _train(cfg: LMConfig, corpus: Corpus, tc: TrainConfig, progress: bool) -> di
         out["train"].append((step + 1, loss.item()))
         if (step + 1) % tc.eval_every == 0 or step + 1 == tc.steps:
             out["val"].append((step + 1, evaluate(model, corpus, tc.eval_batches, tc.batch)))
-        if bar:
-            bar.step(f"{cfg.kind}: train loss {running:.3f}")
+        bar.set_postfix_str(f"train loss {running:.3f}", refresh=False)
+        bar.update()
+    bar.close()
     out["seconds"] = time.perf_counter() - start
     out["cpu_seconds"] = time.process_time() - cpu_start  # all of this process's threads
     out["model"] = model

@@ -6,6 +6,7 @@ instead of relying on a notebook's output area.
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import ipywidgets as widgets
 import numpy as np
@@ -13,8 +14,26 @@ from matplotlib.figure import Figure
 
 from attnlab import arguments
 from attnlab.lesson import cache
+from attnlab.models import GPUS, MODELS
 
 CUSTOM = "custom"
+
+# CacheGrowth grows an MHA cache: the MHA models, and DeepSeek-V3's heads cached as a plain MHA model would.
+_V3 = MODELS["DeepSeek-V3"]
+MHA_MODELS = {m.name: m for m in MODELS.values() if m.is_mha} | {"DeepSeek-V3 dims as MHA": replace(
+    _V3, name="DeepSeek-V3 dims as MHA", attention="MHA",
+    source=f"{_V3.source}: 61 layers, 128 heads; K and V of 128 dims each, as a plain MHA model would cache them")}
+
+# CacheExplorer compares all four mechanisms on a model with GQA or MLA.
+EXPLORER_MODELS = {m.name: m for m in MODELS.values() if m.attention in ("GQA", "MLA")}
+
+
+def _explorer_dims(m) -> tuple:
+    """(layers, heads, K/V heads, head width, d_c, d_rope) for the explorer. What a model does not ship
+    with is assumed: an MLA version of a GQA model follows DeepSeek-V2's rule (d_c = 4 d_h, d_h^R = d_h / 2);
+    a GQA version of an MLA model has 8 K/V heads (Llama 3's count)."""
+    kv = m.kv_heads if m.attention == "GQA" else 8
+    return m.n_layers, m.n_heads, kv, m.d_head, m.d_latent or 4 * m.d_head, m.d_rope or m.d_head // 2
 
 
 def _png(fig: Figure) -> bytes:
@@ -32,12 +51,10 @@ class CacheGrowth(widgets.VBox):
     """
 
     def __init__(self, preset: str = "Llama-2-7B"):
-        if preset not in cache.PRESETS or not cache.PRESETS[preset].is_mha:
-            mha = sorted(name for name, p in cache.PRESETS.items() if p.is_mha)
-            raise ValueError(f"preset must be one of the MHA models {mha}, got {preset!r}")
+        if preset not in MHA_MODELS:
+            raise ValueError(f"preset must be one of the MHA models {sorted(MHA_MODELS)}, got {preset!r}")
         style = {"description_width": "8em"}
-        mha = [name for name, p in cache.PRESETS.items() if p.is_mha]
-        self.preset = widgets.Dropdown(options=[*mha, CUSTOM], value=preset, description="model", style=style)
+        self.preset = widgets.Dropdown(options=[*MHA_MODELS, CUSTOM], value=preset, description="model", style=style)
         self.n_layers = widgets.IntSlider(value=1, min=1, max=128, description="layers", style=style)
         self.n_heads = widgets.IntSlider(value=1, min=1, max=128, description="heads", style=style)
         self.d_head = widgets.IntSlider(value=128, min=8, max=256, step=8, description="head dim", style=style)
@@ -71,7 +88,7 @@ class CacheGrowth(widgets.VBox):
 
     # -- events --------------------------------------------------------------
     def _apply_preset(self):
-        p = cache.PRESETS.get(self.preset.value)
+        p = MHA_MODELS.get(self.preset.value)
         if p is None:
             return
         self._applying_preset = True
@@ -86,7 +103,7 @@ class CacheGrowth(widgets.VBox):
 
     def _on_dimension(self, change):
         if not self._applying_preset:
-            p = cache.PRESETS.get(self.preset.value)
+            p = MHA_MODELS.get(self.preset.value)
             if p is not None and (p.n_layers, p.n_heads, p.d_head) != (
                 self.n_layers.value, self.n_heads.value, self.d_head.value
             ):
@@ -96,7 +113,7 @@ class CacheGrowth(widgets.VBox):
     def _redraw(self):
         context, batch = int(self.context.value), self.batch.value
         per_token = self.bytes_per_token
-        p = cache.PRESETS.get(self.preset.value)
+        p = MHA_MODELS.get(self.preset.value)
         weights = p.n_params * 2 if p else None  # bf16 weights
         lines = [
             f"<b>{self.n_layers.value} layers × {self.n_heads.value} heads × {self.d_head.value} dims</b>",
@@ -230,14 +247,14 @@ class CacheExplorer(widgets.VBox):
     MECHANISMS = ("MHA", "GQA", "MQA", "MLA")
 
     def __init__(self, preset: str = "DeepSeek-V3", gpu: str = "80 GB"):
-        if preset not in cache.EXPLORER_PRESETS:
-            raise ValueError(f"preset must be one of {sorted(cache.EXPLORER_PRESETS)}, got {preset!r}")
-        if gpu not in cache.GPUS:
-            raise ValueError(f"gpu must be one of {list(cache.GPUS)}, got {gpu!r}")
+        if preset not in EXPLORER_MODELS:
+            raise ValueError(f"preset must be one of {sorted(EXPLORER_MODELS)}, got {preset!r}")
+        if gpu not in GPUS:
+            raise ValueError(f"gpu must be one of {list(GPUS)}, got {gpu!r}")
         # wide enough for the longest label, "KV heads (GQA)"
         style = {"description_width": "9em"}
-        self.preset = widgets.Dropdown(options=[*cache.EXPLORER_PRESETS, CUSTOM], value=preset, description="model", style=style)
-        self.gpu = widgets.Dropdown(options=list(cache.GPUS), value=gpu, description="GPU memory", style=style)
+        self.preset = widgets.Dropdown(options=[*EXPLORER_MODELS, CUSTOM], value=preset, description="model", style=style)
+        self.gpu = widgets.Dropdown(options=list(GPUS), value=gpu, description="GPU memory", style=style)
         self.context = widgets.FloatLogSlider(value=131072, base=2, min=10, max=20, step=1, description="context",
                                               readout_format=".0f", style=style)
         self.batch = widgets.IntSlider(value=1, min=1, max=64, description="batch", style=style)
@@ -263,12 +280,12 @@ class CacheExplorer(widgets.VBox):
         self._redraw()
 
     def _apply_preset(self):
-        p = cache.EXPLORER_PRESETS.get(self.preset.value)
+        p = EXPLORER_MODELS.get(self.preset.value)
         if p is None:
             return
         self._applying = True
         try:
-            for control, value in zip(self._dims, (p.n_layers, p.n_heads, p.n_kv_heads, p.d_head, p.d_latent, p.d_rope)):
+            for control, value in zip(self._dims, _explorer_dims(p)):
                 control.value = value
         finally:
             self._applying = False
@@ -276,14 +293,13 @@ class CacheExplorer(widgets.VBox):
     def _on_dimension(self, change):
         if self._applying:
             return
-        p = cache.EXPLORER_PRESETS.get(self.preset.value)
-        if p is not None and (p.n_layers, p.n_heads, p.n_kv_heads, p.d_head, p.d_latent, p.d_rope) != tuple(
-                c.value for c in self._dims):
+        p = EXPLORER_MODELS.get(self.preset.value)
+        if p is not None and _explorer_dims(p) != tuple(c.value for c in self._dims):
             self.preset.value = CUSTOM  # hand-made dimensions are no longer the preset
         self._redraw()
 
     def _weights_bytes(self) -> float:
-        p = cache.EXPLORER_PRESETS.get(self.preset.value)
+        p = EXPLORER_MODELS.get(self.preset.value)
         return p.n_params * 2 if p else 0.0  # bf16 weights; a custom model has none counted
 
     def _compute(self) -> dict:
@@ -293,7 +309,7 @@ class CacheExplorer(widgets.VBox):
         dims = (self.n_layers.value, heads, kv, self.d_head.value, self.d_latent.value, max(self.d_rope.value, 0))
         es = cache.dtype_bytes(self.dtype.value)
         context, batch = int(self.context.value), self.batch.value
-        gpu, weights = cache.GPUS[self.gpu.value], self._weights_bytes()
+        gpu, weights = GPUS[self.gpu.value], self._weights_bytes()
         out = {}
         for mech in self.MECHANISMS:
             if mech == "MLA" and dims[5] == 0:
@@ -313,15 +329,15 @@ class CacheExplorer(widgets.VBox):
     def _redraw(self):
         self.numbers = n = self._compute()
         context, batch = int(self.context.value), self.batch.value
-        gpu, weights = cache.GPUS[self.gpu.value], self._weights_bytes()
-        p = cache.EXPLORER_PRESETS.get(self.preset.value)
+        gpu, weights = GPUS[self.gpu.value], self._weights_bytes()
+        p = EXPLORER_MODELS.get(self.preset.value)
         td = '<td style="padding: 1px 10px; text-align: right">'
         th = '<th style="padding: 1px 10px; text-align: right; border-bottom: 1px solid #999">'
         rows = "".join(
             f"<tr><td>{m}</td>{td}{cache.format_bytes(n[m]['bytes_per_token'])}</td>"
             f"{td}{n[m]['ratio_to_mha']:.1f}×</td>{td}{cache.format_bytes(n[m]['cache_bytes'])}</td>"
             f"{td}{n[m]['longest_context']:,}</td></tr>" for m in self.MECHANISMS)
-        head = (f"<b>{self.preset.value}</b>" + (f" (ships with {p.ships_with}; {p.source})" if p else "")
+        head = (f"<b>{self.preset.value}</b>" + (f" (ships with {p.attention}; {p.source})" if p else "")
                 + f" · {self.gpu.value} GPU · weights {cache.format_bytes(weights)} in bf16"
                 + (" · <b>the weights alone do not fit</b>" if weights >= gpu else ""))
         self.summary.value = (

@@ -46,9 +46,10 @@ import torch
 import torch.nn as nn
 
 import attnlab
-from attnlab.lesson import cache as cache_math
 from attnlab import answers
 from attnlab.checks import exercise, expect_close, expect_shape, number, storage_watch
+from attnlab.lesson import cache as cache_math
+from attnlab.models import GPUS, MODELS
 # Workbook 01's answers, as building blocks for this one.
 from attnlab.answers import KVCache, attention, attention_backward, merge_heads, split_heads
 
@@ -597,7 +598,7 @@ for l, n_kv, d, n_h in [(61, 1, 64, 128), (27, 16, 192, 16), (5, 3, 7, 12), (80,
 # decode of 8 sequences of 32,768 tokens needs, weights (bf16) included.
 
 # %%
-llama = cache_math.PRESETS["Llama-3-8B"]
+llama = MODELS["Llama-3-8B"]
 kv_heads = [1, 2, 4, 8, 16, 32]
 per_token = [cache_math.gqa_elements_per_token(llama.n_layers, g, llama.d_head) for g in kv_heads]
 one_long = [cache_math.cache_bytes(e, 131_072, 1, "bf16") / 2**30 for e in per_token]
@@ -610,7 +611,7 @@ ax1.bar_label(bars, fmt="%.0f")
 ax1.set(xlabel="K/V heads", ylabel="GiB", title="KV cache, 1 × 131,072 tokens")
 ax2.bar([str(g) for g in kv_heads], [weights] * len(kv_heads), color="C7", label="weights")
 ax2.bar([str(g) for g in kv_heads], batch_of_8, bottom=weights, color="C0", label="KV cache")
-ax2.axhline(cache_math.GPUS["80 GB"] / 2**30, color="C3", linestyle="--", label="\"80 GB\" H100 (79.6 GiB)")
+ax2.axhline(GPUS["80 GB"] / 2**30, color="C3", linestyle="--", label="\"80 GB\" H100 (79.6 GiB)")
 ax2.set(xlabel="K/V heads", ylabel="GiB", title="decode memory, 8 × 32,768 tokens")
 ax2.legend(fontsize=8)
 fig.suptitle("Llama-3-8B (32 layers, 32 query heads of 128 dims; it ships with 8 K/V heads)", fontsize=10)

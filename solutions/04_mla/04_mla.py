@@ -45,11 +45,13 @@ import matplotlib.pyplot as plt
 import torch
 
 import attnlab
-from attnlab.lesson import cache as cache_math
 from attnlab import answers
 from attnlab.checks import exercise, expect_close, expect_shape, number, storage_watch
+from attnlab.lesson import cache as cache_math
 # Workbooks 01-03's answers and the MLA layer's weights, from the course package.
-from attnlab.answers import MLA_PRESETS, MLAWeights, attention, merge_heads, rope_interleaved, rope_tables, split_heads
+from attnlab.answers import MLAWeights, attention, merge_heads, rope_interleaved, rope_tables, split_heads
+# The released models' dimensions, each with its source, and a tiny MLA of the same structure.
+from attnlab.models import MODELS, TINY_MLA
 
 torch.manual_seed(0)
 device = attnlab.pick_device()
@@ -79,14 +81,14 @@ print(f"torch {torch.__version__}, running on {device}")
 #
 # DeepSeek-V3 (`inference/configs/config_671B.json`): `C` = 7168, 128 heads,
 # `d_c` = 512 (`kv_lora_rank`), `d'_c` = 1536 (`q_lora_rank`), `d_nope` = 128,
-# `d_rope` = 64, `d_v` = 128, 61 layers. The `tiny` preset has the same
+# `d_rope` = 64, `d_v` = 128, 61 layers. `TINY_MLA` has the same
 # structure at a size that runs in milliseconds; the tests use it and others.
 
 # %%
-for name, c in MLA_PRESETS.items():
-    print(f"{name:>12}: C={c.d_model}, heads={c.n_heads}, d_c={c.d_latent}, d'_c={c.d_q_latent}, "
+for c in [MODELS[name].mla_config() for name in ("DeepSeek-V2", "DeepSeek-V3", "Kimi K2")] + [TINY_MLA]:
+    print(f"{c.name:>12}: C={c.d_model}, heads={c.n_heads}, d_c={c.d_latent}, d'_c={c.d_q_latent}, "
           f"d_nope={c.d_nope}, d_rope={c.d_rope}, d_v={c.d_v}, layers={c.n_layers}, scale=1/sqrt({c.d_nope + c.d_rope})")
-cfg = MLA_PRESETS["tiny"]
+cfg = TINY_MLA
 m = MLAWeights(cfg).to(device)
 
 # %% [markdown]
@@ -748,7 +750,7 @@ def cache_gib(elements_per_token, seq_len, batch=1, bytes_per_element=2):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_cache_size", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-v3 = MLA_PRESETS["DeepSeek-V3"]
+v3 = MODELS["DeepSeek-V3"]
 with exercise("mla_cache_elements_per_token", "cache_gib"):
     mla = number(mla_cache_elements_per_token(v3.n_layers, v3.d_latent, v3.d_rope), "mla_cache_elements_per_token")
     mla_gib = number(cache_gib(mla, 131_072), "cache_gib")

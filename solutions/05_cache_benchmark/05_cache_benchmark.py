@@ -39,9 +39,9 @@ import torch
 from IPython.display import Image, display
 
 import attnlab
+from attnlab.checks import exercise, number
 from attnlab.lesson import bench
 from attnlab.lesson import cache as cache_math
-from attnlab.checks import exercise, number
 
 torch.manual_seed(0)
 device = attnlab.pick_device()

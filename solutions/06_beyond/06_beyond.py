@@ -41,8 +41,8 @@ import torch
 
 import attnlab
 from attnlab import answers
-from attnlab.lesson import charlm, retrofit
 from attnlab.checks import exercise, expect_close, expect_shape
+from attnlab.lesson import charlm, retrofit
 
 torch.manual_seed(0)
 print(f"torch {torch.__version__}; the exercises use float64 on the CPU, the training float32 on the CPU")

@@ -1,0 +1,97 @@
+"""The released models and the GPUs the course computes with: one table, each row with its source.
+
+Every model dimension, parameter count and GPU memory size in the workbooks,
+the widgets and the benchmark comes from here. What a row cannot say (a
+hypothetical MLA version of Llama 3, say) is assumed where it is used, and
+said there.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    """The dimensions of one MLA layer (and the number of layers, for cache sizes)."""
+
+    name: str
+    d_model: int  # C
+    n_heads: int  # H
+    d_latent: int  # d_c, kv_lora_rank: the cached KV latent
+    d_q_latent: int  # d'_c, q_lora_rank: the query latent
+    d_nope: int  # d_h, qk_nope_head_dim: the compressed part of a query/key head
+    d_rope: int  # d_h^R, qk_rope_head_dim: the decoupled RoPE part
+    d_v: int  # v_head_dim
+    n_layers: int
+
+    @property
+    def softmax_scale(self) -> float:
+        return 1.0 / math.sqrt(self.d_nope + self.d_rope)
+
+
+@dataclass(frozen=True)
+class Model:
+    """A released model's attention dimensions and size.
+
+    ``d_head`` is a key's (and a value's) width per head; for MLA models it is
+    the compressed part of a query/key head (``qk_nope_head_dim``), and the MLA
+    fields hold the rest."""
+
+    name: str
+    attention: str  # what it ships with: "MHA", "GQA" or "MLA"
+    n_layers: int
+    n_heads: int
+    d_head: int
+    n_params: float  # parameters, to compare the cache with the weights
+    source: str
+    n_kv_heads: int | None = None  # GQA's K/V heads; None: as many as query heads
+    d_model: int | None = None  # MLA only, from here on
+    d_latent: int | None = None  # kv_lora_rank
+    d_q_latent: int | None = None  # q_lora_rank
+    d_rope: int | None = None  # qk_rope_head_dim
+    d_v: int | None = None  # v_head_dim
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def is_mha(self) -> bool:
+        return self.attention == "MHA"
+
+    def mla_config(self) -> MLAConfig:
+        """One MLA layer of this model (with its layer count)."""
+        if self.attention != "MLA":
+            raise ValueError(f"{self.name} ships with {self.attention}, not MLA")
+        return MLAConfig(self.name, self.d_model, self.n_heads, self.d_latent, self.d_q_latent, self.d_head,
+                         self.d_rope, self.d_v, self.n_layers)
+
+
+_LLAMA2 = "Llama 2, arXiv 2307.09288, section 2.2 (LLaMA's architecture, arXiv 2302.13971, Table 2; plain MHA)"
+_LLAMA3 = "Llama 3 Herd, arXiv 2407.21783, Table 3"
+
+MODELS = {
+    m.name: m
+    for m in [
+        Model("Llama-2-7B", "MHA", 32, 32, 128, 6.74e9, _LLAMA2),
+        Model("Llama-2-13B", "MHA", 40, 40, 128, 13.0e9, _LLAMA2),
+        Model("Llama-3-8B", "GQA", 32, 32, 128, 8.03e9, _LLAMA3, n_kv_heads=8),
+        Model("Llama-3-70B", "GQA", 80, 64, 128, 70.6e9, _LLAMA3, n_kv_heads=8),
+        Model("DeepSeek-V2", "MLA", 60, 128, 128, 236e9, "DeepSeek-V2, arXiv 2405.04434, section 3.1.2",
+              d_model=5120, d_latent=512, d_q_latent=1536, d_rope=64, d_v=128),
+        Model("DeepSeek-V3", "MLA", 61, 128, 128, 671e9, "DeepSeek-V3 inference/configs/config_671B.json",
+              d_model=7168, d_latent=512, d_q_latent=1536, d_rope=64, d_v=128),
+        Model("Kimi K2", "MLA", 61, 64, 128, 1.04e12, "Kimi K2 technical report, arXiv 2507.20534",
+              d_model=7168, d_latent=512, d_q_latent=1536, d_rope=64, d_v=128),
+    ]
+}
+
+# The same structure as DeepSeek's MLA, small enough for a CPU in seconds.
+TINY_MLA = MLAConfig("tiny", 64, 4, 16, 24, 8, 4, 8, 2)
+
+# What each card reports, in bytes (nvidia-smi's total, MiB): the names are
+# round figures. RTX 4090 "24 GB": 24,564 MiB (RLinf/RLinf#255); H100 "80 GB":
+# 81,559 MiB (NVIDIA/nccl#1264, modal-labs/modal-client#2797); H200 "141 GB":
+# 143,771 MiB (seen on the course's own H200, 2026-10-27).
+GPUS = {"24 GB": 24_564 * 2**20, "80 GB": 81_559 * 2**20, "141 GB": 143_771 * 2**20}
