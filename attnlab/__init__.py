@@ -1,19 +1,20 @@
-"""attnlab: what the notebooks of the efficient-attention course share.
+"""attnlab: what the workbooks of the efficient-attention course share, by who uses it.
 
-- :mod:`attnlab.answers`: the course's reference attention implementations;
-- :mod:`attnlab.guard`: switches those off while a learner's code is graded;
-- :mod:`attnlab.lesson.cache`: KV-cache arithmetic and real model dimensions;
-- :mod:`attnlab.checks`: learner-facing checks used by the tests;
-- :mod:`attnlab.arguments`: argument checks that name the argument;
-- :mod:`attnlab.lesson.widgets`: the interactive widgets;
-- :mod:`attnlab.lesson.bench`: the KV-cache benchmark and its command line;
-- :mod:`attnlab.lesson.charlm`: workbook 06's latent attention and tiny character-level language models;
-- :mod:`attnlab.instructor.notebooks`: builds the .ipynb notebooks from their text sources;
-- :mod:`attnlab.instructor.grading`, :mod:`attnlab.learner.selfcheck`: grading through nbgrader, for instructors and learners;
-- :mod:`attnlab.instructor.sandbox`: the kernel that runs a student's notebook while it is graded;
-- :mod:`attnlab.instructor.grading_kernel`: what that kernel sets up in itself (output cap, memory reserve);
-- :mod:`attnlab.instructor.feedback`: the feedback a student gets back, without the hidden tests;
-- :mod:`attnlab.instructor.mistakes`: the planted mistakes that prove the tests catch real errors.
+- what teaches:
+  :mod:`attnlab.answers` (the course's answers, one module per workbook; switched
+  off while a learner's code is graded), :mod:`attnlab.models` (the released
+  models and GPUs, each with its source), :mod:`attnlab.lesson` (cache
+  arithmetic, widgets, the KV-cache benchmark, workbook 06's character LM and
+  retrofit experiments);
+- what test cells import: :mod:`attnlab.checks` (``exercise``, ``expect_close``
+  and the exercise table; :mod:`attnlab.checks.suspects`, what tests compare with);
+- what learners run: :mod:`attnlab.learner` (the workspace in ``work/``, the
+  start page, ``make check``);
+- what only instructors run: :mod:`attnlab.instructor` (notebook building,
+  grading through nbgrader, the sandboxed grading kernel, feedback, flags,
+  Gradescope, the planted mistakes);
+- shared by all: :mod:`attnlab.guard` (switches the answers off) and
+  :mod:`attnlab.arguments` (argument checks that name the argument).
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ import pathlib
 import platform
 import statistics
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.utils.benchmark as benchmark
@@ -59,7 +59,6 @@ class BenchConfig:
     warmup: int = 5
     max_run_s: float = 2.0  # the most time spent timing one step (torch.utils.benchmark's adaptive_autorange)
     why: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def torch_dtype(self) -> torch.dtype:
