@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attnlab import answers, guard
-from attnlab.lesson import charlm, retrofit
+from attnlab.lesson import charlm, latent
 
 
 def weights(C, H, G, D, seed=0):
@@ -26,7 +26,7 @@ def test_gqa_as_mla_reproduces_gqa(H, G, rope):
     assert W_dkv.shape == (2 * G * D, C)  # the same cache as GQA
     want = (answers.rope_gqa_step(x, W_q, W_k, W_v, W_o, H, G, answers.KVCache()) if rope
             else answers.gqa_forward(x, W_q, W_k, W_v, W_o, H, G))
-    torch.testing.assert_close(retrofit.latent_attention(x, W_q, W_dkv, W_uk, W_uv, W_o, H, rope=rope), want)
+    torch.testing.assert_close(latent.latent_attention(x, W_q, W_dkv, W_uk, W_uv, W_o, H, rope=rope), want)
 
 
 def test_joint_svd_is_the_best_low_rank_approximation():
@@ -102,15 +102,15 @@ def test_training_is_deterministic_and_learns(capsys):
 def test_low_rank_retrofit_at_full_rank_changes_nothing():
     corpus = charlm.Corpus(charlm.load_text())
     model = charlm.CharLM(charlm.LMConfig("GQA", corpus.vocab))
-    full = retrofit.with_low_rank_kv(model, 64)
+    full = latent.with_low_rank_kv(model, 64)
     x, _ = corpus.batch("val", 2, 64, torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(full(x), model(x), atol=1e-4, rtol=1e-4)
-        assert not torch.allclose(retrofit.with_low_rank_kv(model, 4)(x), model(x), atol=1e-4)
+        assert not torch.allclose(latent.with_low_rank_kv(model, 4)(x), model(x), atol=1e-4)
     keep = [torch.ones(4, 8, dtype=torch.bool)] * 2
     with torch.no_grad():
-        torch.testing.assert_close(retrofit.with_partial_rope(model, keep)(x), model(x))
-    q, k = retrofit.sample_qk(model, x, layer=1)
+        torch.testing.assert_close(latent.with_partial_rope(model, keep)(x), model(x))
+    q, k = latent.sample_qk(model, x, layer=1)
     assert q.shape == k.shape == (2, 4, 64, 16)
 
 

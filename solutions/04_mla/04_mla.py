@@ -787,10 +787,14 @@ for e, t, b, nbytes in [(35_136, 32_768, 3, 2), (35_136, 131_072, 1, 1), (1_000,
 # mechanism it ships with, against plain MHA at the same size:
 
 # %%
-rows = [("Llama-3-8B (GQA, 8 K/V heads)", cache_math.gqa_elements_per_token(32, 8, 128), 2 * 32 * 128 * 32),
-        ("Llama-3-70B (GQA, 8 K/V heads)", cache_math.gqa_elements_per_token(80, 8, 128), 2 * 64 * 128 * 80),
-        ("DeepSeek-V2 (MLA)", mla_cache_elements_per_token(60, 512, 64), 2 * 128 * 128 * 60),
-        ("DeepSeek-V3 (MLA)", mla_cache_elements_per_token(61, 512, 64), 2 * 128 * 128 * 61)]
+def shipped(m):  # elements per token as the model ships, and as plain MHA with its heads
+    mha = cache_math.mha_elements_per_token(m.n_layers, m.n_heads, m.d_head)
+    if m.attention == "GQA":
+        return f"{m.name} (GQA, {m.kv_heads} K/V heads)", cache_math.gqa_elements_per_token(m.n_layers, m.kv_heads, m.d_head), mha
+    return f"{m.name} (MLA)", mla_cache_elements_per_token(m.n_layers, m.d_latent, m.d_rope), mha
+
+
+rows = [shipped(MODELS[name]) for name in ("Llama-3-8B", "Llama-3-70B", "DeepSeek-V2", "DeepSeek-V3")]
 fig, ax = plt.subplots(figsize=(7, 2.8))
 names = [r[0] for r in rows]
 ax.barh(names, [r[2] * 2 / 2**20 for r in rows], color="C7", label="as plain MHA")

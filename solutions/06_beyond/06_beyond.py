@@ -42,7 +42,7 @@ import torch
 import attnlab
 from attnlab import answers
 from attnlab.checks import exercise, expect_close, expect_shape
-from attnlab.lesson import charlm, retrofit
+from attnlab.lesson import charlm, latent
 
 torch.manual_seed(0)
 print(f"torch {torch.__version__}; the exercises use float64 on the CPU, the training float32 on the CPU")
@@ -78,7 +78,7 @@ print(f"torch {torch.__version__}; the exercises use float64 on the CPU, the tra
 #
 # Write `gqa_as_mla`: from GQA's `W_k`, `W_v` (each `(G*D, C)`, as `nn.Linear`
 # stores them) return `W_dkv` `(2*G*D, C)` and the selection matrices `W_uk`,
-# `W_uv`, each `(H*D, 2*G*D)`. `retrofit.latent_attention` runs the MLA layer.
+# `W_uv`, each `(H*D, 2*G*D)`. `latent.latent_attention` runs the MLA layer.
 
 # %% nbgrader={"grade": false, "grade_id": "gqa_as_mla", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def gqa_as_mla(W_k, W_v, n_heads, n_kv_heads):
@@ -111,15 +111,15 @@ expect_shape(W_uk, (H * D, 2 * G * D), "W_uk", hint="One D-row block per query h
 expect_shape(W_uv, (H * D, 2 * G * D), "W_uv")
 want = answers.gqa_forward(x, W_q, W_k, W_v, W_o, H, G)
 s_uk, s_uv = strided_selection(H, G, D)
-expect_close(retrofit.latent_attention(x, W_q, W_dkv, W_uk, W_uv, W_o, H), want,
+expect_close(latent.latent_attention(x, W_q, W_dkv, W_uk, W_uv, W_o, H), want,
              "the MLA layer built from your weights, against GQA",
              suspects={"query head h reads group h % G instead of h // (H // G)":
-                       retrofit.latent_attention(x, W_q, W_dkv, s_uk, s_uv, W_o, H),
+                       latent.latent_attention(x, W_q, W_dkv, s_uk, s_uv, W_o, H),
                        "the values are read from the keys' half of the latent (W_uv = W_uk)":
-                       retrofit.latent_attention(x, W_q, W_dkv, W_uk, W_uk, W_o, H)})
+                       latent.latent_attention(x, W_q, W_dkv, W_uk, W_uk, W_o, H)})
 # With RoPE, rotating the queries and the *decompressed* keys is still exactly GQA with RoPE (workbook 03).
 want_rope = answers.rope_gqa_step(x, W_q, W_k, W_v, W_o, H, G, answers.KVCache())
-expect_close(retrofit.latent_attention(x, W_q, W_dkv, W_uk, W_uv, W_o, H, rope=True), want_rope,
+expect_close(latent.latent_attention(x, W_q, W_dkv, W_uk, W_uv, W_o, H, rope=True), want_rope,
              "the MLA layer with RoPE on the decompressed keys, against GQA with RoPE")
 print(f"GQA written as MLA: the same outputs, and the same cache: {W_dkv.shape[0]} numbers per token "
       f"(2 * G * D = {2 * G * D})")
@@ -143,7 +143,7 @@ for (hC, hH, hG, hD), hB, dtype, seed in [((24, 6, 1, 4), 3, torch.float64, 601)
     for rope in (False, True):
         h_want = (answers.rope_gqa_step(hx, hq, hk, hv, ho, hH, hG, answers.KVCache()) if rope
                   else answers.gqa_forward(hx, hq, hk, hv, ho, hH, hG))
-        expect_close(retrofit.latent_attention(hx, hq, h_dkv, h_uk, h_uv, ho, hH, rope=rope), h_want,
+        expect_close(latent.latent_attention(hx, hq, h_dkv, h_uk, h_uv, ho, hH, rope=rope), h_want,
                      f"the MLA layer built from your weights{' with RoPE' if rope else ''}, against GQA with {layer}, "
                      f"on a batch of {hB}")
 ### END HIDDEN TESTS
@@ -255,7 +255,7 @@ def retrofit(W_k, W_v, n_heads, n_kv_heads, rank):
 
 def error_against_rank(W_q, W_k, W_v, W_o, n_heads, n_kv_heads, x, ranks):
     want = answers.gqa_forward(x, W_q, W_k, W_v, W_o, n_heads, n_kv_heads)
-    return [retrofit.relative_error(retrofit.latent_attention(x, W_q, *retrofit(W_k, W_v, n_heads, n_kv_heads, r), W_o,
+    return [latent.relative_error(latent.latent_attention(x, W_q, *retrofit(W_k, W_v, n_heads, n_kv_heads, r), W_o,
                                                           n_heads), want) for r in ranks]
 
 
@@ -418,7 +418,7 @@ for name, kept in [("4 fastest pairs (high frequencies)", [0, 1, 2, 3]), ("4 slo
                    ("every other pair (uniform)", [0, 2, 4, 6])]:
     keep = torch.zeros(d // 2, dtype=torch.bool)
     keep[kept] = True
-    print(f"keep the {name:<34}: output changes by {retrofit.relative_error(layer_with(keep), full):.3f} (relative)")
+    print(f"keep the {name:<34}: output changes by {latent.relative_error(layer_with(keep), full):.3f} (relative)")
 
 # %% [markdown]
 # On random weights, dropping the slow pairs changes the output far less than
@@ -633,7 +633,7 @@ stack = torch.cat([gqa_model.blocks[0].attn.W_k.weight, gqa_model.blocks[0].attn
 gauss = torch.randn(stack.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(69))
 sv_trained, sv_gauss = torch.linalg.svdvals(stack), torch.linalg.svdvals(gauss)
 retro_ranks = [64, 48, 32, 24, 16, 8]
-retro = {r: charlm.evaluate(retrofit.with_low_rank_kv(gqa_model, r, svd=joint_svd), corpus) for r in retro_ranks}
+retro = {r: charlm.evaluate(latent.with_low_rank_kv(gqa_model, r, svd=joint_svd), corpus) for r in retro_ranks}
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
 axes[0].semilogy((sv_trained / sv_trained.norm()).numpy(), "o-", ms=3, label="trained GQA, layer 0")
 axes[0].semilogy((sv_gauss / sv_gauss.norm()).numpy(), "o-", ms=3, label="Gaussian, same shape")
@@ -681,9 +681,9 @@ for n in (4, 2):
     for name, rule in rules.items():
         keeps = []
         for layer in range(len(mha_model.blocks)):
-            q, k = retrofit.sample_qk(mha_model, sample, layer)
+            q, k = latent.sample_qk(mha_model, sample, layer)
             keeps.append(rule(n, q, k).expand(H, pairs).clone())
-        line.append(f"{name} {charlm.evaluate(retrofit.with_partial_rope(mha_model, keeps), corpus):.3f}")
+        line.append(f"{name} {charlm.evaluate(latent.with_partial_rope(mha_model, keeps), corpus):.3f}")
         if name == "2-norm":
             chosen = [keep.nonzero()[:, 1].view(H, n).tolist() for keep in keeps]
     print(f"keep {n} of {pairs} pairs per head: " + ", ".join(line))
