@@ -23,7 +23,7 @@ Nothing here is a counter a learner could leave at the wrong value:
 
 Code in the same process can still undo all of this (rebuild a function from
 ``__code__``, rewrite the ledger and the modes); the instructor's summary flags
-those constructs (:func:`attnlab.instructor.grading.code_flags`).
+those constructs (:func:`attnlab.instructor.flags.code_flags`).
 """
 from __future__ import annotations
 

@@ -31,6 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 import nbformat
 import pytest
 
+from attnlab import cells
+
 from attnlab.instructor import feedback, gradescope, grading, mistakes
 from conftest import ROOT, assignments
 import hostile_submissions
@@ -157,7 +159,7 @@ def test_a_submission_that_carries_the_hidden_tests_out_scores_and_leaks_nothing
 
 def _secrets() -> set[str]:
     release, source, _ = _notebooks()
-    return feedback.workbook_secrets(source, release, grading.solution_cells(source).values())
+    return feedback.workbook_secrets(source, release, cells.solution_cells(source).values())
 
 
 def test_no_results_json_holds_a_hidden_test_or_a_grading_path(graded, source):
@@ -196,8 +198,8 @@ def test_a_submission_that_cannot_be_graded_is_told_why(tmp_path, case):
     files, says = _bad_cases()[case]
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    cells = gradescope._manifest(A)["cells"]
-    notebook, why = gradescope.check_submission(tmp_path, A, cells)
+    release_ids = gradescope._manifest(A)["cells"]
+    notebook, why = gradescope.check_submission(tmp_path, A, release_ids)
     assert notebook is None and says in why, why
     results = gradescope.not_graded(A, why)
     results["execution_time"] = 0

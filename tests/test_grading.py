@@ -22,6 +22,8 @@ import sys
 import nbformat
 import pytest
 
+from attnlab import cells
+
 from attnlab.instructor import feedback, grading, mistakes
 from attnlab.learner import selfcheck
 from conftest import ROOT, assignments
@@ -143,7 +145,7 @@ def test_hidden_only_mistake_passes_the_visible_tests(visible, assignment, mista
 def _secrets(assignment) -> set[str]:
     source = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
     release = nbformat.read(ROOT / "course" / assignment / f"{assignment}.ipynb", as_version=4)
-    return feedback.workbook_secrets(source, release, grading.solution_cells(source).values())
+    return feedback.workbook_secrets(source, release, cells.solution_cells(source).values())
 
 
 @pytest.mark.parametrize("assignment", assignments())

@@ -17,7 +17,7 @@ import socket
 import nbformat
 import pytest
 
-from attnlab.instructor import grading, sandbox
+from attnlab.instructor import flags, grading, sandbox, summary
 from conftest import ROOT
 from hostile_submissions import ALL_TESTS, ASSIGNMENT as A, HOSTILE
 
@@ -79,7 +79,7 @@ def graded(tmp_path_factory):
         os.environ.update(saved)
         listener.close()
     assert (ROOT / "attnlab" / "checks" / "__init__.py").read_bytes() == checks_before, "a submission changed attnlab/checks/__init__.py"
-    rows = {r["student"]: r for r in grading.summary(parallel[0])}
+    rows = {r["student"]: r for r in summary.summary(parallel[0])}
     return {"parallel": parallel, "serial": serial, "rows": rows}
 
 
@@ -180,11 +180,11 @@ def test_the_model_answers_raise_no_flags(tmp_path, assignment):
     source = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
     path = tmp_path / f"{assignment}.ipynb"
     nbformat.write(grading.filled(release, source), path)
-    assert grading.flags(path) == []
+    assert flags.flags(path) == []
 
 
 def test_code_flags_name_what_an_instructor_should_read():
-    flag = grading.code_flags
+    flag = flags.code_flags
     assert flag("torch.allclose = lambda *a, **k: True") == ["replaces torch.allclose"]
     assert "replaces c.expect_close" in flag("import attnlab.checks as c\nc.expect_close = print")
     assert flag("from attnlab.guard import trusted") == ["imports attnlab.guard", "imports trusted from attnlab.guard"]
@@ -249,7 +249,7 @@ CHEATS = {
 
 @pytest.mark.parametrize("source", list(CHEATS), ids=[f"cheat{i}" for i in range(len(CHEATS))])
 def test_code_flags_catch_each_construct_only_a_cheat_needs(source):
-    found = grading.code_flags(source, test_names=frozenset({"want"}))
+    found = flags.code_flags(source, test_names=frozenset({"want"}))
     assert any(CHEATS[source] in f for f in found), (source, found)
 
 
@@ -263,7 +263,7 @@ def test_code_flags_catch_each_construct_only_a_cheat_needs(source):
     "n = sum(p.numel() for p in model.parameters())",
 ])
 def test_code_flags_leave_honest_code_alone(source):
-    assert grading.code_flags(source, test_names=frozenset({"want"})) == []
+    assert flags.code_flags(source, test_names=frozenset({"want"})) == []
 
 
 def test_flags_find_test_names_copies_of_the_answer_key_and_leave_given_cells_alone(tmp_path):
@@ -278,7 +278,7 @@ def test_flags_find_test_names_copies_of_the_answer_key_and_leave_given_cells_al
                            "return kv_cache_elements_per_token.__code__ and got")
     path = tmp_path / f"{A}.ipynb"
     nbformat.write(nb, path)
-    found = grading.flags(path)
+    found = flags.flags(path)
     assert "heads: split_heads is attnlab.answers.split_heads line for line" in found, found
     assert "cache_size: reads got, a name only the test cells bind" in found, found
     assert "cache_size: reaches __code__" in found, found

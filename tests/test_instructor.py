@@ -13,7 +13,7 @@ import zipfile
 import nbformat
 import pytest
 
-from attnlab.instructor import grading
+from attnlab.instructor import collect, course, grading, summary
 from conftest import ROOT
 
 A = "01_mha"
@@ -82,7 +82,7 @@ def graded(tmp_path_factory):
     with open(ws / "autograde" / "grades.csv", newline="") as f:
         grades = {(r["student_id"], r["assignment"]): r for r in csv.DictReader(f)}
     return {"ws": ws, "collect": collected, "grade": graded, "grades": grades,
-            "rows": {r["student"]: r for r in grading.summary(ws)}}
+            "rows": {r["student"]: r for r in summary.summary(ws)}}
 
 
 def test_collect_takes_the_samples_and_skips_bad_input_with_a_reason(graded):
@@ -150,9 +150,9 @@ def test_a_later_sandboxed_grading_clears_the_flag(tmp_path):
     grading._record_sandbox(tmp_path, [{"assignment": A, "student": "alice", "sandbox": False},
                                        {"assignment": A, "student": "bob", "sandbox": False}])
     grading._record_sandbox(tmp_path, [{"assignment": A, "student": "bob", "sandbox": True}])
-    assert json.loads((tmp_path / grading.UNSANDBOXED).read_text()) == [[A, "alice"]]
+    assert json.loads((tmp_path / course.UNSANDBOXED).read_text()) == [[A, "alice"]]
     grading._record_sandbox(tmp_path, [{"assignment": A, "student": "alice", "sandbox": True}])
-    assert not (tmp_path / grading.UNSANDBOXED).exists()
+    assert not (tmp_path / course.UNSANDBOXED).exists()
 
 
 def test_collecting_again_changes_nothing_and_a_bad_file_replaces_no_good_one(tmp_path):
@@ -162,22 +162,22 @@ def test_collecting_again_changes_nothing_and_a_bad_file_replaces_no_good_one(tm
     (first / "alice" / "01_mha.ipynb").write_bytes((SAMPLES / "alice" / "01_mha.ipynb").read_bytes())
     (first / "alice" / "01_mha (1).ipynb").write_bytes((SAMPLES / "alice" / "01_mha.ipynb").read_bytes())
     os.utime(first / "alice" / "01_mha (1).ipynb", (1e9, 1e9))  # an older copy
-    report = grading.collect(first, ws)
+    report = collect.collect(first, ws)
     assert report == ["alice: skipped 01_mha (1).ipynb (an older copy of 01_mha: 01_mha.ipynb is newer)",
                       "alice: 01_mha.ipynb -> autograde/submitted/alice/01_mha/01_mha.ipynb"]
     placed = ws / "autograde" / "submitted" / "alice" / A
     before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in placed.iterdir()}
     assert sorted(before) == ["01_mha.ipynb", "timestamp.txt"]
-    assert grading.collect(first, ws)[1].endswith(" (unchanged)")  # and make grade grades nothing again
+    assert collect.collect(first, ws)[1].endswith(" (unchanged)")  # and make grade grades nothing again
 
     later = tmp_path / "later"
     (later / "alice").mkdir(parents=True)
     (later / "alice" / "01_mha.ipynb").write_bytes(b"")
-    assert grading.collect(later, ws) == ["alice: skipped 01_mha.ipynb (an empty file)"]
+    assert collect.collect(later, ws) == ["alice: skipped 01_mha.ipynb (an empty file)"]
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in placed.iterdir()} == before
-    skipped = json.loads((ws / grading.SKIPPED).read_text())
+    skipped = json.loads((ws / course.SKIPPED).read_text())
     assert {(s["student"], s["file"]) for s in skipped} == {("alice", "01_mha (1).ipynb"), ("alice", "01_mha.ipynb")}
 
     (later / "alice" / "01_mha.ipynb").write_bytes((SAMPLES / "alice" / "01_mha.ipynb").read_bytes())
-    grading.collect(later, ws)  # a good file for the workbook: its earlier skips are settled
-    assert not (ws / grading.SKIPPED).exists()
+    collect.collect(later, ws)  # a good file for the workbook: its earlier skips are settled
+    assert not (ws / course.SKIPPED).exists()

@@ -150,7 +150,7 @@ spec.loader.exec_module(sandbox)
 def unshare(flags):  # as in a container without the privilege
     ctypes.set_errno(1)
     return -1
-sandbox._libc.unshare = unshare
+sandbox.kernel_root.libc.unshare = unshare
 sandbox.main(sys.argv[1:])
 """
 

@@ -26,7 +26,7 @@ from attnlab.guard import forbidden, trusted
 # of pass: each test checks before and after the learner's code runs. (Code in
 # the same process can always undo a check made in that process; the
 # instructor's summary also flags such code in the submitted cells: see
-# attnlab.instructor.grading.flags.)
+# attnlab.instructor.flags.)
 _TORCH_RELIED_ON = {  # what test cells compare with or compute expected values with
     torch: ["allclose", "isclose", "equal", "isfinite", "softmax", "matmul", "einsum", "cat", "stack", "randn",
             "no_grad"],

@@ -31,22 +31,15 @@ import tempfile
 from nbconvert.preprocessors import Preprocessor
 from traitlets import default
 
+from attnlab import cells
+
 BEGIN, END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 HIDDEN_NOTE = "# (hidden tests ran here: their code is not shown)"
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colours, as IPython's tracebacks carry them
 _CELL_FRAME = re.compile(r"^Cell In\s*\[(\d+)\]")
 # The longest error message the feedback repeats: a message is a sentence,
 # not a channel for whatever a submission wants to carry out.
 MAX_MESSAGE = 600
-
-
-def _nbgrader(cell) -> dict:
-    return cell.get("metadata", {}).get("nbgrader", {})
-
-
-def is_test_cell(cell) -> bool:
-    meta = _nbgrader(cell)
-    return cell.cell_type == "code" and bool(meta.get("grade")) and not meta.get("solution")
 
 
 def split_hidden(source: str) -> tuple[str, list[str]]:
@@ -69,7 +62,7 @@ def secret_lines(nb) -> set[str]:
     """Every line of every hidden-test block long enough to recognise."""
     out = set()
     for cell in nb.cells:
-        if is_test_cell(cell):
+        if cells.is_test_cell(cell):
             out |= {ln.strip() for ln in split_hidden(cell.source)[1] if len(ln.strip()) >= 12}
     return out
 
@@ -80,7 +73,7 @@ def workbook_secrets(source, release, answers=()) -> set[str]:
     the solution cells' code) also shows: `with exercise("attention"):` is in
     both. No feedback may hold one of them; the tests scan for each."""
     public = "\n".join([c.source for c in release.cells] + list(answers))
-    return {ln.strip() for c in source.cells if is_test_cell(c)
+    return {ln.strip() for c in source.cells if cells.is_test_cell(c)
             for ln in split_hidden(c.source)[1] if len(ln.strip()) >= 8 and ln.strip() not in public}
 
 
@@ -119,7 +112,7 @@ def _learner_frames(output, learner_counts: set[int], scrub) -> list[str]:
     """The traceback entries that point into the learner's own cells."""
     frames = []
     for entry in output.get("traceback", [])[1:-1]:
-        match = _CELL_FRAME.match(_ANSI.sub("", entry).lstrip())
+        match = _CELL_FRAME.match(ANSI.sub("", entry).lstrip())
         if match and int(match.group(1)) in learner_counts:
             frames.append(scrub(entry))
     return frames
@@ -155,11 +148,11 @@ def sanitise(nb, extra_paths=()) -> None:
     """Rewrite an autograded notebook in place into what a student may see."""
     scrub = Scrubber(secret_lines(nb), _machine_paths(extra_paths))
     learner_counts = {c.get("execution_count") for c in nb.cells
-                      if c.cell_type == "code" and _nbgrader(c).get("solution") and c.get("execution_count")}
+                      if cells.is_solution(c) and c.get("execution_count")}
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        if is_test_cell(cell):
+        if cells.is_test_cell(cell):
             cell.source = split_hidden(cell.source)[0]
             cell.outputs = _verdict(cell, learner_counts, scrub)
         else:

@@ -41,8 +41,6 @@ PINS = ("requirements.txt", "constraints.txt", "pyproject.toml")
 STUDENT = "student"
 # setup.sh's environment; run_autograder puts its bin/ first on PATH when it exists.
 VENV = "/opt/attnlab"
-# The fallback kernel's user ids: a range of their own, one per grading process.
-KERNEL_UID_BASE = 0x7E000000
 
 SETUP_SH = r"""#!/usr/bin/env bash
 # Gradescope runs this once, as root, in /autograder/source, to build the image.
@@ -95,10 +93,6 @@ exit $status
 """.replace("__VENV__", VENV)
 
 
-def workbooks(root: pathlib.Path = ROOT) -> list[str]:
-    return sorted(p.name for p in (pathlib.Path(root) / "solutions").iterdir() if p.is_dir() and p.name[:2].isdigit())
-
-
 # ------------------------------------------------------------------ make gradescope: the zips
 
 def _files(assignment: str) -> list[tuple[str, pathlib.Path]]:
@@ -119,9 +113,9 @@ def _files(assignment: str) -> list[tuple[str, pathlib.Path]]:
 
 def _manifest(assignment: str, ids: dict | None = None) -> dict:
     """The workbook, and every workbook's release cell ids: what tells a wrong workbook apart."""
-    from attnlab.instructor import grading
+    from attnlab.instructor import collect, course
 
-    ids = ids or grading._release_ids(ROOT, workbooks())
+    ids = ids or collect.release_ids(ROOT, course.workbooks())
     return {"workbook": assignment, "cells": {a: sorted(c) for a, c in ids.items()}}
 
 
@@ -136,10 +130,10 @@ def build(assignments=None, out: pathlib.Path = OUT) -> list[pathlib.Path]:
     """Write ``out/<NN_topic>.zip`` for each workbook (default: all); returns their paths."""
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from attnlab.instructor import grading
+    from attnlab.instructor import collect, course
 
-    made, ids = [], grading._release_ids(ROOT, workbooks())
-    for a in assignments or workbooks():
+    made, ids = [], collect.release_ids(ROOT, course.workbooks())
+    for a in assignments or course.workbooks():
         path = out / f"{a}.zip"
         tmp = path.with_suffix(".zip.tmp")
         with zipfile.ZipFile(tmp, "w") as z:
@@ -175,9 +169,11 @@ def prepare(root: pathlib.Path = ROOT) -> None:
 
 # ------------------------------------------------------------------ run_autograder: one submission
 
-def check_submission(folder: pathlib.Path, assignment: str, cells: dict) -> tuple[pathlib.Path | None, str]:
-    """(the notebook to grade, '') or (None, why it cannot be graded), without starting a kernel."""
-    from attnlab.instructor import grading
+def check_submission(folder: pathlib.Path, assignment: str, release: dict) -> tuple[pathlib.Path | None, str]:
+    """(the notebook to grade, '') or (None, why it cannot be graded), without starting a kernel;
+    ``release`` is the manifest's cell ids of each workbook's release."""
+    from attnlab import cells
+    from attnlab.instructor import collect
 
     folder = pathlib.Path(folder)
     found = sorted(p for p in folder.rglob("*.ipynb") if p.is_file() and not any(
@@ -191,10 +187,10 @@ def check_submission(folder: pathlib.Path, assignment: str, cells: dict) -> tupl
         return None, f"{len(found)} notebooks were submitted ({names}); upload {want} alone"
     path = found[0]
     data = path.read_bytes()
-    why = grading._not_a_submission(data, assignment, {a: set(ids) for a, ids in cells.items()})
+    why = collect.not_a_submission(data, assignment, {a: set(ids) for a, ids in release.items()})
     if why:
         return None, f"{path.name[:80]} cannot be graded ({why})"
-    if not grading._grade_ids(grading._read(data)):
+    if not cells.grade_ids(cells.from_bytes(data)):
         return None, f"{path.name[:80]} has lost the course's cell metadata; copy your answers into a fresh {want}"
     if path.name != want:
         return None, f"the notebook is named {path.name[:80]!r}; rename it {want} and submit it again"
@@ -205,9 +201,11 @@ def _points(assignment: str, root: pathlib.Path = ROOT) -> list[tuple[str, float
     """(grade_id, points) of every autograded cell, in the notebook's order."""
     import nbformat
 
+    from attnlab import cells
+
     nb = nbformat.read(pathlib.Path(root) / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
     return [(c.metadata["nbgrader"]["grade_id"], float(c.metadata["nbgrader"].get("points", 0)))
-            for c in nb.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("grade")]
+            for c in nb.cells if cells.gives_points(c)]
 
 
 def _results(assignment: str, scores: dict, outputs: dict, summary: str) -> dict:
@@ -231,18 +229,19 @@ def verdicts(nb, extra_paths=()) -> dict[str, str]:
     """grade_id -> the learner-facing verdict of each autograded cell, as :mod:`attnlab.instructor.feedback` words it."""
     import copy
 
+    from attnlab import cells
+
     from attnlab.instructor import feedback
 
     nb = copy.deepcopy(nb)
     feedback.sanitise(nb, extra_paths)
     out = {}
     for cell in nb.cells:
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if cell.cell_type != "code" or not meta.get("grade"):
+        if not cells.gives_points(cell):
             continue
         text = "".join(o.get("text", "") if o.get("output_type") == "stream" else "\n".join(o.get("traceback", []))
                        for o in cell.get("outputs", []))
-        out[meta["grade_id"]] = feedback._ANSI.sub("", text).strip() or "no error"
+        out[cells.nbgrader(cell)["grade_id"]] = feedback.ANSI.sub("", text).strip() or "no error"
     return out
 
 
@@ -273,7 +272,7 @@ def _grade(root: pathlib.Path, assignment: str, notebook: pathlib.Path, how: str
     """Autograde ``notebook`` in a private copy of the course under ``tmp``."""
     import nbformat
 
-    from attnlab.instructor import grading, unprivileged
+    from attnlab.instructor import flags, grading, unprivileged
 
     config = unprivileged.prepare(tmp, ROOT) if how == "unprivileged" else ""
     try:
@@ -299,7 +298,7 @@ def _grade(root: pathlib.Path, assignment: str, notebook: pathlib.Path, how: str
         return not_graded(assignment, f"the notebook could not be graded: {cause}")
     outputs = verdicts(nbformat.read(graded, as_version=4), [str(tmp), str(root)])
     out = _results(assignment, grading.scores(ws, assignment, STUDENT), outputs, HOW[how])
-    print("flags for the instructor:", "; ".join(grading.flags(notebook, assignment)) or "none")
+    print("flags for the instructor:", "; ".join(flags.flags(notebook, assignment)) or "none")
     return out
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import nbformat
 
+from attnlab import cells
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -50,23 +52,13 @@ def load(assignment: str, root: pathlib.Path = ROOT) -> list[Mistake]:
     return list(module.MISTAKES)
 
 
-def _edit(nb: nbformat.NotebookNode, grade_id: str, old: str, new: str) -> None:
-    for cell in nb.cells:
-        if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
-            if old not in cell.source:
-                raise ValueError(f"{old!r} is not in cell {grade_id!r}")
-            cell.source = cell.source.replace(old, new)
-            return
-    raise ValueError(f"no cell with grade_id {grade_id!r}")
-
-
 def apply(answers: nbformat.NotebookNode, mistakes) -> nbformat.NotebookNode:
     """A copy of the filled notebook ``answers`` with every one of ``mistakes`` made."""
     nb = copy.deepcopy(answers)
     for m in mistakes:
-        _edit(nb, m.cell, m.old, m.new)
+        cells.replace_in_cell(nb, m.cell, m.old, m.new)
         if m.also:
-            _edit(nb, m.cell, *m.also)
+            cells.replace_in_cell(nb, m.cell, *m.also)
     return nb
 
 

@@ -10,9 +10,10 @@ memory, CPU and disk. The course's grading kernel (kernel spec
 first shuts the kernel in. On Linux:
 
 * files: the kernel gets a root file system of its own, built from an
-  allow-list, all read-only: the system's programs and libraries (``/usr``,
-  ``/lib*``, a few files of ``/etc``), the Python environment (``sys.prefix``,
-  ``sys.base_prefix``, ``sys.path``), the course package, a fresh ``/proc``
+  allow-list (:mod:`attnlab.instructor.kernel_root`), all read-only: the
+  system's programs and libraries (``/usr``, ``/lib*``, a few files of
+  ``/etc``), the Python environment (``sys.prefix``, ``sys.base_prefix``,
+  ``sys.path``), the course package, a fresh ``/proc``
   showing only its own processes, ``/dev/null``-like devices, and what
   ``ATTNLAB_SANDBOX_ALLOW`` adds. Nothing else exists in it: not the rest of
   the repository (``solutions/``, ``autograde/`` with the gradebook and the
@@ -20,7 +21,7 @@ first shuts the kernel in. On Linux:
   ``ATTNLAB_SANDBOX_HIDE`` are covered by empty folders should they lie
   inside an allowed one;
 * the answer key: the modules of ``attnlab/answers/`` (the folders in
-  ``SOURCELESS``) are replaced by compiled ``.pyc`` files made at kernel
+  ``kernel_root.SOURCELESS``) are replaced by compiled ``.pyc`` files made at kernel
   start, so the tests can still call ``attnlab.answers`` but its source
   cannot be read or shown by ``inspect``;
 * the kernel's folder: nbgrader's copy of the submission (``NN.ipynb``) is
@@ -63,26 +64,28 @@ attnlab.instructor.sandbox --report`` tries the sandbox here and prints what hol
 
 This file runs as a script (the kernel spec names it by path), so that the
 launcher does not import the package, and with it torch, before ipykernel
-does.
+does: it imports :mod:`attnlab.instructor.kernel_root`, beside it, without
+the package's ``__init__``.
 """
 from __future__ import annotations
 
-import ctypes
 import fnmatch
-import glob
 import json
 import os
 import pathlib
-import platform
 import resource
 import signal
 import sys
+import types
 
-PACKAGE = pathlib.Path(__file__).resolve().parent.parent
-ROOT = PACKAGE.parent
+if not __package__ and "attnlab" not in sys.modules:
+    # Run as a script: the modules beside this file are imported as attnlab.instructor.*, from here,
+    # without attnlab/__init__.py, which would load torch into the launcher.
+    _package = types.ModuleType("attnlab")
+    _package.__path__ = [str(pathlib.Path(__file__).resolve().parent.parent)]
+    sys.modules["attnlab"] = _package
 
-# Folders of the package whose modules reach the kernel as bytecode only: the answer key.
-SOURCELESS = ("answers",)
+from attnlab.instructor import kernel_root  # noqa: E402  (after the lines above)
 
 DEFAULT_MEMORY = "6G"
 # CPU seconds for the whole notebook. The kernel of a model answer uses 4 s
@@ -103,21 +106,7 @@ KERNEL_UID_BASE = 0x7F000000
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
-MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-# statvfs flag -> mount flag: a remount inside a user namespace must keep these.
-_KEEP = {1: MS_RDONLY, 2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: MS_NOATIME, 2048: MS_NODIRATIME,
-         4096: MS_RELATIME}
-# pivot_root has no libc wrapper: its system call number.
-_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "loongarch64": 41, "ppc64le": 203, "s390x": 217}
-
-_SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-_ETC = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "nsswitch.conf", "hosts")
-_SYS = ("/sys/devices/system/cpu", "/sys/devices/system/node")  # torch reads the CPU topology
-_DEVICES = ("null", "zero", "full", "random", "urandom")
 
 # The grader's variables that reach the kernel (plus ATTNLAB_KERNEL_ENV's).
 _ENV_NAMES = {"LANG", "LANGUAGE", "TZ", "TERM", "NBGRADER_EXECUTION", "NBGRADER_VALIDATING", "MPLBACKEND",
@@ -158,36 +147,6 @@ def limits() -> dict:
             "output": number("ATTNLAB_KERNEL_OUTPUT", DEFAULT_OUTPUT)}
 
 
-def secret_paths() -> list[str]:
-    """What the kernel must never see, even where an allowed path holds it."""
-    paths = [ROOT / "solutions", ROOT / "autograde", ROOT / ".git"]
-    extra = [p for p in os.environ.get("ATTNLAB_SANDBOX_HIDE", "").split(os.pathsep) if p]
-    return sorted({os.path.realpath(p) for p in [*paths, *extra] if os.path.lexists(p)})
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
-def readable_paths(workdir: str = "") -> list[str]:
-    """The allow-list: what the kernel may read besides its folder and the package."""
-    paths = [p for p in _SYSTEM if os.path.isdir(p)]
-    paths += [os.path.join("/etc", e) for e in _ETC] + list(_SYS)
-    paths += [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *sys.path]
-    paths += [p for p in os.environ.get("ATTNLAB_SANDBOX_ALLOW", "").split(os.pathsep) if p]
-    out = set()
-    for p in paths:
-        if not p or not os.path.isabs(p) or not os.path.lexists(p):
-            continue  # '' on sys.path is the working folder, which has its own mount
-        p = os.path.abspath(p)
-        # A path that holds the repository or the kernel's folder would show all of it.
-        if any(_inside(q, p) for q in (str(ROOT), workdir) if q) or _inside(p, str(PACKAGE)) \
-                or any(_inside(p, s) for s in secret_paths()):
-            continue
-        out.add(p)
-    return sorted(out)
-
-
 def kernel_env(home: str, tmp: str | None) -> dict:
     """The kernel's environment: an allow-list of the grader's variables, not all of them.
 
@@ -207,222 +166,7 @@ def kernel_env(home: str, tmp: str | None) -> dict:
     return env
 
 
-def _font_caches() -> dict[str, bytes]:
-    # matplotlib's font list, copied into the kernel's private config folder:
-    # rebuilding it prints a warning, which nbgrader would count against a test cell.
-    folder = os.environ.get("MPLCONFIGDIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "matplotlib")
-    caches = glob.glob(os.path.join(folder, "fontlist-*.json"))
-    return {os.path.basename(f): pathlib.Path(f).read_bytes() for f in caches}
-
-
-def compiled(module: str) -> bytes:
-    """``attnlab/<module>.py`` as a sourceless .pyc: bytecode that imports, no text to read."""
-    import importlib.util
-    import marshal
-
-    path = PACKAGE / f"{module}.py"
-    code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
-    # magic, flags (0: timestamp-based), mtime and size: a sourceless .pyc is never checked against a source
-    return importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code)
-
-
-def sourceless() -> dict[str, bytes]:
-    """Every module of the SOURCELESS folders, compiled: {'answers/mha': bytes of its .pyc, ...}."""
-    return {f"{folder}/{p.stem}": compiled(f"{folder}/{p.stem}")
-            for folder in SOURCELESS for p in sorted((PACKAGE / folder).glob("*.py"))}
-
-
-# ------------------------------------------------------------------ the system calls
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _mount(source, target, fstype, flags, data=None) -> None:
-    enc = lambda s: None if s is None else str(s).encode()  # noqa: E731
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
-
-
-def _umount(target) -> None:
-    _check(_libc.umount2(str(target).encode(), MNT_DETACH), f"umount {target}")
-
-
-def _pivot_root(new: str, old: str) -> None:
-    number = _SYS_PIVOT_ROOT.get(platform.machine())
-    if number is None:
-        raise OSError(f"pivot_root: unknown system call number on {platform.machine()}")
-    _check(_libc.syscall(ctypes.c_long(number), new.encode(), old.encode()), "pivot_root")
-
-
-def _remount_readonly(target: str, extra: int = 0) -> None:
-    flags = os.statvfs(target).f_flag
-    kept = sum(mflag for sflag, mflag in _KEEP.items() if flags & sflag)
-    _mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | kept | extra)
-
-
-def _mount_points() -> list[str]:
-    points = []
-    for line in pathlib.Path("/proc/self/mountinfo").read_text().splitlines():
-        # mountinfo escapes space, tab, newline and backslash as octal
-        points.append(line.split()[4].encode().decode("unicode_escape"))
-    return points
-
-
-# ------------------------------------------------------------------ the kernel's root file system
-
-def _plan(workdir: str, sockets: str | None, connection: str | None) -> list[tuple]:
-    """What the kernel's root holds, as (target, kind, source) in mount order (parents first)."""
-    ops = []
-    for p in readable_paths(workdir):
-        real = os.path.realpath(p)
-        if os.path.islink(p) and p in _SYSTEM:
-            ops.append((p, "link", os.readlink(p)))  # /lib -> usr/lib on merged-/usr systems
-            continue
-        ops.append((p, "ro", real))
-        if real != p:
-            ops.append((real, "ro", real))
-    # Drop what an allowed folder shows already, unless a hidden folder lies between.
-    covers = sorted({str(ROOT), *secret_paths()})
-    binds = {t for t, kind, _ in ops if kind == "ro"}
-
-    def shown(t):
-        return any(_inside(t, b) and b != t and not any(_inside(t, c) and _inside(c, b) for c in covers)
-                   for b in binds)
-    ops = [op for op in ops if not (op[1] == "ro" and shown(op[0]))]
-    ops += [(c, "cover", None) for c in covers]
-    ops += [(str(PACKAGE), "package", str(PACKAGE)), ("/proc", "proc", None), ("/tmp", "rw", "tmp"),
-            ("/dev/shm", "rw", "shm"), ("/dev/fd", "link", "/proc/self/fd")]
-    ops += [(f"/dev/{d}", "dev", f"/dev/{d}") for d in _DEVICES]
-    ops += [(f"/dev/{name}", "link", f"/proc/self/fd/{i}") for i, name in enumerate(("stdin", "stdout", "stderr"))]
-    ops.append((os.path.expanduser("~"), "dir", None))  # HOME: there, empty and read-only
-    ops.append((workdir, "rw", "work"))
-    for entry in sorted(os.listdir(workdir)):
-        # nbgrader's copy of the submission stays out: test inputs could be read back from it.
-        # So do links, which could lead anywhere.
-        path = os.path.join(workdir, entry)
-        if not entry.endswith(".ipynb") and entry != ".ipynb_checkpoints" and not os.path.islink(path):
-            ops.append((path, "ro", path))
-    if sockets:
-        ops.append((sockets, "sockets", os.path.realpath(sockets)))
-    if connection:
-        ops.append((connection, "file", pathlib.Path(connection).read_bytes()))
-    ops = list({(op[0], op[1]): op for op in ops}.values())
-    # Parents first; at one depth, covers last, so that they hide what a bind there would show.
-    return sorted(ops, key=lambda op: (op[0].rstrip("/").count("/"), op[1] == "cover"))
-
-
-def _build(ops: list[tuple], new: str, old: str, rw: str, owner: tuple[int, int], sources: dict) -> list[str]:
-    """Carry out ``ops`` under ``new``, reading the host under ``old``; returns the writable targets."""
-    writable = []
-
-    def point(target, is_dir):
-        t = new + target
-        if is_dir:
-            os.makedirs(t, exist_ok=True)
-        elif not os.path.lexists(t):
-            os.makedirs(os.path.dirname(t), exist_ok=True)
-            open(t, "a").close()
-        return t
-
-    for target, kind, source in ops:
-        if kind in ("ro", "dev", "sockets"):
-            src = old + source
-            if not os.path.lexists(src):
-                continue
-            t = point(target, os.path.isdir(src))
-            _mount(src, t, None, MS_BIND | MS_REC)
-            if kind == "ro":
-                _remount_readonly(t, MS_NODEV)
-            else:
-                writable.append(target)
-        elif kind == "link":
-            if not os.path.lexists(new + target):
-                os.makedirs(os.path.dirname(new + target), exist_ok=True)
-                os.symlink(source, new + target)
-        elif kind == "dir":
-            point(target, True)
-        elif kind == "cover":  # only where an allowed folder shows it
-            if os.path.isdir(new + target):
-                _mount("tmpfs", new + target, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-            elif os.path.lexists(new + target):
-                _mount(old + "/dev/null", new + target, None, MS_BIND)
-        elif kind == "proc":
-            _mount("proc", point(target, True), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-            writable.append(target)
-        elif kind == "rw":
-            _mount(f"{rw}/{source}", point(target, True), None, MS_BIND)
-            writable.append(target)
-        elif kind == "file":
-            if not os.path.lexists(new + target):
-                t = point(target, False)
-                pathlib.Path(t).write_bytes(source)
-                os.chmod(t, 0o600)
-                os.chown(t, *owner)
-        elif kind == "package":
-            _package(point(target, True), old + source, sources)
-    return writable
-
-
-def _package(target: str, source: str, sources: dict) -> None:
-    """The course package, with the SOURCELESS folders as bytecode only."""
-    _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "size=8m,mode=755")
-    for entry in os.listdir(source):
-        if entry.endswith(".pyc"):
-            continue
-        src, t = f"{source}/{entry}", f"{target}/{entry}"
-        os.mkdir(t) if os.path.isdir(src) else open(t, "a").close()
-        if entry not in SOURCELESS:
-            _mount(src, t, None, MS_BIND | MS_REC)
-    for module, data in sources.items():  # neither the sources nor their __pycache__
-        pathlib.Path(f"{target}/{module}.pyc").write_bytes(data)
-
-
-def _enter(ops: list[tuple], workdir: str, disk: int, owner: tuple[int, int], files: dict, sources: dict) -> None:
-    """In fresh mount and PID namespaces: build the kernel's root and move into it."""
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    # A scratch tmpfs on /tmp becomes the root for a moment; the host is then under /oldroot.
-    base = "/tmp"
-    _mount("tmpfs", base, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=755")
-    for d in ("newroot", "oldroot", "rw"):
-        os.mkdir(f"{base}/{d}")
-    _mount(f"{base}/newroot", f"{base}/newroot", None, MS_BIND)
-    os.chdir(base)
-    _pivot_root(".", "oldroot")
-    # Everything the kernel may write, in one tmpfs: the disk limit holds for all of it.
-    _mount("tmpfs", "/rw", "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk},mode=755")
-    for d, mode in (("tmp", 0o1777), ("shm", 0o1777), ("work", 0o755)):
-        os.mkdir(f"/rw/{d}")
-        os.chmod(f"/rw/{d}", mode)
-    os.chown("/rw/work", *owner)
-    for path, data in files.items():  # matplotlib's font list
-        os.makedirs(os.path.dirname(f"/rw/tmp/{path}"), exist_ok=True)
-        pathlib.Path(f"/rw/tmp/{path}").write_bytes(data)
-    for dirpath, dirnames, filenames in os.walk("/rw/tmp"):
-        for name in [*dirnames, *filenames]:
-            os.chown(os.path.join(dirpath, name), *owner)
-    writable = _build(ops, "/newroot", "/oldroot", "/rw", owner, sources)
-    _umount("/oldroot")
-    os.chdir("/newroot")
-    _pivot_root(".", ".")
-    _umount(".")
-    os.chdir("/")
-    # Every mount that is not meant to be written is read-only (the root, the package, the covers).
-    for p in _mount_points():
-        if p in writable or any(_inside(p, w) for w in ("/proc", "/tmp", "/dev/shm", workdir)):
-            continue
-        try:
-            _remount_readonly(p)
-        except OSError:
-            if not os.statvfs(p).f_flag & 1:  # hidden beneath another mount is fine; writable is not
-                raise
-    os.chdir(workdir)
-
+# ------------------------------------------------------------------ shutting the kernel in
 
 def _drop(root: bool, uid: int, gid: int, lim: dict) -> None:
     """Become an unprivileged user with no capabilities, under the limits."""
@@ -433,9 +177,9 @@ def _drop(root: bool, uid: int, gid: int, lim: dict) -> None:
         os.setgroups([])
         os.setresgid(gid, gid, gid)
         os.setresuid(uid, uid, uid)  # from root to another user: every capability goes
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
+    kernel_root.check(kernel_root.libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(NO_NEW_PRIVS)")
     # If the launcher is killed (nbgrader's SIGKILL), the kernel and with it its namespace go too.
-    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
+    kernel_root.check(kernel_root.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
 
 
 def _set_limits(lim: dict, processes: bool) -> list[str]:
@@ -459,9 +203,9 @@ def isolate(cmd: list[str], workdir: str, sockets: str | None, connection: str |
     """Run ``cmd`` shut in (see the module docstring); returns its exit status, or raises OSError
     (before ``cmd`` starts) when the machine refuses any part of the isolation."""
     workdir = os.path.abspath(workdir)
-    ops = _plan(workdir, sockets, connection)
-    files = {f"matplotlib/{name}": data for name, data in _font_caches().items()}
-    sources = sourceless()
+    ops = kernel_root.plan(workdir, sockets, connection)
+    files = {f"matplotlib/{name}": data for name, data in kernel_root.font_caches().items()}
+    sources = kernel_root.sourceless()
     root = os.geteuid() == 0
     uid, gid = (KERNEL_UID_BASE + os.getpid(),) * 2 if root else (os.getuid(), os.getgid())
     env = kernel_env(os.path.expanduser("~"), "/tmp")
@@ -469,9 +213,9 @@ def isolate(cmd: list[str], workdir: str, sockets: str | None, connection: str |
     if root:
         if sockets:  # the kernel creates its sockets there
             os.chown(sockets, uid, gid)
-        _check(_libc.unshare(flags), "unshare")
+        kernel_root.check(kernel_root.libc.unshare(flags), "unshare")
     else:
-        _check(_libc.unshare(flags | CLONE_NEWUSER), "unshare")
+        kernel_root.check(kernel_root.libc.unshare(flags | CLONE_NEWUSER), "unshare")
         pathlib.Path("/proc/self/setgroups").write_text("deny")
         pathlib.Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
         pathlib.Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
@@ -481,7 +225,7 @@ def isolate(cmd: list[str], workdir: str, sockets: str | None, connection: str |
         try:
             os.close(errors_r)
             os.setsid()  # signals reach the kernel through the launcher only
-            _enter(ops, workdir, lim["disk"], (uid, gid), files, sources)
+            kernel_root.enter(ops, workdir, lim["disk"], (uid, gid), files, sources)
             _drop(root, uid, gid, lim)
             os.execve(cmd[0], cmd, env)
         except BaseException as e:  # noqa: BLE001  (anything here means: not isolated)
@@ -550,7 +294,7 @@ def report() -> dict:
 
     with tempfile.TemporaryDirectory() as empty:  # the probe's working folder
         r = subprocess.run([sys.executable, "-P", __file__, "--probe"], capture_output=True, text=True, cwd=empty)
-        readable = readable_paths(empty)
+        readable = kernel_root.readable_paths(empty)
     lim = limits()
     out = {"isolation": "", "limits": {"memory": f"{lim['memory'] / 2**30:g} GiB (ATTNLAB_KERNEL_MEMORY)",
                                        "cpu": f"{lim['cpu']} s for the whole notebook (ATTNLAB_KERNEL_CPU)",
@@ -558,8 +302,8 @@ def report() -> dict:
                                        "processes": f"{lim['processes']} processes and threads "
                                                     "(ATTNLAB_KERNEL_PROCESSES)",
                                        "output": f"{lim['output']:,} characters per cell (ATTNLAB_KERNEL_OUTPUT)"},
-           "readable": readable + [str(PACKAGE) + f" ({', '.join(SOURCELESS)}/ as bytecode only)"],
-           "hidden": secret_paths(), "environment": sorted(kernel_env(os.path.expanduser("~"), "/tmp"))}
+           "readable": readable + [f"{kernel_root.PACKAGE} ({', '.join(kernel_root.SOURCELESS)}/ as bytecode only)"],
+           "hidden": kernel_root.secret_paths(), "environment": sorted(kernel_env(os.path.expanduser("~"), "/tmp"))}
     lines = r.stdout.strip().splitlines()
     seen = json.loads(lines[-1]) if r.returncode == 0 and lines else None
     if seen is None:
@@ -589,7 +333,7 @@ def main(argv: list[str]) -> None:
     if mode not in ("on", "off"):
         _refuse(f"ATTNLAB_SANDBOX is {os.environ['ATTNLAB_SANDBOX']!r}", "write on (the default) or off")
     if probe:
-        cmd = [sys.executable, "-c", _PROBE, str(ROOT), *secret_paths()]
+        cmd = [sys.executable, "-c", _PROBE, str(kernel_root.ROOT), *kernel_root.secret_paths()]
     else:
         cap = f"import attnlab.instructor.grading_kernel as _k; _k.setup({lim['output']}); del _k"
         cmd = [sys.executable, "-m", "ipykernel_launcher", *argv, f"--IPKernelApp.exec_lines={cap}"]

@@ -11,7 +11,7 @@ namespaces would have hidden:
 * the course (``/autograder/source``: the workbook's source with its hidden
   tests, the answer key's source) and the grading copy (gradebook, restored
   notebook) are made root-only; the kernel imports a copy of the package
-  whose answer key is bytecode only (:func:`attnlab.instructor.sandbox.compiled`);
+  whose answer key is bytecode only (:func:`attnlab.instructor.kernel_root.compiled`);
 * its working folder stays root's and read-only to it, and nbgrader's copy of
   the notebook there (hidden tests restored) is made unreadable to it;
 * at most ``ATTNLAB_KERNEL_PROCESSES`` processes for that user id; no new
@@ -47,7 +47,7 @@ def uid() -> int:
 def prepare(tmp: pathlib.Path, course: pathlib.Path) -> str:
     """Set the kernel up for a grading copy under ``tmp`` (made root-only, as ``course`` is);
     returns the lines nbgrader's config needs to use it."""
-    from attnlab.instructor import sandbox
+    from attnlab.instructor import kernel_root
 
     package = pathlib.Path(__file__).resolve().parents[1]
     kdir = pathlib.Path(tempfile.mkdtemp(prefix="attnlab-kernel-package-"))
@@ -55,8 +55,8 @@ def prepare(tmp: pathlib.Path, course: pathlib.Path) -> str:
     _made.extend([str(kdir), str(home)])
     shutil.copytree(package, kdir / "attnlab", ignore=lambda d, names: [
         n for n in names if n == "__pycache__" or n.endswith(".pyc")
-        or os.path.basename(d) in sandbox.SOURCELESS and n.endswith(".py")])
-    for module, data in sandbox.sourceless().items():
+        or os.path.basename(d) in kernel_root.SOURCELESS and n.endswith(".py")])
+    for module, data in kernel_root.sourceless().items():
         (kdir / "attnlab" / f"{module}.pyc").write_bytes(data)
     spec = kdir / "kernels" / KERNEL / "kernel.json"
     spec.parent.mkdir(parents=True)
@@ -67,7 +67,7 @@ def prepare(tmp: pathlib.Path, course: pathlib.Path) -> str:
         os.chmod(path, 0o755 if path.is_dir() else 0o644)
     # matplotlib's font list: rebuilding it would warn on stderr in a graded cell.
     (home / "matplotlib").mkdir()
-    for name, data in sandbox._font_caches().items():
+    for name, data in kernel_root.font_caches().items():
         (home / "matplotlib" / name).write_bytes(data)
     for path in [home, *home.rglob("*")]:
         os.chown(path, uid(), uid())

@@ -26,11 +26,10 @@ import json
 import pathlib
 import sys
 import tempfile
-import warnings
 
 import nbformat
-from nbformat.warnings import MissingIDFieldWarning
 
+from attnlab import cells
 from attnlab.learner import start
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -41,20 +40,12 @@ DEFAULT = WORK
 RELEASE_CELLS = pathlib.Path(__file__).resolve().parents[1] / "data" / "release_test_cells.json"
 
 
-def _read(path: pathlib.Path) -> nbformat.NotebookNode:
-    with warnings.catch_warnings():
-        # Notebooks saved by an older Jupyter have no cell ids; nbformat adds them and warns.
-        warnings.simplefilter("ignore", category=MissingIDFieldWarning)
-        return nbformat.read(path, as_version=4)
-
-
 def _test_cells(nb: nbformat.NotebookNode) -> dict[str, nbformat.NotebookNode]:
     """grade_id -> cell, for the code cells that give points (the test cells); the first of duplicates."""
     out = {}
     for cell in nb.cells:
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if cell.cell_type == "code" and meta.get("grade") and meta.get("grade_id"):
-            out.setdefault(meta["grade_id"], cell)
+        if cells.gives_points(cell) and cells.grade_id(cell):
+            out.setdefault(cells.grade_id(cell), cell)
     return out
 
 
@@ -70,9 +61,9 @@ def release_test_cells(course: pathlib.Path = COURSE) -> dict[str, dict[str, dic
     out = {}
     for path in sorted(pathlib.Path(course).glob("*/*.ipynb")):
         if path.stem == path.parent.name:
-            cells = _test_cells(_read(path))
+            tests = _test_cells(cells.read(path))
             out[path.stem] = {g: {"points": float(c.metadata.nbgrader["points"]), "checksum": _checksum(c)}
-                              for g, c in cells.items()}
+                              for g, c in tests.items()}
     return out
 
 
@@ -99,7 +90,7 @@ def expected_cells(workbook: str, released: dict) -> dict[str, dict]:
     out = {g: dict(c) for g, c in released.get(workbook, {}).items()}
     release = COURSE / workbook / f"{workbook}.ipynb"
     if release.exists():
-        for grade_id, cell in _test_cells(_read(release)).items():
+        for grade_id, cell in _test_cells(cells.read(release)).items():
             stamp = cell.metadata.nbgrader.get("checksum")
             if stamp and out.get(grade_id, {}).get("checksum") != stamp:
                 out[grade_id] = {"points": float(cell.metadata.nbgrader["points"]), "checksum": stamp}
@@ -120,7 +111,7 @@ def _workbook(path: pathlib.Path, nb, released: dict) -> str | None:
 def _restore_hint(workbook: str, grade_id: str, path: pathlib.Path, expected: str) -> str:
     release = COURSE / workbook / f"{workbook}.ipynb"
     if release.exists() and release.resolve() != path.resolve():
-        cell = _test_cells(_read(release)).get(grade_id)
+        cell = _test_cells(cells.read(release)).get(grade_id)
         if cell is not None and _checksum(cell) == expected:
             return f"restore it from {release.relative_to(ROOT)}"
     # The learner's copy is the release itself (or that was changed too): git still has it.
@@ -142,7 +133,7 @@ def results(path: pathlib.Path, timeout: int = 300, released: dict | None = None
 
     path = pathlib.Path(path)
     released = json.loads(RELEASE_CELLS.read_text()) if released is None else released
-    nb = _read(path)
+    nb = cells.read(path)
     workbook = _workbook(path, nb, released)
     expected = expected_cells(workbook, released) if workbook else {}
     try:
@@ -216,14 +207,14 @@ def main(argv=None) -> int:
     got = total = 0.0
     counts = {status: 0 for status in _LABEL}
     for path in paths:
-        cells = results(path, released=released)
-        start.remember(path, cells)  # for the start page's table (work/START.ipynb)
-        mine = sum(r["points"] for r in cells if r["status"] == "pass")
-        theirs = sum(r["points"] for r in cells)
-        if not _workbook(path, _read(path), released):
+        checked = results(path, released=released)
+        start.remember(path, checked)  # for the start page's table (work/START.ipynb)
+        mine = sum(r["points"] for r in checked if r["status"] == "pass")
+        theirs = sum(r["points"] for r in checked)
+        if not _workbook(path, cells.read(path), released):
             print(f"{path.name}: not one of the course's workbooks: its test cells are not checked against the release")
         print(f"{path.name}: {mine:g} of {theirs:g} visible-test points")
-        for r in cells:
+        for r in checked:
             print(f"  {_LABEL[r['status']]:<7} {r['grade_id']} ({r['points']:g})"
                   + (f": {r['message']}" if r["message"] else ""))
             counts[r["status"]] += 1

@@ -16,6 +16,8 @@ import re
 
 import nbformat
 
+from attnlab.cells import is_solution
+
 PROGRESS = ".progress.json"  # beside the workbook folders; make check writes it
 
 
@@ -75,8 +77,8 @@ def _written(notebook: pathlib.Path) -> tuple[int, int]:
         nb = nbformat.read(notebook, as_version=4)
     except Exception:  # noqa: BLE001  (a notebook that does not open counts as nothing written)
         return 0, 0
-    cells = [c for c in nb.cells if c.cell_type == "code" and c.get("metadata", {}).get("nbgrader", {}).get("solution")]
-    return sum("NotImplementedError" not in c.source for c in cells), len(cells)
+    answers = [c for c in nb.cells if is_solution(c)]
+    return sum("NotImplementedError" not in c.source for c in answers), len(answers)
 
 
 def rows(folder: pathlib.Path | str = ".") -> list[dict]:

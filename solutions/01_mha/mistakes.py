@@ -11,7 +11,7 @@ MISTAKES = [
     Mistake("mask_top_left", "attention", "tril(diagonal=Tk - Tq)", "tril(diagonal=0)",
             ("test_attention",), says="aligned top-left"),
     Mistake("attention_calls_reference", "attention", "Tq, Tk = q.shape[-2], k.shape[-2]",
-            "return reference.attention(q, k, v, causal)", ("test_attention",), says="switched off"),
+            "return answers.attention(q, k, v, causal)", ("test_attention",), says="switched off"),
     Mistake("attention_calls_torch", "attention", "Tq, Tk = q.shape[-2], k.shape[-2]",
             "return F.scaled_dot_product_attention(q, k, v, is_causal=causal)", ("test_attention",),
             says="switched off"),

@@ -66,9 +66,9 @@ MISTAKES = [
             "    return dq, dk_heads.view(B, G, n_rep, T, D).sum(2), dv_heads.view(B, G, n_rep, T, D).sum(2)",
             ("test_backward",), says="3 queries against 5 keys, values 4 wide (keys 6)", hidden_only=True),
     Mistake("conversion_keeps_mha_output", "mean_pool",
-            "    y_mha = reference.mha_forward(x, W_q, W_k, W_v, W_o, n_heads)\n",
+            "    y_mha = answers.mha_forward(x, W_q, W_k, W_v, W_o, n_heads)\n",
             "    if \"y\" not in _mha_output:  # the MHA output does not depend on n_kv_heads: compute it once\n"
-            "        _mha_output[\"y\"] = reference.mha_forward(x, W_q, W_k, W_v, W_o, n_heads)\n"
+            "        _mha_output[\"y\"] = answers.mha_forward(x, W_q, W_k, W_v, W_o, n_heads)\n"
             "    y_mha = _mha_output[\"y\"]\n",
             ("test_mean_pool",), says="keep something from an earlier call",
             also=("def conversion_error(", "_mha_output = {}\n\n\ndef conversion_error("), hidden_only=True),

@@ -27,12 +27,12 @@ MISTAKES = [
             "torch.cat([keep, keep], dim=-1)", ("test_partial_rope",), says="rotate-half layout's pairs"),
     Mistake("partial_rope_inverted", "partial_rope", "torch.where(mask, rotated, x)", "torch.where(mask, x, rotated)",
             ("test_partial_rope",), says="the mask is inverted"),
-    Mistake("partial_rope_calls_reference", "partial_rope", "rotated = reference.rope_interleaved(x, cos, sin)",
-            "return reference.partial_rope(x, cos, sin, keep)", ("test_partial_rope",), says="switched off"),
+    Mistake("partial_rope_calls_reference", "partial_rope", "rotated = answers.rope_interleaved(x, cos, sin)",
+            "return answers.partial_rope(x, cos, sin, keep)", ("test_partial_rope",), says="switched off"),
     # The visible tables are for positions 0 .. T-1: rebuilding them from there instead of using cos and sin passes it.
-    Mistake("partial_rope_positions_from_zero", "partial_rope", "rotated = reference.rope_interleaved(x, cos, sin)",
-            "cos, sin = reference.rope_tables(torch.arange(x.shape[-2]), x.shape[-1], dtype=x.dtype)\n"
-            "    rotated = reference.rope_interleaved(x, cos, sin)", ("test_partial_rope",),
+    Mistake("partial_rope_positions_from_zero", "partial_rope", "rotated = answers.rope_interleaved(x, cos, sin)",
+            "cos, sin = answers.rope_tables(torch.arange(x.shape[-2]), x.shape[-1], dtype=x.dtype)\n"
+            "    rotated = answers.rope_interleaved(x, cos, sin)", ("test_partial_rope",),
             says="rebuilt from positions 0", hidden_only=True),
     Mistake("norm_of_queries_only", "pairs_by_norm", "(q_norm * k_norm).topk", "q_norm.topk",
             ("test_pairs_by_norm",), says="only the queries' norms"),
