@@ -14,16 +14,32 @@ SKIPPED = pathlib.Path("autograde") / "skipped.json"
 UNSANDBOXED = pathlib.Path("autograde") / "unsandboxed.json"
 
 
+def config(root: pathlib.Path = ROOT):
+    """nbgrader's configuration of the course at ``root``: its autograde/nbgrader_config.py."""
+    from traitlets.config.loader import PyFileConfigLoader
+
+    return PyFileConfigLoader("nbgrader_config.py", path=str(pathlib.Path(root) / "autograde")).load_config()
+
+
+def nbgrader_api(root: pathlib.Path = ROOT):
+    """An NbGraderAPI on the course at ``root``, configured by its own config file."""
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    cfg = config(root)
+    return NbGraderAPI(coursedir=CourseDirectory(config=cfg), config=cfg)
+
+
 def workbooks(root: pathlib.Path = ROOT) -> list[str]:
-    """The workbooks' names (``01_mha``, ...): the numbered folders of ``root``/solutions."""
-    return sorted(p.name for p in (pathlib.Path(root) / "solutions").iterdir() if p.is_dir() and p.name[:2].isdigit())
+    """The workbooks' names (``01_mha``, ...), as nbgrader finds them in the course's source folder."""
+    return sorted(nbgrader_api(root).get_source_assignments())
 
 
 def gradebook(root: pathlib.Path = ROOT):
-    """nbgrader's gradebook of the course at ``root`` (autograde/gradebook.db), to use in a ``with``."""
+    """nbgrader's gradebook of the course at ``root``, at the URL its config gives, to use in a ``with``."""
     from nbgrader.api import Gradebook
 
-    return Gradebook(f"sqlite:///{pathlib.Path(root) / 'autograde' / 'gradebook.db'}", course_id=COURSE_ID)
+    return Gradebook(nbgrader_api(root).coursedir.db_url, course_id=COURSE_ID)
 
 
 def load_record(root: pathlib.Path, record: pathlib.Path) -> list:

@@ -74,15 +74,9 @@ def workspace(dest: pathlib.Path, assignments=None, config: str = "") -> pathlib
 
 def api(root: pathlib.Path):
     """An NbGraderAPI on the course copy at ``root``, configured by its own config file."""
-    from nbgrader.apps import NbGraderAPI
-    from nbgrader.coursedir import CourseDirectory
-    from traitlets.config.loader import PyFileConfigLoader
-
     _nbgrader_on_path()
     quiet()
-    config = PyFileConfigLoader("nbgrader_config.py", path=str(pathlib.Path(root) / "autograde")).load_config()
-    coursedir = CourseDirectory(config=config)
-    return NbGraderAPI(coursedir=coursedir, config=config)
+    return course.nbgrader_api(root)
 
 
 
@@ -119,10 +113,7 @@ def submit(root: pathlib.Path, student: str, assignment: str, nb) -> pathlib.Pat
 
 def scores(root: pathlib.Path, assignment: str, student: str) -> dict[str, tuple[float, float]]:
     """grade_id -> (score, max_score) for every autograded cell, from the gradebook."""
-    from nbgrader.api import Gradebook
-
-    db = f"sqlite:///{pathlib.Path(root) / 'autograde' / 'gradebook.db'}"
-    with Gradebook(db) as gb:
+    with course.gradebook(root) as gb:
         nb = gb.find_submission_notebook(assignment, assignment, student)
         return {g.name: (g.score, g.max_score) for g in nb.grades if g.cell.cell_type == "code"}
 
