@@ -621,8 +621,8 @@ for step, n in enumerate([3, 2, 1, 1]):
 # fp16, **2 GiB for one 4,096-token sequence** (Llama 2's context length),
 # beside 13.5 GB (12.6 GiB) of weights: 6.7 billion parameters in fp16. Give DeepSeek-V3's 61
 # layers and 128 heads of 128 dims the same plain MHA cache and one sequence of
-# 131,072 tokens in bf16 needs **488.0 GiB**. (The brief this course started from says "~488 GB": the
-# figure is in GiB, 2³⁰ bytes, and 524 GB in powers of ten.) Workbooks 02 and 04
+# 131,072 tokens in bf16 needs **488.0 GiB**: GiB, 2³⁰ bytes, so 524 GB in
+# powers of ten, a difference worth knowing when a figure is quoted in "GB". Workbooks 02 and 04
 # are about shrinking that number.
 
 # %% nbgrader={"grade": false, "grade_id": "cache_size", "locked": false, "schema_version": 3, "solution": true, "task": false}

@@ -341,9 +341,15 @@ print("\n".join(bench.targets(result)))
 #   is not automatically faster.
 # - **MLA absorbed** reads only 576 numbers per cached token but does
 #   $n_h (2 d_c + d_h^R)$ multiply-adds on each: about 240 FLOPs per byte in
-#   bf16, so at DeepSeek-V3's size its roofline is set by compute, not by
-#   memory. That is why FlashMLA reports both 3000 GB/s (memory-bound
-#   settings) and 580 TFLOPS (compute-bound ones) on an H800. Getting near
+#   bf16. Which roof that hits depends on the GPU's ridge point (FLOP/s over
+#   bytes/s). The H200 of section 5 copied 4.23 TB/s and multiplied 710 bf16
+#   TFLOP/s in this harness, a ridge at 168 FLOPs per byte (its datasheet:
+#   4.8 TB/s and 989 TFLOPS, 206): absorbed MLA at DeepSeek-V3's size is
+#   compute-bound there. An H100 or H800 (datasheet: 3.35 TB/s, 989 TFLOPS,
+#   a ridge at 295) puts it near the ridge, a little on the memory side:
+#   bound by both. That is why FlashMLA reports
+#   both up to 3000 GB/s (memory-bound settings) and up to 660 TFLOPS
+#   (compute-bound ones) on an H800. Getting near
 #   that roof takes one fused kernel; the benchmark's step is plain PyTorch
 #   (section 5 shows what that costs).
 # - **Prefill**: for a whole prompt, the naive form decompresses once and then
@@ -459,7 +465,7 @@ CacheExplorer(preset="Llama-3-8B", gpu="24 GB")
 #
 # **Sources**
 # - DeepSeek-AI 2024, *DeepSeek-V2*, arXiv 2405.04434, Table 1; *DeepSeek-V3*, arXiv 2412.19437.
-# - DeepSeek's FlashMLA repository: 3000 GB/s memory-bound and 580 TFLOPS compute-bound on an H800 (bf16, paged cache, block size 64).
+# - DeepSeek's FlashMLA repository (README): up to 3000 GB/s memory-bound and up to 660 TFLOPS compute-bound on an H800 (bf16, paged cache, block size 64).
 # - Williams, Waterman and Patterson 2009, *Roofline: an insightful visual performance model for multicore architectures*, CACM 52(4).
 # - Llama 3 Herd, arXiv 2407.21783, Table 3; Kimi K2, arXiv 2507.20534.
 #
