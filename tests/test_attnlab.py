@@ -513,3 +513,45 @@ def test_an_error_in_the_learners_torch_code_shows_their_lines_only(capsys):
     assert "in merge(x)" in out and "in att(q)" in out, out
     for inside in ("attnlab/checks/", "torch/_ops.py", "_python_dispatch.py", "torch/overrides.py"):
         assert inside not in out, f"{inside} in the learner's traceback:\n{out}"
+
+
+def _deepseek_v3_freqs(dim, base, factor, original_len, beta_fast, beta_slow):
+    """DeepSeek-V3's inference/model.py precompute_freqs_cis, its frequencies, transcribed (float32 as there)."""
+    def correction_dim(rotations):
+        return dim * math.log(original_len / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), dim - 1)
+    if low == high:
+        high += 0.001
+    smooth = 1 - torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    return freqs / factor * (1 - smooth) + freqs * smooth
+
+
+@pytest.mark.parametrize("args", [(64, 10000.0, 40.0, 4096, 32.0, 1.0), (64, 50000.0, 64.0, 4096, 1.0, 1.0),
+                                  (128, 500000.0, 8.0, 8192, 32.0, 1.0), (8, 10000.0, 4.0, 4, 1.0, 1.0)])
+def test_yarn_frequencies_are_deepseeks(args):
+    torch.testing.assert_close(answers.yarn_frequencies(*args), _deepseek_v3_freqs(*args), atol=1e-7, rtol=1e-6)
+
+
+def test_the_released_softmax_scales():
+    from attnlab.models import MODELS
+
+    # DeepSeek-V3: 192 ** -0.5 * (0.1 * ln 40 + 1) ** 2; DeepSeek-V2's mscale_all_dim is 0.707.
+    assert MODELS["DeepSeek-V3"].softmax_scale == pytest.approx(0.13523, abs=1e-5)
+    assert MODELS["DeepSeek-V2"].softmax_scale == pytest.approx(192 ** -0.5 * (0.0707 * math.log(40) + 1) ** 2)
+    assert MODELS["Llama-3-8B"].softmax_scale == 128 ** -0.5
+    assert answers.yarn_softmax_scale(192, 1.0) == 192 ** -0.5
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: answers.yarn_frequencies(64, factor=0.5), "factor"),
+    (lambda: answers.yarn_frequencies(64, beta_fast=1.0, beta_slow=32.0), "beta_fast"),
+    (lambda: answers.yarn_frequencies(63), "even"),
+    (lambda: answers.yarn_softmax_scale(192, 40, mscale=-1), "mscale"),
+    (lambda: answers.yarn_softmax_scale(0, 40), "d_qk"),
+])
+def test_yarn_refuses_bad_input_by_name(call, words):
+    with pytest.raises(ValueError, match=words):
+        call()

@@ -4,6 +4,8 @@ The course's own answers: see :mod:`attnlab.answers`.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from attnlab import arguments
@@ -37,6 +39,48 @@ def rope_tables(positions: torch.Tensor, d: int, base: float = 10000.0, dtype: t
     i = torch.arange(d // 2, dtype=torch.float64, device=positions.device)
     angles = positions.double()[:, None] * base ** (-2 * i / d)[None, :]  # (T, d/2)
     return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def _yarn_pair(d: int, base: float, original_len: int, rotations: float) -> float:
+    """The (fractional) pair index whose wavelength fits ``rotations`` times into ``original_len`` tokens."""
+    return d * math.log(original_len / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+
+@guarded
+def yarn_frequencies(d: int, base: float = 10000.0, factor: float = 40.0, original_len: int = 4096,
+                     beta_fast: float = 32.0, beta_slow: float = 1.0) -> torch.Tensor:
+    """YaRN's per-pair frequencies (Peng et al., arXiv 2309.00071; DeepSeek-V3's precompute_freqs_cis), float32 (d/2,).
+
+    Pairs that turn more than ``beta_fast`` times over the original context keep
+    theta_i; pairs that turn fewer than ``beta_slow`` times are interpolated,
+    theta_i / factor; between the two pair indices, a linear ramp blends them.
+    """
+    theta = rope_frequencies(d, base).double()  # validates d and base
+    if not factor >= 1:
+        raise ValueError(f"factor must be at least 1, got {factor!r}")
+    arguments.positive_int("original_len", original_len)
+    if not beta_fast >= beta_slow > 0:
+        raise ValueError(f"beta_fast must be at least beta_slow, both positive; got {beta_fast!r} and {beta_slow!r}")
+    low = max(math.floor(_yarn_pair(d, base, original_len, beta_fast)), 0)
+    high = min(math.ceil(_yarn_pair(d, base, original_len, beta_slow)), d - 1)
+    if low == high:
+        high += 0.001  # as DeepSeek's code does: a step, not a division by zero
+    ramp = ((torch.arange(d // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)  # 0: keep, 1: interpolate
+    return (theta * (1 - ramp) + theta / factor * ramp).float()
+
+
+@guarded
+def yarn_softmax_scale(d_qk: int, factor: float, mscale: float = 1.0) -> float:
+    """The attention's softmax scale under YaRN: d_qk ** -0.5 times (0.1 * mscale * ln(factor) + 1) squared.
+
+    DeepSeek scales the scores (not the tables) by YaRN's temperature, once for
+    the queries and once for the keys: hence the square. With factor 1, plain 1/sqrt(d_qk)."""
+    arguments.positive_int("d_qk", d_qk)
+    if not factor >= 1:
+        raise ValueError(f"factor must be at least 1, got {factor!r}")
+    arguments.non_negative("mscale", mscale)
+    temperature = 0.1 * mscale * math.log(factor) + 1.0 if factor > 1 else 1.0
+    return d_qk ** -0.5 * temperature * temperature
 
 
 def _check_rope(x, cos, sin):

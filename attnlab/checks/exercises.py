@@ -55,6 +55,7 @@ _WORKBOOKS = {
         "is_relative": {"uses": ("rope_tables", "rope_interleaved", "rope_half")},
         "rope_gqa_step": {"uses": ("rope_tables", "rope_interleaved")},
         "absorb": {}, "absorbed_scores": {},
+        "yarn_frequencies": {}, "yarn_softmax_scale": {},
     }),
     "04_mla": (("attention", "attention_backward", "split_heads", "merge_heads", "rope_tables", "rope_interleaved",
                 "rope_frequencies", "causal_mask"), {

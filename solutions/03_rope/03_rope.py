@@ -27,12 +27,14 @@
 # 3. the weight permutation that makes the two layouts give the same scores;
 # 4. a check of the relative-position property, and a test of your check;
 # 5. RoPE inside GQA with a KV cache, every token at its true position;
-# 6. the weight absorption that works without RoPE, and fails with it.
+# 6. the weight absorption that works without RoPE, and fails with it;
+# 7. YaRN, the frequencies and the softmax scale with which DeepSeek-V3 runs
+#    past the 4K context it was pre-trained at.
 #
 # **You need** workbooks 01 and 02 (attention, heads, the KV cache, GQA). Their
 # answers come with the course package.
 #
-# **Time** about 75 minutes.
+# **Time** about 90 minutes.
 
 # %% nbgrader={"grade": false, "grade_id": "setup", "locked": true, "schema_version": 3, "solution": false, "task": false}
 import math
@@ -42,7 +44,7 @@ import torch
 
 import attnlab
 from attnlab import answers
-from attnlab.checks import exercise, expect_close, expect_shape
+from attnlab.checks import exercise, expect_close, expect_shape, number
 # Workbooks 01 and 02's answers, as building blocks for this one.
 from attnlab.answers import KVCache, gqa_attention, merge_heads, split_heads
 
@@ -607,6 +609,155 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
+# ## 7 · Past the trained context: YaRN
+#
+# A model pre-trained on 4,096-token sequences has seen the angles $m\theta_i$
+# only for $m < 4096$. A fast pair turns thousands of times in that span and
+# has seen every angle; a slow pair, whose wavelength $2\pi/\theta_i$ is longer
+# than the context, has never finished one turn, and at position 100,000 it
+# shows the model angles it never saw. Three fixes, in the order they came:
+#
+# - **Position interpolation** (Chen et al., arXiv 2306.15595): divide every
+#   frequency by the extension factor $s$. The slow pairs stay in range, but
+#   the fast pairs, which tell neighbours apart, are squeezed $s$ times too.
+# - **NTK-aware scaling** (bloc97, 2023, on Reddit's r/LocalLLaMA): raise the
+#   base instead, which changes the slow pairs a lot and the fast ones hardly.
+# - **YaRN** (Peng et al., arXiv 2309.00071, §3.2): decide per pair, by how many
+#   turns $r_i = L / (2\pi/\theta_i)$ it makes over the original context $L$.
+#   A pair with more than $\beta_{fast}$ turns keeps $\theta_i$; one with fewer
+#   than $\beta_{slow}$ turns is interpolated, $\theta_i / s$; between the two,
+#   a linear ramp over the pair index blends them. The index at which a pair
+#   makes $r$ turns is
+#
+# $$i(r) = \frac{d \,\ln\!\big(L / (2\pi r)\big)}{2 \ln \text{base}},$$
+#
+#   and DeepSeek-V3's code (`precompute_freqs_cis`) takes
+#   $\text{low} = \max(\lfloor i(\beta_{fast}) \rfloor, 0)$,
+#   $\text{high} = \min(\lceil i(\beta_{slow}) \rceil, d - 1)$ (nudged up by
+#   0.001 when the two are equal), the ramp
+#   $\rho_i = \operatorname{clamp}\big((i - \text{low}) / (\text{high} - \text{low}), 0, 1\big)$
+#   and $\theta'_i = \theta_i (1 - \rho_i) + (\theta_i / s)\, \rho_i$.
+#
+# Interpolated positions also make attention flatter, so YaRN sharpens it with
+# a temperature $t = 0.1\, \text{mscale} \ln s + 1$. DeepSeek folds it into the
+# softmax scale, once for the queries and once for the keys:
+#
+# $$\text{scale} = \frac{t^2}{\sqrt{d_{qk}}}, \qquad t = 0.1\, \text{mscale} \ln s + 1 \quad (s > 1).$$
+#
+# This is not an option DeepSeek-V3 turns on for long prompts: its inference
+# code switches YaRN on whenever `max_seq_len` (16,384 by default) exceeds
+# `original_seq_len` (4,096), with $s = 40$, $\beta_{fast} = 32$,
+# $\beta_{slow} = 1$, mscale 1. The released model always runs with it.
+#
+# Write `yarn_frequencies` (float32, from float64 arithmetic as in section 1)
+# and `yarn_softmax_scale` (plain $1/\sqrt{d_{qk}}$ when $s = 1$).
+
+# %% nbgrader={"grade": false, "grade_id": "yarn", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def yarn_frequencies(d, base=10000.0, factor=40.0, original_len=4096, beta_fast=32.0, beta_slow=1.0):
+    """YaRN's (d/2,) float32 frequencies: theta_i for the fast pairs, theta_i / factor for the slow ones, a ramp between."""
+    ### BEGIN SOLUTION
+    def pair(turns):  # the pair index whose wavelength fits `turns` times into original_len
+        return d * math.log(original_len / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(pair(beta_fast)), 0)
+    high = min(math.ceil(pair(beta_slow)), d - 1)
+    if low == high:
+        high += 0.001
+    i = torch.arange(d // 2, dtype=torch.float64)
+    theta = base ** (-2 * i / d)
+    ramp = ((i - low) / (high - low)).clamp(0, 1)  # 0: keep theta, 1: theta / factor
+    return (theta * (1 - ramp) + theta / factor * ramp).float()
+    ### END SOLUTION
+
+
+def yarn_softmax_scale(d_qk, factor, mscale=1.0):
+    """The softmax scale under YaRN: 1/sqrt(d_qk) times (0.1 * mscale * ln(factor) + 1) squared."""
+    ### BEGIN SOLUTION
+    if factor <= 1:
+        return d_qk ** -0.5
+    temperature = 0.1 * mscale * math.log(factor) + 1.0
+    return d_qk ** -0.5 * temperature * temperature
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "test_yarn_frequencies", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
+with exercise("yarn_frequencies"):
+    got = yarn_frequencies(64)  # DeepSeek-V3: 64 RoPE dims, s = 40, L = 4096, beta 32 and 1
+theta = answers.rope_frequencies(64)
+want = answers.yarn_frequencies(64)
+expect_close(got, want, "yarn_frequencies(64) (DeepSeek-V3's settings)",
+             suspects={"the factor divides the fast pairs and spares the slow ones (the ramp is reversed)":
+                       theta + theta / 40 - want,
+                       "every pair is divided by the factor (that is position interpolation)": theta / 40,
+                       "no pair changes": theta})
+print("yarn_frequencies: correct; pairs kept:", int((got == theta).sum()), "of 32; interpolated:",
+      int(torch.isclose(got, theta / 40).sum()))
+
+### BEGIN HIDDEN TESTS
+# Other widths, bases, factors and contexts; beta_fast equal to beta_slow (Kimi K2's config); a context so short
+# that low and high meet (the ramp becomes a step); a base so small that the slow pairs reach past d/2; and
+# factor 1, which changes nothing.
+for d, base, s, L, fast, slow in [(128, 500000.0, 8.0, 8192, 32.0, 1.0), (64, 50000.0, 64.0, 4096, 1.0, 1.0),
+                                  (16, 100.0, 4.0, 1024, 32.0, 1.0), (32, 10000.0, 1.0, 4096, 32.0, 1.0),
+                                  (64, 10000.0, 40.0, 4096, 16.0, 2.0), (8, 10000.0, 2.0, 64, 4.0, 1.0),
+                                  (8, 10000.0, 4.0, 4, 1.0, 1.0)]:
+    case = f"yarn_frequencies({d}, base={base:g}, factor={s:g}, original_len={L}, beta_fast={fast:g}, beta_slow={slow:g})"
+    with exercise("yarn_frequencies", case=case):
+        got = yarn_frequencies(d, base, s, L, fast, slow)
+    expect_close(got, answers.yarn_frequencies(d, base, s, L, fast, slow), case, atol=1e-7,
+                 suspects={"the factor is applied to every pair": answers.rope_frequencies(d, base) / s})
+### END HIDDEN TESTS
+
+# %% nbgrader={"grade": true, "grade_id": "test_yarn_scale", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+with exercise("yarn_softmax_scale"):
+    got = number(yarn_softmax_scale(192, 40), "yarn_softmax_scale(192, 40)")
+want = answers.yarn_softmax_scale(192, 40)
+assert abs(got - want) < 1e-9, (
+    f"yarn_softmax_scale(192, 40) is {got:.6g}; DeepSeek-V3's released scale is {want:.6g} = 192 ** -0.5 * "
+    f"(0.1 * ln 40 + 1) ** 2."
+    + (" You applied the temperature once: DeepSeek squares it." if abs(got - 192 ** -0.5 * (0.1 * math.log(40) + 1)) < 1e-9
+       else " Without YaRN it would be 192 ** -0.5." if abs(got - 192 ** -0.5) < 1e-9 else ""))
+print(f"yarn_softmax_scale: correct; DeepSeek-V3 runs at {got:.4f}, {got / 192 ** -0.5:.3f}x the plain 1/sqrt(192)")
+
+### BEGIN HIDDEN TESTS
+# DeepSeek-V2's mscale of 0.707, Kimi K2's factor of 64, factor 1 (no extension) and other widths.
+for d_qk, s, mscale in [(192, 40.0, 0.707), (192, 64.0, 1.0), (128, 1.0, 1.0), (64, 8.0, 1.0), (96, 4.0, 0.5)]:
+    case = f"yarn_softmax_scale({d_qk}, {s:g}, mscale={mscale:g})"
+    with exercise("yarn_softmax_scale", case=case):
+        got = number(yarn_softmax_scale(d_qk, s, mscale), case)
+    want = answers.yarn_softmax_scale(d_qk, s, mscale)
+    assert abs(got - want) < 1e-9 * want, f"{case} is {got:.6g}; expected {want:.6g}"
+### END HIDDEN TESTS
+
+# %% [markdown]
+# **See it.** DeepSeek-V3's 32 RoPE pairs before and after YaRN, and how many
+# turns each makes over the 4K pre-training context: the pairs that turn more
+# than 32 times keep their frequency, those that never finish a turn are slowed
+# 40×, and the ramp between is what YaRN adds to position interpolation.
+
+# %%
+from attnlab.models import MODELS
+
+v3 = MODELS["DeepSeek-V3"]
+y = v3.yarn
+plain = answers.rope_frequencies(v3.d_rope, v3.rope_theta)
+extended = answers.yarn_frequencies(v3.d_rope, v3.rope_theta, y.factor, y.original_len, y.beta_fast, y.beta_slow)
+turns = y.original_len * plain / (2 * math.pi)
+fig, ax = plt.subplots(figsize=(6.5, 3.2))
+ax.semilogy(plain, "o-", ms=3, label=r"$\theta_i$ (trained)")
+ax.semilogy(extended, "o-", ms=3, label=f"YaRN, s = {y.factor:g}")
+ax.semilogy(plain / y.factor, ":", color="0.5", label="position interpolation")
+for b, name in ((y.beta_fast, r"$\beta_{fast}$"), (y.beta_slow, r"$\beta_{slow}$")):
+    i = int((turns > b).sum())  # the first pair with fewer turns than b
+    ax.axvline(i - 0.5, color="0.7", linestyle="--")
+    ax.text(i - 0.4, plain.max().item() / 3, f"{name} = {b:g} turns", fontsize=8)
+ax.set(xlabel="pair i", ylabel="radians per position", title="DeepSeek-V3's RoPE frequencies")
+ax.legend(fontsize=8, loc="lower left")
+fig.tight_layout()
+plt.show()
+print(f"DeepSeek-V3's softmax scale: {v3.softmax_scale:.4f} (plain 1/sqrt(192): {192 ** -0.5:.4f})")
+
+# %% [markdown]
 # ## Recap
 #
 # **What to remember**
@@ -620,6 +771,9 @@ plt.show()
 # - Cache rotated keys; rotate new tokens at `len(cache) + i`.
 # - Without RoPE, $W^{UK}$ folds into the query side; with RoPE, $R_{n-m}$ sits
 #   in the middle and nothing can be folded. Hence DeepSeek's decoupled RoPE.
+# - Past the trained context, YaRN keeps the fast pairs, slows the slow ones by
+#   the factor, ramps between, and scales the softmax by the temperature
+#   squared: DeepSeek-V3 always runs with it (scale 0.1352, not 192 ** -0.5).
 #
 # **What breaks if you get this wrong**
 # - Loading interleaved weights into rotate-half code (or the reverse) without
@@ -633,6 +787,10 @@ plt.show()
 # - DeepSeek-AI 2024, *DeepSeek-V2*, arXiv 2405.04434, §2.1.3 (RoPE and low-rank KV compression).
 # - Hugging Face `transformers`: `rotate_half` and the Llama weight-conversion script's permutation.
 # - Llama Team 2024, *The Llama 3 Herd of Models*, arXiv 2407.21783, Table 3: RoPE base 500,000.
+# - Chen et al. 2023, *Extending Context Window of Large Language Models via Positional Interpolation*, arXiv 2306.15595.
+# - Peng et al. 2023, *YaRN: Efficient Context Window Extension of Large Language Models*, arXiv 2309.00071, §3.2–3.4.
+# - DeepSeek-V3, `inference/model.py`: `precompute_freqs_cis` and the softmax scale's `mscale` (ModelArgs: rope_factor 40,
+#   original_seq_len 4096, beta_fast 32, beta_slow 1, mscale 1, max_seq_len 16384).
 #
 # **Next:** [workbook 04](../04_mla/04_mla.ipynb) builds multi-head latent attention, with the decoupled
 # RoPE that gets around what you just measured.

@@ -15,8 +15,9 @@
 # values, but they are all **decompressed from one small latent vector per
 # token**, and only that latent is cached. At DeepSeek-V3's size that is 576
 # numbers per token and layer, where plain MHA with 128 heads would cache
-# 32,768 (and DeepSeek-V2's Table 9 reports MLA scoring as well as or better
-# than MHA).
+# 32,768. DeepSeek-V2's Table 9 compares the two on two MoE models: MLA is
+# ahead of MHA on 7 of its 8 benchmark-and-size cells (the exception: C-Eval
+# on the small model, MHA 51.6 against MLA 50.9).
 #
 # Making that small cache also *fast* takes two tricks: the up-projections are
 # **absorbed** into the query and output sides, so the latent is never
@@ -348,8 +349,10 @@ for c, B, offset, table_dtype in [(answers.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5
 # Put it together the way training does: decompress keys and values for every
 # head, concatenate the RoPE parts, and run causal attention (workbook 01's
 # `attention`, whose scale is $1/\sqrt{\text{last dim}}$, here
-# $1/\sqrt{d_{nope} + d_{rope}}$, as in DeepSeek-V3's code: `192 ** -0.5`, times
-# a YaRN factor when the context is extended beyond 4K, which we leave out). The
+# $1/\sqrt{d_{nope} + d_{rope}}$, `192 ** -0.5` at DeepSeek-V3's size). The
+# released model multiplies that by YaRN's temperature squared (workbook 03,
+# section 7); the layers here run without YaRN, as a model pre-trained at its
+# own context would, and the cell after the tests shows what that changes. The
 # tokens sit at positions `0 … T − 1`. Then merge heads and apply `W_o`.
 
 # %% nbgrader={"grade": false, "grade_id": "mla_forward", "locked": false, "schema_version": 3, "solution": true, "task": false}
@@ -401,6 +404,36 @@ for c, B in [(answers.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 2), (answers.ML
         expect_close(gg, wg, f"the gradient of a loss with respect to {name} through {case}",
                      hint="Is anything detached or rebuilt outside autograd?")
 ### END HIDDEN TESTS
+
+# %% [markdown]
+# **The released scale.** DeepSeek-V3 as released runs with YaRN on (its
+# inference code turns it on whenever `max_seq_len`, 16,384 by default, exceeds
+# the 4,096 it was pre-trained at): its softmax scale is $192^{-1/2}$ times
+# $(0.1 \ln 40 + 1)^2 = 1.874$, **0.1352**, and its slow RoPE pairs turn 40×
+# more slowly. Leave YaRN out and every score is 1.874× too small: the same
+# weights attend more evenly than the model was trained to. Below, the
+# attention weights of one query over 4,096 keys at both scales, for random
+# queries and keys of unit variance per feature (an illustration, not a
+# trained model's activations), with DeepSeek-V2's, DeepSeek-V3's and Kimi
+# K2's released scales from the course's model table.
+
+# %%
+from attnlab.models import MODELS
+
+
+def yarn_demo(d_qk=192, n_keys=4096, seed=4):
+    g = torch.Generator().manual_seed(seed)
+    q_demo = torch.randn(1, d_qk, generator=g, dtype=torch.float64)
+    k_demo = torch.randn(n_keys, d_qk, generator=g, dtype=torch.float64)
+    for model in ("DeepSeek-V2", "DeepSeek-V3", "Kimi K2"):
+        for label, scale in (("without YaRN", d_qk ** -0.5), ("as released", MODELS[model].softmax_scale)):
+            w = torch.softmax(q_demo @ k_demo.T * scale, dim=-1)
+            entropy = -(w * w.log()).sum().item()
+            print(f"{model:<12} {label:<13} scale {scale:.4f}: largest weight {w.max().item():.4f}, "
+                  f"entropy {entropy:.2f} nats (uniform: {math.log(n_keys):.2f})")
+
+
+yarn_demo()
 
 # %% [markdown]
 # ## 6 · Decoding with absorbed weights
@@ -729,8 +762,8 @@ for c, B, start in [(answers.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 3, 0),
 #
 # That is **56.9×** smaller than the MHA cache (71.1× smaller than the
 # decompressed one). The popular "64×" divides by the latent's 512 alone and
-# forgets the 64-dim RoPE key that every token must also cache. (The same
-# write-ups call the MHA figure "~488 GB": it is 488 GiB, 524 GB.) And the
+# forgets the 64-dim RoPE key that every token must also cache. (The MHA
+# figure is 488 GiB, which is 524 GB: quoted as "488 GB", it mixes the two.) And the
 # compression factor is not $C / d_c = 7168/512 = 14$ either, as another
 # misconception has it: it is $2 n_h d_h / (d_c + d^R_h)$.
 
@@ -819,8 +852,8 @@ plt.show()
 # - RoPE lives only in the decoupled parts; the compressed parts carry no
 #   rotation, so $W^{UK}$ absorbs into the query and $W^{UV}$ goes after the
 #   weighted sum of latents.
-# - The scale is $1/\sqrt{d_{nope} + d_{rope}}$ = `192 ** -0.5` at V3's size
-#   (times a YaRN factor for extended contexts).
+# - The scale is $1/\sqrt{d_{nope} + d_{rope}}$ = `192 ** -0.5` at V3's size,
+#   times YaRN's temperature squared as released: 0.1352 for DeepSeek-V3.
 # - Gradients: a shared $k^R$ sums its heads' gradients; RoPE's backward is the
 #   opposite rotation; RMSNorm's backward has the $-\rho^3 r\,\overline{g r}$ term.
 #
