@@ -436,6 +436,51 @@ def yarn_demo(d_qk=192, n_keys=4096, seed=4):
 yarn_demo()
 
 # %% [markdown]
+# **Your MLA is the one in `transformers`.** Hugging Face's `DeepseekV3Attention`
+# is an implementation nobody on this course wrote. Below, a tiny one with
+# random weights is copied into an `MLAWeights` (through the checkpoint loader
+# of `attnlab.lesson.checkpoints`, which reads the released checkpoints' names and
+# layouts, fp8 included) and run against your `mla_forward`. It needs
+# `transformers`, which `make lab` installs, and is skipped while grading.
+
+# %%
+def against_transformers():
+    try:
+        from transformers.models.deepseek_v3 import modeling_deepseek_v3 as v3
+        from transformers.models.deepseek_v3.configuration_deepseek_v3 import DeepseekV3Config
+    except ImportError:
+        return print("transformers is not installed: pip install -r requirements.txt -c constraints.txt")
+    from attnlab.lesson import checkpoints
+
+    c = answers.MLAConfig("hf", 32, 4, 12, 10, 6, 4, 5, 1)
+    hf_cfg = DeepseekV3Config(hidden_size=c.d_model, num_attention_heads=c.n_heads, num_key_value_heads=c.n_heads,
+                              q_lora_rank=c.d_q_latent, kv_lora_rank=c.d_latent, qk_nope_head_dim=c.d_nope,
+                              qk_rope_head_dim=c.d_rope, v_head_dim=c.d_v, vocab_size=16, num_hidden_layers=1,
+                              attn_implementation="eager")
+    torch.manual_seed(0)
+    hf = v3.DeepseekV3Attention(hf_cfg, 0).double().eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        x = torch.randn(2, 7, c.d_model, dtype=torch.float64)
+        cos_sin = v3.DeepseekV3RotaryEmbedding(hf_cfg)(x, torch.arange(7)[None].expand(2, -1))
+        mask = torch.full((7, 7), float("-inf"), dtype=torch.float64).triu(1)[None, None]
+        want = hf(x, cos_sin, mask)[0]
+        try:
+            got = mla_forward(checkpoints.load(MLAWeights(c).double(), hf.state_dict()), x)
+        except NotImplementedError:
+            return print("write mla_forward (section 5) first")
+    err = ((got - want).norm() / want.norm()).item()
+    print(f"your mla_forward against transformers' DeepseekV3Attention: relative difference {err:.1e} "
+          "(transformers runs its RMSNorm and RoPE angles in float32)")
+
+
+if attnlab.is_grading():
+    print("skipped while grading")
+else:
+    against_transformers()
+
+# %% [markdown]
 # ## 6 · Decoding with absorbed weights
 #
 # At inference, cache per token only $c^{KV}_t$ (`d_c` numbers) and $k^R_t$
