@@ -12,6 +12,18 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class YaRN:
+    """A model's YaRN context extension, as its config's ``rope_scaling`` gives it (arXiv 2309.00071)."""
+
+    factor: float  # how many times the original context
+    original_len: int  # original_max_position_embeddings: the context the model was pre-trained at
+    beta_fast: float  # pairs turning more often than this over original_len keep their frequency
+    beta_slow: float  # pairs turning less often than this are interpolated by factor
+    mscale: float  # YaRN's attention temperature, 0.1 * mscale * ln(factor) + 1, on the tables
+    mscale_all_dim: float  # the same on the softmax scale, squared (DeepSeek); mscale / mscale_all_dim on the tables
+
+
+@dataclass(frozen=True)
 class MLAConfig:
     """The dimensions of one MLA layer (and the number of layers, for cache sizes)."""
 
@@ -24,22 +36,17 @@ class MLAConfig:
     d_rope: int  # d_h^R, qk_rope_head_dim: the decoupled RoPE part
     d_v: int  # v_head_dim
     n_layers: int
+    rope_base: float = 10000.0  # rope_theta
+    yarn: YaRN | None = None  # the context extension, as released (None: plain RoPE)
 
     @property
     def softmax_scale(self) -> float:
-        return 1.0 / math.sqrt(self.d_nope + self.d_rope)
+        """1/sqrt(d_nope + d_rope); with YaRN, times its temperature squared (workbook 03, section 7)."""
+        if self.yarn is None:
+            return 1.0 / math.sqrt(self.d_nope + self.d_rope)
+        from attnlab.answers import yarn_softmax_scale
 
-
-@dataclass(frozen=True)
-class YaRN:
-    """A model's YaRN context extension, as its config's ``rope_scaling`` gives it (arXiv 2309.00071)."""
-
-    factor: float  # how many times the original context
-    original_len: int  # original_max_position_embeddings: the context the model was pre-trained at
-    beta_fast: float  # pairs turning more often than this over original_len keep their frequency
-    beta_slow: float  # pairs turning less often than this are interpolated by factor
-    mscale: float  # YaRN's attention temperature, 0.1 * mscale * ln(factor) + 1, on the tables
-    mscale_all_dim: float  # the same on the softmax scale, squared (DeepSeek); mscale / mscale_all_dim on the tables
+        return yarn_softmax_scale(self.d_nope + self.d_rope, self.yarn.factor, self.yarn.mscale_all_dim)
 
 
 @dataclass(frozen=True)
@@ -87,7 +94,7 @@ class Model:
         if self.attention != "MLA":
             raise ValueError(f"{self.name} ships with {self.attention}, not MLA")
         return MLAConfig(self.name, self.d_model, self.n_heads, self.d_latent, self.d_q_latent, self.d_head,
-                         self.d_rope, self.d_v, self.n_layers)
+                         self.d_rope, self.d_v, self.n_layers, self.rope_theta, self.yarn)
 
 
 _LLAMA2 = "Llama 2, arXiv 2307.09288, section 2.2 (LLaMA's architecture, arXiv 2302.13971, Table 2; plain MHA)"

@@ -8,6 +8,8 @@ so the tables are compared at positions below 1,000.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -116,7 +118,7 @@ def test_gqa_with_and_without_rope_is_llama_attention(n_kv_heads, rope):
     W_q, W_k, W_v, W_o = (sd[f"{n}_proj.weight"] for n in "qkvo")
     if rope:  # transformers keeps Llama in the rotate-half layout; the course rotates interleaved pairs
         cos, sin = llama.LlamaRotaryEmbedding(cfg)(x, torch.arange(T)[None].expand(2, -1))
-        W_q, W_k = checkpoints._rope_rows(W_q, H, "interleaved"), checkpoints._rope_rows(W_k, n_kv_heads, "interleaved")
+        W_q, W_k = checkpoints.rope_rows(W_q, H, "interleaved"), checkpoints.rope_rows(W_k, n_kv_heads, "interleaved")
         got = answers.rope_gqa_step(x, W_q, W_k, W_v, W_o, H, n_kv_heads, answers.KVCache())
     else:  # no rotation: cos 1, sin 0
         cos, sin = torch.ones(2, T, D, dtype=torch.float64), torch.zeros(2, T, D, dtype=torch.float64)
@@ -135,6 +137,39 @@ def test_rope_tables_in_both_layouts_are_transformers():
     torch.testing.assert_close(sin[0].float(), torch.cat([want_sin, want_sin], -1), atol=1e-4, rtol=0)
     x = torch.randn(1, 5, 16, dtype=torch.float64)
     rotated = x * cos + llama.rotate_half(x) * sin  # transformers' apply_rotary_pos_emb on one tensor
-    perm = checkpoints._rope_rows(torch.eye(16, dtype=torch.float64), 1, "rotate_half")  # interleaved -> halves
+    perm = checkpoints.rope_rows(torch.eye(16, dtype=torch.float64), 1, "rotate_half")  # interleaved -> halves
     ours = answers.rope_interleaved(x @ perm, want_cos.double(), want_sin.double()) @ perm.T
     torch.testing.assert_close(ours, rotated, atol=1e-4, rtol=0)
+
+
+def test_with_yarn_the_mla_forward_and_absorbed_decode_are_deepseek_v3_as_released():
+    """The model table's YaRN settings (DeepSeek-V3: factor 40, betas 32 and 1, mscale 1) in both implementations,
+    for a prompt and for decode steps at positions past the original 4K context."""
+    from attnlab.models import MODELS
+
+    y = MODELS["DeepSeek-V3"].yarn
+    yarn_cfg = dataclasses.replace(MLA, yarn=y)
+    hf_cfg = mla_config(DeepseekV3Config, max_position_embeddings=163840, rope_parameters={
+        "rope_type": "yarn", "factor": y.factor, "original_max_position_embeddings": y.original_len,
+        "beta_fast": y.beta_fast, "beta_slow": y.beta_slow, "mscale": y.mscale, "mscale_all_dim": y.mscale_all_dim,
+        "rope_theta": 10000.0})
+    hf = random_layer(v3.DeepseekV3Attention(hf_cfg, 0), seed=6)
+    rotary = v3.DeepseekV3RotaryEmbedding(hf_cfg)
+    m = checkpoints.load(answers.MLAWeights(yarn_cfg).double(), hf.state_dict())
+    assert yarn_cfg.softmax_scale == pytest.approx(hf.scaling, rel=1e-12)
+    x = torch.randn(2, 6, MLA.d_model, dtype=torch.float64)
+    with torch.no_grad():
+        prompt = hf(hidden_states=x, position_embeddings=rotary(x, torch.arange(6)[None].expand(2, -1)),
+                    attention_mask=causal(6, 6))[0]
+        torch.testing.assert_close(answers.mla_forward(m, x), prompt, **TOL)
+        # 5,000 tokens already cached (the same latents and rotated RoPE keys in both caches), then 2 + 1 new ones
+        P = 5000
+        c_kv, k_r = torch.randn(2, P, MLA.d_latent, dtype=torch.float64), torch.randn(2, P, MLA.d_rope, dtype=torch.float64)
+        cache, hf_cache = answers.LatentCache(), DynamicCache(config=hf_cfg)
+        cache.update(c_kv, k_r)
+        hf_cache.update(c_kv[:, None], torch.cat([k_r[..., 0::2], k_r[..., 1::2]], -1)[:, None], 0)
+        for lo, hi in ((0, 2), (2, 3)):
+            h, pos = x[:, lo:hi], torch.arange(P + lo, P + hi)[None].expand(2, -1)
+            want = hf(hidden_states=h, position_embeddings=rotary(h, pos), attention_mask=causal(hi - lo, P + hi),
+                      cache=hf_cache)[0]
+            torch.testing.assert_close(answers.mla_absorbed_step(m, h, cache), want, **TOL)

@@ -4,13 +4,30 @@ The course's own answers: see :mod:`attnlab.answers`.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from attnlab import arguments
 from attnlab.answers.mha import attention, causal_mask, merge_heads, split_heads
-from attnlab.answers.rope import rope_interleaved, rope_tables
+from attnlab.answers.rope import rope_interleaved, rope_tables, yarn_frequencies
 from attnlab.guard import guarded
 from attnlab.models import MLAConfig
+
+
+def _tables(cfg: MLAConfig, positions: torch.Tensor):
+    """cos and sin for the decoupled RoPE: plain RoPE, or YaRN's frequencies when the config has them.
+
+    With YaRN the tables are also scaled by t(mscale) / t(mscale_all_dim) (transformers'
+    attention_factor; 1 for DeepSeek's released configs, where the two are equal)."""
+    if cfg.yarn is None:
+        return rope_tables(positions, cfg.d_rope, cfg.rope_base)
+    y = cfg.yarn
+    freqs = yarn_frequencies(cfg.d_rope, cfg.rope_base, y.factor, y.original_len, y.beta_fast, y.beta_slow)
+    angles = positions.double()[:, None] * freqs.to(positions.device).double()[None, :]  # (T, d_rope/2)
+    t = lambda mscale: 0.1 * mscale * math.log(y.factor) + 1.0 if y.factor > 1 else 1.0  # noqa: E731
+    factor = t(y.mscale) / t(y.mscale_all_dim)
+    return (angles.cos() * factor).float(), (angles.sin() * factor).float()
 
 
 # Multi-head latent attention (DeepSeek-V2, arXiv 2405.04434, section 2.1;
@@ -93,12 +110,14 @@ def mla_forward(m: MLAWeights, h: torch.Tensor) -> torch.Tensor:
     """
     B, T, _ = h.shape
     cfg = m.cfg
-    cos, sin = rope_tables(torch.arange(T, device=h.device), cfg.d_rope)
+    cos, sin = _tables(cfg, torch.arange(T, device=h.device))
     c_q, q_c = compress_q(m, h)  # (B, T, d'_c), (B, H, T, d_nope)
     k_c, v_c = up_project_kv(m, compress_kv(m, h))  # (B, H, T, d_nope), (B, H, T, d_v)
     q_r, k_r = decoupled_rope(m, h, c_q, cos, sin)  # (B, H, T, d_rope), (B, 1, T, d_rope)
     q = torch.cat([q_c, q_r], dim=-1)  # (B, H, T, d_nope + d_rope)
     k = torch.cat([k_c, k_r.expand(B, cfg.n_heads, T, cfg.d_rope)], dim=-1)  # (B, H, T, d_nope + d_rope)
+    if cfg.yarn is not None:  # attention scales by 1/sqrt(d_nope + d_rope): YaRN's temperature goes on q
+        q = q * (cfg.softmax_scale * math.sqrt(cfg.d_nope + cfg.d_rope))
     return m.W_o(merge_heads(attention(q, k, v_c, causal=True)))  # scale 1/sqrt(d_nope + d_rope) inside
 
 
@@ -136,7 +155,7 @@ def mla_absorbed_step(m: MLAWeights, h: torch.Tensor, cache: LatentCache) -> tor
     cfg = m.cfg
     H = cfg.n_heads
     start = len(cache)
-    cos, sin = rope_tables(torch.arange(start, start + T, device=h.device), cfg.d_rope)
+    cos, sin = _tables(cfg, torch.arange(start, start + T, device=h.device))
     c_q, q_c = compress_q(m, h)  # (B, T, d'_c), (B, H, T, d_nope)
     q_r, k_r_new = decoupled_rope(m, h, c_q, cos, sin)  # (B, H, T, d_rope), (B, 1, T, d_rope)
     c_kv, k_r = cache.update(compress_kv(m, h), k_r_new[:, 0])  # (B, Tk, d_c), (B, Tk, d_rope)

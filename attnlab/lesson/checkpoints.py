@@ -94,7 +94,7 @@ def _tensor(state_dict: dict, hf_name: str, naming: str, shape: tuple) -> torch.
     return t
 
 
-def _rope_rows(W: torch.Tensor, n_heads: int, to: str) -> torch.Tensor:
+def rope_rows(W: torch.Tensor, n_heads: int, to: str) -> torch.Tensor:
     """Each head's d_rope rows between the interleaved and rotate-half orders."""
     D = W.shape[0] // n_heads
     if to == "rotate_half":  # (x0, x1, x2, x3, ...) -> (x0, x2, ..., x1, x3, ...)
@@ -121,7 +121,7 @@ def load(m: MLAWeights, state_dict: dict, layout: str = "interleaved", prefix: s
     kv_a, kv_b = t["kv_a_proj_with_mqa.weight"], t["kv_b_proj.weight"].reshape(H, n + cfg.d_v, dc)
     W_qr, W_kr = q_b[:, n:].reshape(H * r, -1), kv_a[dc:]
     if layout == "rotate_half":
-        W_qr, W_kr = _rope_rows(W_qr, H, "interleaved"), _rope_rows(W_kr, 1, "interleaved")
+        W_qr, W_kr = rope_rows(W_qr, H, "interleaved"), rope_rows(W_kr, 1, "interleaved")
     for param, value in [(m.W_dq.weight, t["q_a_proj.weight"]), (m.q_norm, t["q_a_layernorm.weight"]),
                          (m.W_uq.weight, q_b[:, :n].reshape(H * n, -1)), (m.W_qr.weight, W_qr),
                          (m.W_dkv.weight, kv_a[:dc]), (m.W_kr.weight, W_kr), (m.kv_norm, t["kv_a_layernorm.weight"]),
@@ -140,7 +140,7 @@ def save(m: MLAWeights, naming: str = "hf", layout: str = "interleaved", prefix:
     H, n, r = cfg.n_heads, cfg.d_nope, cfg.d_rope
     W_qr, W_kr = m.W_qr.weight, m.W_kr.weight
     if layout == "rotate_half":
-        W_qr, W_kr = _rope_rows(W_qr, H, "rotate_half"), _rope_rows(W_kr, 1, "rotate_half")
+        W_qr, W_kr = rope_rows(W_qr, H, "rotate_half"), rope_rows(W_kr, 1, "rotate_half")
     q_b = torch.cat([m.W_uq.weight.reshape(H, n, -1), W_qr.reshape(H, r, -1)], dim=1)  # (H, d_nope + d_rope, d'_c)
     kv_b = torch.cat([m.W_uk.weight.reshape(H, n, -1), m.W_uv.weight.reshape(H, cfg.d_v, -1)], dim=1)
     hf = {"q_a_proj.weight": m.W_dq.weight, "q_a_layernorm.weight": m.q_norm, "q_b_proj.weight": q_b.reshape(H * (n + r), -1),

@@ -415,7 +415,11 @@ for c, B in [(answers.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 2), (answers.ML
 # attention weights of one query over 4,096 keys at both scales, for random
 # queries and keys of unit variance per feature (an illustration, not a
 # trained model's activations), with DeepSeek-V2's, DeepSeek-V3's and Kimi
-# K2's released scales from the course's model table.
+# K2's released scales from the course's model table. (The course's own MLA,
+# `attnlab.answers.mla_forward` and `mla_absorbed_step`, runs with YaRN's
+# frequencies and scale whenever its config carries them, as
+# `MODELS["DeepSeek-V3"].mla_config()` does: `tests/test_parity.py` checks it
+# against `transformers` at positions past 4K.)
 
 # %%
 from attnlab.models import MODELS
