@@ -41,6 +41,30 @@ class Lab:
 
 
 @contextlib.contextmanager
+def _scratch_site(site: pathlib.Path, course: pathlib.Path) -> pathlib.Path:
+    """A folder whose course/ is ``course`` and whose environment and nbgrader config are the repository's."""
+    (site / "autograde").mkdir(parents=True)
+    for name in (".venv", "requirements.txt", "constraints.txt", "pyproject.toml", "attnlab"):
+        (site / name).symlink_to(ROOT / name)
+    (site / "autograde" / "nbgrader_config.py").symlink_to(ROOT / "autograde" / "nbgrader_config.py")
+    (site / "course").symlink_to(pathlib.Path(course).resolve())
+    return site
+
+
+def _lab_env(tmp_path: pathlib.Path, env: dict | None) -> dict:
+    """This process's environment, JupyterLab's own folders in ``tmp_path``, and ``env`` laid over it."""
+    full_env = dict(os.environ, MAKEFLAGS="",
+                    JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+                    JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
+                    JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "user-settings"))
+    for key, value in (env or {}).items():
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = value
+    return full_env
+
+
 def make_lab(tmp_path: pathlib.Path, course: pathlib.Path | None = None, env: dict | None = None,
              timeout: float = 90):
     """Run `make lab` until the block ends; yield a :class:`Lab` once its REST
@@ -64,23 +88,10 @@ def make_lab(tmp_path: pathlib.Path, course: pathlib.Path | None = None, env: di
     args = f"--no-browser --ServerApp.ip=127.0.0.1 --ServerApp.port={port} --ServerApp.token={token}"
     command, cwd = ["make", "-s", "lab", f"LAB_ARGS={args}"], ROOT
     if course is not None:
-        cwd = tmp_path / "site"
-        (cwd / "autograde").mkdir(parents=True)
-        for name in (".venv", "requirements.txt", "constraints.txt", "pyproject.toml", "attnlab"):
-            (cwd / name).symlink_to(ROOT / name)
-        (cwd / "autograde" / "nbgrader_config.py").symlink_to(ROOT / "autograde" / "nbgrader_config.py")
-        (cwd / "course").symlink_to(pathlib.Path(course).resolve())
+        cwd = _scratch_site(tmp_path / "site", course)
         # -o: this test already runs inside the environment; never rebuild it from the scratch folder.
         command[1:1] = ["-f", str(ROOT / "Makefile"), "-o", ".venv/.installed"]
-    full_env = dict(os.environ, MAKEFLAGS="",
-                    JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
-                    JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "workspaces"),
-                    JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "user-settings"))
-    for key, value in (env or {}).items():
-        if value is None:
-            full_env.pop(key, None)
-        else:
-            full_env[key] = value
+    full_env = _lab_env(tmp_path, env)
     log_path = tmp_path / "lab.log"
     log = open(log_path, "w+")
     proc = subprocess.Popen(command, cwd=cwd, env=full_env,

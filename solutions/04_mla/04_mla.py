@@ -810,7 +810,7 @@ for c, B, start in [(answers.MLAConfig("h1", 24, 3, 6, 10, 4, 2, 5, 1), 3, 0),
 # | MLA: latent + RoPE key | $512 + 64 = 576$ | **8.58 GiB** |
 #
 # That is **56.9×** smaller than the MHA cache (71.1× smaller than the
-# decompressed one). The popular "64×" divides by the latent's 512 alone and
+# decompressed one). Dividing by the latent's 512 alone gives 64×, which
 # forgets the 64-dim RoPE key that every token must also cache. (The MHA
 # figure is 488 GiB, which is 524 GB: quoted as "488 GB", it mixes the two.) And the
 # compression factor is not $C / d_c = 7168/512 = 14$ either, as another

@@ -364,10 +364,12 @@ print("\n".join(bench.targets(result)))
 #   only 16 or 32 rows (one query per head of a group), and such skinny
 #   products run far below the big square matmul that sets the compute roof.
 #   On the two-core CPU the course was built on (two runs of
-#   `taskset -c 0,1 python -m attnlab.lesson.bench --device cpu`, 2026-11-29), at 16K
-#   tokens MHA reached 93–102 % of its roofline and MLA absorbed 50–51 %, just
-#   at the target, and GQA 37–38 %, which misses it; a step of MLA absorbed
-#   took 6.1–6.2 ms against MHA's 11.2–11.8 ms, and MLA naive 180–189 ms.
+#   `taskset -c 0,1 python -m attnlab.lesson.bench --device cpu`, 2026-12-01, each
+#   step timed by `torch.utils.benchmark`), at 16K tokens MHA reached 73–85 % of
+#   its roofline, MLA absorbed 42–48 %, just under the target, and GQA 28–38 %;
+#   a step of MLA absorbed took 8.0–8.2 ms against MHA's 14.6–18.7 ms, and MLA
+#   naive 239–265 ms. The matmul roof itself moved from 0.15 to 0.17 TFLOP/s
+#   between the runs: on a CPU, read these as rough.
 #   The lines above say, for your machine, which targets were met.
 
 # %% [markdown]
