@@ -40,7 +40,6 @@ class Lab:
         return self.log.read_text(errors="replace")[-n:]
 
 
-@contextlib.contextmanager
 def _scratch_site(site: pathlib.Path, course: pathlib.Path) -> pathlib.Path:
     """A folder whose course/ is ``course`` and whose environment and nbgrader config are the repository's."""
     (site / "autograde").mkdir(parents=True)
@@ -65,6 +64,7 @@ def _lab_env(tmp_path: pathlib.Path, env: dict | None) -> dict:
     return full_env
 
 
+@contextlib.contextmanager
 def make_lab(tmp_path: pathlib.Path, course: pathlib.Path | None = None, env: dict | None = None,
              timeout: float = 90):
     """Run `make lab` until the block ends; yield a :class:`Lab` once its REST
