@@ -14,8 +14,9 @@ from labserver import make_lab
 
 
 def test_make_lab_serves_the_course(tmp_path):
-    # In a scratch folder whose course/ is the release: the developer's own work/ stays as it is.
-    with make_lab(tmp_path, course=ROOT / "course") as lab:
+    # In a scratch folder whose course/ is the release: the developer's own work/ stays as it is. JUPYTER_PATH
+    # holds the grading kernel's spec, as it does in a process that has read the nbgrader config.
+    with make_lab(tmp_path, course=ROOT / "course", env={"JUPYTER_PATH": str(ROOT / "attnlab" / "jupyter")}) as lab:
         status, page = lab.get(f"/lab?token={lab.token}")
         assert status == 200 and b"JupyterLab" in page
         first = assignments()[0]

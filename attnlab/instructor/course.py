@@ -3,6 +3,7 @@ gradebook, and the records that ``make collect`` and ``make grade`` keep beside 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -14,19 +15,29 @@ SKIPPED = pathlib.Path("autograde") / "skipped.json"
 UNSANDBOXED = pathlib.Path("autograde") / "unsandboxed.json"
 
 
-def config(root: pathlib.Path = ROOT):
-    """nbgrader's configuration of the course at ``root``: its autograde/nbgrader_config.py."""
+def config(root: pathlib.Path = ROOT, for_grading: bool = False):
+    """nbgrader's configuration of the course at ``root``: its autograde/nbgrader_config.py.
+
+    The file also sets up the grading kernel in this process's environment (JUPYTER_PATH, the
+    sandbox's variables); unless ``for_grading``, the environment is put back as it was, so that
+    listing the workbooks or reading the gradebook changes nothing else in the process."""
     from traitlets.config.loader import PyFileConfigLoader
 
-    return PyFileConfigLoader("nbgrader_config.py", path=str(pathlib.Path(root) / "autograde")).load_config()
+    saved = dict(os.environ)
+    try:
+        return PyFileConfigLoader("nbgrader_config.py", path=str(pathlib.Path(root) / "autograde")).load_config()
+    finally:
+        if not for_grading:
+            os.environ.clear()
+            os.environ.update(saved)
 
 
-def nbgrader_api(root: pathlib.Path = ROOT):
-    """An NbGraderAPI on the course at ``root``, configured by its own config file."""
+def nbgrader_api(root: pathlib.Path = ROOT, for_grading: bool = False):
+    """An NbGraderAPI on the course at ``root``, configured by its own config file (see :func:`config`)."""
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
 
-    cfg = config(root)
+    cfg = config(root, for_grading)
     return NbGraderAPI(coursedir=CourseDirectory(config=cfg), config=cfg)
 
 

@@ -76,7 +76,7 @@ def api(root: pathlib.Path):
     """An NbGraderAPI on the course copy at ``root``, configured by its own config file."""
     _nbgrader_on_path()
     quiet()
-    return course.nbgrader_api(root)
+    return course.nbgrader_api(root, for_grading=True)
 
 
 
