@@ -10,7 +10,7 @@ import torch
 
 from attnlab import arguments
 from attnlab.answers.mha import attention, causal_mask, merge_heads, split_heads
-from attnlab.answers.rope import rope_interleaved, rope_tables, yarn_frequencies
+from attnlab.answers.rope import rope_interleaved, rope_tables, yarn_frequencies, yarn_temperature
 from attnlab.guard import guarded
 from attnlab.models import MLAConfig
 
@@ -25,8 +25,7 @@ def _tables(cfg: MLAConfig, positions: torch.Tensor):
     y = cfg.yarn
     freqs = yarn_frequencies(cfg.d_rope, cfg.rope_base, y.factor, y.original_len, y.beta_fast, y.beta_slow)
     angles = positions.double()[:, None] * freqs.to(positions.device).double()[None, :]  # (T, d_rope/2)
-    t = lambda mscale: 0.1 * mscale * math.log(y.factor) + 1.0 if y.factor > 1 else 1.0  # noqa: E731
-    factor = t(y.mscale) / t(y.mscale_all_dim)
+    factor = yarn_temperature(y.factor, y.mscale) / yarn_temperature(y.factor, y.mscale_all_dim)
     return (angles.cos() * factor).float(), (angles.sin() * factor).float()
 
 

@@ -70,6 +70,12 @@ def yarn_frequencies(d: int, base: float = 10000.0, factor: float = 40.0, origin
 
 
 @guarded
+def yarn_temperature(factor: float, mscale: float) -> float:
+    """YaRN's attention temperature, 0.1 * mscale * ln(factor) + 1 (1 without extension)."""
+    return 0.1 * mscale * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+
+@guarded
 def yarn_softmax_scale(d_qk: int, factor: float, mscale: float = 1.0) -> float:
     """The attention's softmax scale under YaRN: d_qk ** -0.5 times (0.1 * mscale * ln(factor) + 1) squared.
 
@@ -79,7 +85,7 @@ def yarn_softmax_scale(d_qk: int, factor: float, mscale: float = 1.0) -> float:
     if not factor >= 1:
         raise ValueError(f"factor must be at least 1, got {factor!r}")
     arguments.non_negative("mscale", mscale)
-    temperature = 0.1 * mscale * math.log(factor) + 1.0 if factor > 1 else 1.0
+    temperature = yarn_temperature(factor, mscale)
     return d_qk ** -0.5 * temperature * temperature
 
 
