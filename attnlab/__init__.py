@@ -5,7 +5,8 @@
   off while a learner's code is graded), :mod:`attnlab.models` (the released
   models and GPUs, each with its source), :mod:`attnlab.lesson` (cache
   arithmetic, widgets, the KV-cache benchmark, the released checkpoints'
-  formats, workbook 06's character LM and retrofit experiments);
+  formats, workbook 06's character LM and retrofit experiments, workbook 07's
+  Triton set-up and paged cache);
 - what test cells import: :mod:`attnlab.checks` (``exercise``, ``expect_close``
   and the exercise table; :mod:`attnlab.checks.suspects`, what tests compare with);
 - what learners run: :mod:`attnlab.learner` (the workspace in ``work/``, the

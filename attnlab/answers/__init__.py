@@ -15,3 +15,4 @@ from attnlab.answers.gqa import *  # noqa: F401,F403  workbook 02
 from attnlab.answers.rope import *  # noqa: F401,F403  workbook 03
 from attnlab.answers.mla import *  # noqa: F401,F403  workbook 04
 from attnlab.answers.mha2mla import *  # noqa: F401,F403  workbook 06
+from attnlab.answers.decode import *  # noqa: F401,F403  workbook 07 (its Triton kernels: attnlab.answers.kernels)

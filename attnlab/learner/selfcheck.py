@@ -5,7 +5,8 @@
 
 Each notebook is run top to bottom on a copy, in a temporary folder; then
 every test cell is reported: passed, failed, not attempted yet (the exercise
-still raises NotImplementedError), or edited or deleted. A test cell that is
+still raises NotImplementedError), skipped (workbook 07's kernels where Triton
+cannot be installed), or edited or deleted. A test cell that is
 not the one the course released does not count: its points are not given,
 since grading puts the original back. Your notebook is not modified. The
 hidden tests used for grading are not in your copy, so passing here is
@@ -168,7 +169,9 @@ def results(path: pathlib.Path, timeout: int = 300, released: dict | None = None
         for o in cell.get("outputs", []):
             if o.output_type == "error":
                 first = (f"{o.ename}: {o.evalue}" if o.evalue else o.ename).splitlines()[0]
-                if o.ename == "NotImplementedError":
+                if o.ename == "TritonMissing":  # workbook 07's kernels where Triton cannot be installed
+                    result.update(status="skip", message=f"skipped ({first})")
+                elif o.ename == "NotImplementedError":
                     result.update(status="todo", message=f"not attempted yet ({first})")
                 else:
                     result.update(status="fail", message=first)
@@ -180,7 +183,7 @@ def results(path: pathlib.Path, timeout: int = 300, released: dict | None = None
     return out
 
 
-_LABEL = {"pass": "pass", "fail": "FAIL", "todo": "todo", "edited": "EDITED", "deleted": "DELETED"}
+_LABEL = {"pass": "pass", "fail": "FAIL", "todo": "todo", "skip": "skip", "edited": "EDITED", "deleted": "DELETED"}
 
 
 def main(argv=None) -> int:
@@ -210,7 +213,7 @@ def main(argv=None) -> int:
         checked = results(path, released=released)
         start.remember(path, checked)  # for the start page's table (work/START.ipynb)
         mine = sum(r["points"] for r in checked if r["status"] == "pass")
-        theirs = sum(r["points"] for r in checked)
+        theirs = sum(r["points"] for r in checked if r["status"] != "skip")
         if not _workbook(path, cells.read(path), released):
             print(f"{path.name}: not one of the course's workbooks: its test cells are not checked against the release")
         print(f"{path.name}: {mine:g} of {theirs:g} visible-test points")
@@ -222,6 +225,7 @@ def main(argv=None) -> int:
     label = "course" if not args.notebooks else f"{len(paths)} notebooks" if len(paths) > 1 else "total"
     changed = counts["edited"] + counts["deleted"]
     notes = [f"{counts['todo']} not attempted yet" if counts["todo"] else "",
+             f"{counts['skip']} skipped: Triton is not installed here" if counts["skip"] else "",
              f"{counts['fail']} failing" if counts["fail"] else "",
              f"{changed} test cell{'s' * (changed != 1)} edited or deleted" if changed else ""]
     notes = [n for n in notes if n]
