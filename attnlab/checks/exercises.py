@@ -71,6 +71,11 @@ _WORKBOOKS = {
                    "rope_frequencies", "rope_tables", "rope_interleaved"), {
         "gqa_as_mla": {}, "joint_svd": {}, "partial_rope": {}, "pairs_by_norm": {},
     }),
+    "07_flash_mla": ((), {
+        "online_softmax_update": {}, "merge_partials": {}, "scores_kernel": {},
+        "mla_decode_kernel": {"uses": ("merge_partials",)},
+        "paged_mla_decode_kernel": {"uses": ("merge_partials",)},
+    }),
 }
 
 EXERCISES: dict[str, Exercise] = {

@@ -745,4 +745,5 @@ for n in (4, 2):
 # - Eckart and Young 1936, *The approximation of one matrix by another of lower rank*, Psychometrika 1(3).
 # - The text: William Shakespeare, *Coriolanus* (public domain), via Karpathy's char-rnn "tiny Shakespeare".
 #
-# **Next:** back to the [start page](../START.ipynb), to see where you stand in each workbook.
+# **Next:** [workbook 07](../07_flash_mla/07_flash_mla.ipynb) writes the fused MLA decode kernel, in Triton,
+# that makes MLA's small cache fast to read.
