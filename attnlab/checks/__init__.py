@@ -8,13 +8,15 @@
   likely mistake;
 - :class:`CheckFailed` (:mod:`~attnlab.checks.failure`): what every check raises;
 - :mod:`~attnlab.checks.exercises`: which workbook asks for what, and what each
-  exercise builds on; :mod:`~attnlab.checks.suspects`: what test cells compare with.
+  exercise builds on; :mod:`~attnlab.checks.suspects`: what test cells compare with;
+  :mod:`~attnlab.checks.launch`: how workbook 07's tests launch a learner's Triton kernel.
 """
 from attnlab.checks.compare import (attention_suspects, default_tolerance, expect_close, expect_shape,
                                     expect_tensor, number)
 from attnlab.checks.failure import CheckFailed
 from attnlab.checks.graded import exercise, exercise_in, stand_in
 from attnlab.checks.torch_off import storage_watch
+from attnlab.checks import launch  # noqa: F401  workbook 07's tests launch the learner's kernels through it
 
 # What the tests rely on, as it is now: every later test fails when a notebook replaces any of it.
 # (importlib.reload would run a module again and take the notebook's replacements for the genuine article.)

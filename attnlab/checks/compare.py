@@ -66,12 +66,14 @@ def default_tolerance(dtype: torch.dtype) -> tuple[float, float]:
     return {torch.float64: (1e-6, 1e-5), torch.float32: (1e-5, 1e-4)}.get(dtype, (2e-2, 2e-2))
 
 
-def expect_close(got, want, what: str, suspects: dict | None = None, hint: str = "", atol=None, rtol=None) -> None:
+def expect_close(got, want, what: str, suspects: dict | None = None, hint: str = "", atol=None, rtol=None,
+                 nan_hint: str = "") -> None:
     """Fail with a useful message unless ``got`` matches ``want``.
 
     ``suspects`` maps a description of a mistake ("the 1/sqrt(d) scale is
     missing") to what that mistake would have produced; when ``got`` matches
-    one of them, the message names it.
+    one of them, the message names it. ``nan_hint`` says where NaN comes from
+    when ``got`` has some and ``want`` none (default: a fully masked softmax row).
     """
     expect_shape(got, _shape(want), what, hint)
     if got.dtype != want.dtype:
@@ -84,10 +86,8 @@ def expect_close(got, want, what: str, suspects: dict | None = None, hint: str =
         if _close(got, wrong, atol, rtol):
             raise CheckFailed(f"{what} is wrong: it matches what you get when {mistake}.")
     if not torch.isfinite(got).all() and torch.isfinite(want).all():
-        raise CheckFailed(
-            f"{what} contains NaN or inf where the expected values are finite (a softmax over a row "
-            f"that is all -inf gives NaN: can every query see at least one key?). {hint}".strip()
-        )
+        why = nan_hint or "a softmax over a row that is all -inf gives NaN: can every query see at least one key?"
+        raise CheckFailed(f"{what} contains NaN or inf where the expected values are finite ({why}). {hint}".strip())
     err = (got.detach().to(want.dtype) - want).abs()
     idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
     raise CheckFailed(

@@ -73,8 +73,7 @@ _WORKBOOKS = {
     }),
     "07_flash_mla": ((), {
         "online_softmax_update": {}, "merge_partials": {}, "scores_kernel": {},
-        "mla_decode_kernel": {"uses": ("merge_partials",)},
-        "paged_mla_decode_kernel": {"uses": ("merge_partials",)},
+        "mla_decode_kernel": {}, "paged_mla_decode_kernel": {},
     }),
 }
 

@@ -73,7 +73,7 @@ def _snapshot() -> dict:
 # The checkers' own modules: a notebook that replaces a function in any of them fails like one
 # that replaces torch.allclose. Names a test cell imports, checked in the notebook's namespace too.
 _CHECKERS = ("attnlab.checks", "attnlab.checks.compare", "attnlab.checks.failure", "attnlab.checks.graded",
-             "attnlab.checks.torch_off", "attnlab.checks.exercises")
+             "attnlab.checks.torch_off", "attnlab.checks.exercises", "attnlab.checks.launch")
 _PUBLIC = ("expect_tensor", "expect_shape", "expect_close", "number", "exercise", "exercise_in", "default_tolerance",
            "stand_in")
 _WATCHED_MODULES = ("attnlab.answers", "attnlab.guard", *_CHECKERS)
@@ -193,8 +193,6 @@ def exercise_in(namespace: dict, stand_ins=(), allow=(), no_autograd=False, case
             except (AssertionError, NotImplementedError):
                 raise  # a check's own sentence; an exercise not attempted yet (make check counts it apart)
             except Exception as e:  # noqa: BLE001  (any error of the learner's code is reported the same way)
-                if type(e).__name__ == "InterpreterError" and isinstance(e.__cause__, NotImplementedError):
-                    raise e.__cause__ from None  # Triton's interpreter wraps a kernel's "not attempted yet"
                 _report(e, case)
             if not any(b is block for b in _guard_ledger()):
                 raise CheckFailed("your code changed the course's guard (attnlab.guard): "
@@ -210,6 +208,12 @@ def exercise_in(namespace: dict, stand_ins=(), allow=(), no_autograd=False, case
 
 def _report(error: Exception, case: str):
     """Raise ``error`` of the learner's code again, without the course's frames, as "<case>: your code raised..."."""
+    # A Triton kernel not attempted yet: the interpreter wraps its NotImplementedError, and a GPU's
+    # compiler refuses the raise statement. Either way make check counts it as not attempted.
+    if type(error).__name__ == "InterpreterError" and isinstance(error.__cause__, NotImplementedError):
+        raise error.__cause__ from None
+    if type(error).__name__ == "CompilationError" and "raise NotImplementedError" in str(error):
+        raise NotImplementedError("not attempted yet") from None
     drop_course_frames(error.__traceback__)
     if isinstance(error, MemoryError):  # what filled memory lives on in the frames: free it first
         traceback.clear_frames(error.__traceback__)

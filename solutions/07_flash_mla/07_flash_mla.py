@@ -48,7 +48,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import attnlab
-from attnlab.checks import exercise, expect_close, expect_shape
+from attnlab.checks import exercise, expect_close, launch
 from attnlab.lesson import pages, triton_env
 
 # Triton, with its interpreter switched on when there is no GPU (it must be set before Triton is imported).
@@ -60,7 +60,7 @@ device = attnlab.pick_device()
 print(f"torch {torch.__version__}, running on {device}"
       + (", Triton's kernels in its interpreter (slow by design)" if triton_env.interpreted() else ""))
 # fp32 is exact in the interpreter; a GPU's tl.dot rounds fp32 inputs to tf32 (10-bit mantissa).
-KERNEL_TOL = {"atol": 2e-3, "rtol": 2e-3} if device.type == "cuda" else {"atol": 1e-5, "rtol": 1e-4}
+KERNEL_TOL = {"atol": 1e-2, "rtol": 1e-2} if device.type == "cuda" else {"atol": 1e-5, "rtol": 1e-4}
 
 # %% [markdown]
 # ## 1 · The online softmax
@@ -161,6 +161,7 @@ for case, sharp, masked, dtype in [("sharp scores", 300.0, False, torch.float64)
             state = online_softmax_update(*state, s[..., j:j + 10], vals[..., j:j + 10, :])
     want = (torch.softmax(s.double(), -1)[..., None, :] @ vals.double())[..., 0, :].to(dtype)
     expect_close(state[2] / state[1][..., None], want, f"online_softmax_update with {case}: acc / l",
+                 nan_hint="exp(-inf - -inf) is NaN, and exp of a large positive number is inf",
                  hint="A row can have no unmasked key yet, and a later block's largest score can be far below m.")
 ### END HIDDEN TESTS
 
@@ -223,7 +224,7 @@ for case, scale, dtype in [("log-sum-exps near 1000", 400.0, torch.float64), ("f
     with exercise("merge_partials", case=f"merge_partials with {case} and an empty part"):
         merged, lse = merge_partials(outs.to(dtype), lse_in.to(dtype))
     expect_close(merged, (torch.softmax(s, -1) @ vals).to(dtype), f"merge_partials with {case}: the output",
-                 hint="exp(lse) overflows past 88 in float32 and 709 in float64: subtract the largest first.")
+                 nan_hint="exp(lse) overflows past 88 in float32 and 709 in float64: subtract the largest first")
     expect_close(lse, torch.logsumexp(s, -1).to(dtype), f"merge_partials with {case}: the log-sum-exp")
 ### END HIDDEN TESTS
 
@@ -246,8 +247,7 @@ for case, scale, dtype in [("log-sum-exps near 1000", 400.0, torch.float64), ("f
 # Write `scores_kernel`: program `p` computes `scale * q @ k.T` for all `M`
 # query rows (one block of `BLOCK_M` rows, masked) against keys
 # `p * BLOCK_N` to `p * BLOCK_N + BLOCK_N - 1` (masked at `N`), and stores
-# that `(BLOCK_M, BLOCK_N)` tile of the `(M, N)` output `s`. `block_scores`
-# launches it; it fills `s` with NaN first, so a tile that no program writes shows.
+# that `(BLOCK_M, BLOCK_N)` tile of the `(M, N)` output `s`.
 
 # %% nbgrader={"grade": false, "grade_id": "scores", "locked": false, "schema_version": 3, "solution": true, "task": false}
 @triton.jit
@@ -264,6 +264,12 @@ def scores_kernel(q_ptr, k_ptr, s_ptr, M, N, scale, stride_q, stride_k, stride_s
     ### END SOLUTION
 
 
+# %% [markdown]
+# `block_scores` launches it: one program per block of `block_n` keys, on an
+# output filled with NaN, so that a tile no program writes shows. (The tests
+# launch your kernel the same way, with the course's copy of this code.)
+
+# %% nbgrader={"grade": false, "grade_id": "launch_scores", "locked": true, "schema_version": 3, "solution": false, "task": false}
 def block_scores(q, k, scale, block_n=16):
     """scale * q @ k.T for q (M, D) and k (N, D), as float32, one program per block of keys."""
     M, D = q.shape
@@ -280,11 +286,12 @@ g = torch.Generator().manual_seed(3)
 qs = torch.randn(5, 32, generator=g).to(device)
 ks = torch.randn(48, 32, generator=g).to(device)
 with exercise("scores_kernel"):
-    got = block_scores(qs, ks, 0.25)
+    got = launch.scores(scores_kernel, qs, ks, 0.25)
 want = (qs.double() @ ks.double().T * 0.25).float()
 expect_close(got, want, "block_scores(q (5, 32), k (48, 32), 0.25)", **KERNEL_TOL,
              suspects={"the scale is not applied": want / 0.25},
-             hint="NaN means a tile no program wrote: does each program take its own block of keys?")
+             nan_hint="block_scores fills s with NaN first: some tile was written by no program",
+             hint="Does each program take its own block of keys?")
 print("scores_kernel: correct, three programs of 16 keys each")
 
 ### BEGIN HIDDEN TESTS
@@ -295,7 +302,7 @@ for M, N, D, block, dtype in [(3, 37, 16, 16, torch.float32), (16, 70, 64, 32, t
     qq = torch.randn(M, D, generator=g).to(device, dtype)
     kk = cache[:, :D]  # (N, D), rows D + 16 apart
     with exercise("scores_kernel", case=f"block_scores with {M} queries, {N} keys of {D} of {D + 16} columns, {dtype}"):
-        got = block_scores(qq, kk, 0.5, block_n=block)
+        got = launch.scores(scores_kernel, qq, kk, 0.5, block_n=block)
     want = (qq.double() @ kk.double().T * 0.5).float()
     tol = KERNEL_TOL if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     expect_close(got, want, f"block_scores with keys a slice of wider rows ({N} x {D} of {D + 16}), {dtype}", **tol,
@@ -375,6 +382,13 @@ def mla_decode_kernel(q_ptr, kv_ptr, len_ptr, out_ptr, lse_ptr, H, chunk, scale,
     ### END SOLUTION
 
 
+# %% [markdown]
+# `mla_decode` launches a grid of (sequences, blocks of 16 heads, splits) on
+# partial outputs filled with NaN, then merges the splits with your
+# `merge_partials`. The tests launch your kernel the same way and merge with
+# the course's.
+
+# %% nbgrader={"grade": false, "grade_id": "launch_decode", "locked": true, "schema_version": 3, "solution": false, "task": false}
 def mla_decode(q, kv, lengths, scale, d_c, num_splits=1, block_n=16):
     """Fused absorbed-MLA decode: q (B, H, d_c + d_rope), kv (B, T, d_c + d_rope), lengths (B,) -> (B, H, d_c)."""
     B, H, D = q.shape
@@ -398,7 +412,8 @@ kv = torch.randn(B, T, DC + DR, generator=g).to(device)
 lengths = torch.tensor([80, 61, 45], device=device)
 scale = (DC + DR) ** -0.5
 with exercise("mla_decode_kernel"):
-    got = mla_decode(q, kv, lengths, scale, DC, num_splits=2)
+    parts = launch.decode_parts(mla_decode_kernel, q, kv, lengths, scale, DC, num_splits=2)
+got = launch.merged(*parts)  # the two splits, merged by the course's merge_partials
 want = absorbed_decode(q.double(), kv.double(), lengths, scale, DC).float()
 expect_close(got, want, f"mla_decode with {B} sequences of lengths {lengths.tolist()}, {H} heads, 2 splits", **KERNEL_TOL,
              suspects={"the scale is not applied": absorbed_decode(q.double(), kv.double(), lengths, 1.0, DC).float(),
@@ -421,10 +436,11 @@ for B, H, DC, DR, lens, splits, block, dtype in [
     lengths = torch.tensor(lens, device=device)
     where = f"mla_decode with lengths {lens}, {H} heads, d_c {DC} + d_rope {DR}, {splits} splits, {dtype}"
     with exercise("mla_decode_kernel", case=where):
-        got = mla_decode(q, kv, lengths, 0.1, DC, num_splits=splits, block_n=block)
+        parts = launch.decode_parts(mla_decode_kernel, q, kv, lengths, 0.1, DC, num_splits=splits, block_n=block)
+    got = launch.merged(*parts).to(dtype)
     want = absorbed_decode(q.double(), kv.double(), lengths, 0.1, DC).to(dtype)
     tol = KERNEL_TOL if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
-    expect_close(got, want, where, **tol, hint="A split past a sequence's end must store 0 and -inf, not 0 / 0.")
+    expect_close(got, want, where, **tol, nan_hint="a split past a sequence's end must store 0 and -inf, not 0 / 0")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -496,6 +512,12 @@ def paged_mla_decode_kernel(q_ptr, kv_ptr, table_ptr, len_ptr, out_ptr, lse_ptr,
     ### END SOLUTION
 
 
+# %% [markdown]
+# `paged_mla_decode` checks its arguments before launching (a kernel that
+# reads a wrong page does not raise: it reads another sequence's cache), then
+# launches and merges as `mla_decode` does.
+
+# %% nbgrader={"grade": false, "grade_id": "launch_paged", "locked": true, "schema_version": 3, "solution": false, "task": false}
 def paged_mla_decode(q, kv_pool, block_table, lengths, scale, d_c, num_splits=1, block_n=16):
     """Fused absorbed-MLA decode over a paged cache: q (B, H, d_c + d_rope), kv_pool (n_pages, PAGE, d_c + d_rope),
     block_table (B, max_pages), lengths (B,) -> (B, H, d_c)."""
@@ -522,7 +544,9 @@ kv = torch.randn(B, 150, DC + DR, generator=g).to(device)
 q = torch.randn(B, H, DC + DR, generator=g).to(device)
 pool, table = pages.to_pages(kv, lengths, page_size=64, generator=g)  # shuffled pages
 with exercise("paged_mla_decode_kernel"):
-    got = paged_mla_decode(q, pool, table.to(device), lengths.to(device), 0.125, DC, num_splits=2)
+    parts = launch.paged_decode_parts(paged_mla_decode_kernel, q, pool, table.to(device), lengths.to(device), 0.125, DC,
+                                      num_splits=2)
+got = launch.merged(*parts)
 want = absorbed_decode(q.double(), kv.double(), lengths, 0.125, DC).float()
 expect_close(got, want, f"paged_mla_decode with pages of 64 in shuffled order, lengths {lengths.tolist()}", **KERNEL_TOL,
              hint="Token t of sequence b is row t % PAGE of page block_table[b, t // PAGE].")
@@ -540,8 +564,9 @@ for B, H, DC, DR, lens, page, splits, dtype in [
     pool, table = pages.to_pages(kv, lengths, page_size=page, generator=g)
     where = f"paged_mla_decode with pages of {page}, lengths {lens}, {H} heads, {splits} splits, {dtype}"
     with exercise("paged_mla_decode_kernel", case=where):
-        got = paged_mla_decode(q.to(device, dtype), pool.to(device, dtype), table.to(device), lengths.to(device),
-                               0.1, DC, num_splits=splits)
+        parts = launch.paged_decode_parts(paged_mla_decode_kernel, q.to(device, dtype), pool.to(device, dtype),
+                                          table.to(device), lengths.to(device), 0.1, DC, num_splits=splits)
+    got = launch.merged(*parts).to(dtype)
     want = absorbed_decode(q.double(), kv.double(), lengths, 0.1, DC).to(dtype)
     tol = KERNEL_TOL if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
     expect_close(got.cpu(), want, where, **tol, hint="The page size is PAGE, whatever FlashMLA uses.")

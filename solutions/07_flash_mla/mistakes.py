@@ -27,7 +27,7 @@ MISTAKES = [
             ("test_scores",), says="the scale is not applied"),
     Mistake("scores_every_program_first_block", "scores",
             "cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)", "cols = tl.arange(0, BLOCK_N)",
-            ("test_scores",), says="its own block of keys"),
+            ("test_scores",), says="written by no program"),
     # The visible test's keys are a contiguous (N, D) tensor, whose row stride is D.
     Mistake("scores_stride_assumed", "scores", "k_ptr + cols[:, None] * stride_k", "k_ptr + cols[:, None] * D",
             ("test_scores",), says="the stride, not D", hidden_only=True),
