@@ -206,3 +206,14 @@ def test_without_triton_kernels_are_skipped_not_failed(monkeypatch):
     with pytest.raises(triton_env.TritonMissing, match="Triton is not installed"):
         kernel[(fake_triton.cdiv(4, 2),)](torch.zeros(4), 4)
     assert issubclass(triton_env.TritonMissing, NotImplementedError)
+
+
+@needs_triton
+def test_a_servers_step_skips_the_checks_and_the_read_back_and_computes_the_same():
+    q, kv, lengths = _problem(2, 16, 32, 16, [64, 30], seed=4)
+    pool, table = kernels.pages_of(kv, 16)
+    checked = kernels.paged_mla_decode(q, pool, table, lengths, 0.2, d_c=32, num_splits=2)
+    fast = kernels.paged_mla_decode(q, pool, table, lengths, 0.2, d_c=32, num_splits=2, longest=64, check=False)
+    torch.testing.assert_close(fast, checked, atol=0, rtol=0)
+    if DEVICE.type == "cpu":
+        assert kernels.tiles() == "BLOCK_H 16, BLOCK_N 32 (interpreter)"

@@ -21,16 +21,21 @@ turns on Triton's interpreter where there is no GPU. Not star-exported by
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
-from attnlab.answers.decode import merge_partials
 from attnlab.guard import guarded
 from attnlab.lesson.pages import check_decode_args
 
-BLOCK_H = 16  # heads per program: tl.dot needs 16 rows at least on a GPU
-BLOCK_N = 32  # cached tokens per tile
+BLOCK_H = 16  # heads per program in the interpreter: tl.dot needs 16 rows at least on a GPU
+BLOCK_N = 32  # cached tokens per tile in the interpreter
+# On a GPU, Triton times these on the first call of each shape and keeps the fastest. More heads per
+# program read each cached row for more heads at once (all 128 of V3's heads share every row), at the
+# cost of registers: the accumulator is BLOCK_H x 512 floats.
+GPU_TILES = [(16, 32, 4, 2), (32, 32, 4, 2), (64, 32, 8, 2), (64, 64, 8, 2), (64, 16, 4, 3), (128, 16, 8, 2)]
 
 
 @triton.jit
@@ -87,40 +92,81 @@ def default_splits(batch: int, heads: int, longest: int, device: torch.device) -
     each split at least 256 tokens. One on the CPU, where programs run one after another."""
     if device.type != "cuda":
         return 1
-    programs = batch * -(-heads // BLOCK_H)
+    programs = batch * -(-heads // 64)  # assumes 64 heads per program: unmeasured, GPU_TILES decide
     cores = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(-(-2 * cores // programs), -(-longest // 256)))
 
 
+_tuned_kernel = None if os.environ.get("TRITON_INTERPRET") == "1" else triton.autotune(
+    [triton.Config({"BLOCK_H": h, "BLOCK_N": n}, num_warps=w, num_stages=st) for h, n, w, st in GPU_TILES],
+    key=["H", "chunk", "DC", "DR", "PAGE"])(_paged_decode_kernel)
+
+
+def tiles() -> str:
+    """The tiles the last GPU call ran with (Triton's choice), or the interpreter's."""
+    if _tuned_kernel is None or _tuned_kernel.best_config is None:
+        return f"BLOCK_H {BLOCK_H}, BLOCK_N {BLOCK_N} (interpreter)"
+    c = _tuned_kernel.best_config
+    return f"BLOCK_H {c.kwargs['BLOCK_H']}, BLOCK_N {c.kwargs['BLOCK_N']}, {c.num_warps} warps, {c.num_stages} stages"
+
+
+@triton.jit
+def _combine_kernel(part_ptr, lse_ptr, o_ptr, S,
+                    stride_pb, stride_ps, stride_ph, stride_lb, stride_ls, stride_ob, stride_oh,
+                    DC: tl.constexpr, BLOCK_S: tl.constexpr):
+    """One (sequence, head): the splits' outputs weighted by exp(lse - max lse) (flash-decoding's combine)."""
+    b, h = tl.program_id(0), tl.program_id(1)
+    s = tl.arange(0, BLOCK_S)
+    s_ok = s < S
+    lse = tl.load(lse_ptr + b * stride_lb + s * stride_ls + h, mask=s_ok, other=float("-inf"))  # (BLOCK_S,)
+    w = tl.exp(lse - tl.max(lse, axis=0))  # finite max: a sequence has a token, so some split saw one
+    dc = tl.arange(0, DC)
+    parts = tl.load(part_ptr + b * stride_pb + s[:, None] * stride_ps + h * stride_ph + dc[None, :],
+                    mask=s_ok[:, None], other=0.0)  # (BLOCK_S, DC)
+    o = tl.sum(parts * w[:, None], axis=0) / tl.sum(w, axis=0)  # (DC,)
+    tl.store(o_ptr + b * stride_ob + h * stride_oh + dc, o.to(o_ptr.dtype.element_ty))
+
+
 @guarded
 def paged_mla_decode(q: torch.Tensor, kv_pool: torch.Tensor, block_table: torch.Tensor, lengths: torch.Tensor,
-                     scale: float, d_c: int = 512, num_splits: int | None = None) -> torch.Tensor:
+                     scale: float, d_c: int = 512, num_splits: int | None = None, longest: int | None = None,
+                     check: bool = True) -> torch.Tensor:
     """One decode step of absorbed MLA over a paged latent cache, fused: (B, H, d_c), in q's dtype.
 
     q (B, H, d_c + d_rope): each head's [q_C W_UK | q_R]; kv_pool (n_pages, page_size,
     d_c + d_rope): [c_KV | k_R] per token; block_table (B, max_pages): the pages of
     each sequence in order; lengths (B,): how many tokens each sequence has cached.
     ``num_splits`` splits each sequence's context (default: :func:`default_splits`).
+
+    A server's decode loop knows ``longest`` (the largest of ``lengths``) and has checked
+    its tables once: with both, a step neither reads ``lengths`` back nor checks, so it
+    does not wait for the GPU and can be captured in a CUDA graph. Only then is
+    ``check=False`` safe: the kernel reads whatever memory a bad table points to.
     """
-    check_decode_args(q, kv_pool, block_table, lengths, scale, d_c, num_splits)
+    if check:
+        check_decode_args(q, kv_pool, block_table, lengths, scale, d_c, num_splits)
     B, H, D = q.shape
-    page = kv_pool.shape[1]
-    longest = int(lengths.max())
+    longest = int(lengths.max()) if longest is None else longest
     splits = num_splits or default_splits(B, H, longest, q.device)
-    chunk = -(-longest // splits)
-    out = torch.empty(B, splits, H, d_c, device=q.device, dtype=torch.float32)
-    lse = torch.empty(B, splits, H, device=q.device, dtype=torch.float32)
+    chunk = -(-longest // splits)  # tokens per split
+    part = torch.empty(B, splits, H, d_c, device=q.device, dtype=torch.float32)  # each split's output
+    lse = torch.empty(B, splits, H, device=q.device, dtype=torch.float32)  # and its log-sum-exp
     table = block_table.to(torch.int32)
     lens = lengths.to(torch.int32)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 stays fp32; tf32 is unused for fp16/bf16
-    grid = (B, triton.cdiv(H, BLOCK_H), splits)
-    _paged_decode_kernel[grid](
-        q, kv_pool, table, lens, out, lse, H, chunk, float(scale),
-        q.stride(0), q.stride(1), kv_pool.stride(0), kv_pool.stride(1), table.stride(0),
-        out.stride(0), out.stride(1), out.stride(2), lse.stride(0), lse.stride(1),
-        DC=d_c, DR=D - d_c, PAGE=page, BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N, PRECISION=precision)
-    merged, _ = merge_partials(out.transpose(0, 1), lse.transpose(0, 1))  # (B, H, d_c)
-    return merged.to(q.dtype)
+    args = (q, kv_pool, table, lens, part, lse, H, chunk, float(scale),
+            q.stride(0), q.stride(1), kv_pool.stride(0), kv_pool.stride(1), table.stride(0),
+            part.stride(0), part.stride(1), part.stride(2), lse.stride(0), lse.stride(1))
+    dims = dict(DC=d_c, DR=D - d_c, PAGE=kv_pool.shape[1], PRECISION=precision)
+    if _tuned_kernel is None or q.device.type != "cuda":
+        _paged_decode_kernel[(B, triton.cdiv(H, BLOCK_H), splits)](*args, **dims, BLOCK_H=BLOCK_H, BLOCK_N=BLOCK_N)
+    else:
+        _tuned_kernel[lambda meta: (B, triton.cdiv(H, meta["BLOCK_H"]), splits)](*args, **dims)
+    o = torch.empty(B, H, d_c, device=q.device, dtype=q.dtype)
+    _combine_kernel[(B, H)](part, lse, o, splits, part.stride(0), part.stride(1), part.stride(2),
+                            lse.stride(0), lse.stride(1), o.stride(0), o.stride(1),
+                            DC=d_c, BLOCK_S=max(2, triton.next_power_of_2(splits)))
+    return o
 
 
 def pages_of(kv: torch.Tensor, page_size: int = 64):
