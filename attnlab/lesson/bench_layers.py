@@ -3,16 +3,54 @@
 One attention layer at a time (:class:`Layer`), with no projections of the new
 token: a decode step is the attention over the cache, which is what the
 mechanisms change. See :mod:`attnlab.lesson.bench` for the run.
+
+The sixth mechanism, "MLA fused (Triton)", is MLA absorbed with its scores,
+softmax and weighted sum in one Triton kernel (workbook 07's
+:func:`attnlab.answers.kernels.paged_mla_decode`) over the same cache, read as
+pages of 64 tokens. Triton is imported only when such a layer is built.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
 
 from attnlab.guard import guarded
+from attnlab.lesson.pages import check_decode_args
 
-MECHANISMS = ["MHA", "GQA", "MQA", "MLA naive", "MLA absorbed"]
+FUSED = "MLA fused (Triton)"
+MECHANISMS = ["MHA", "GQA", "MQA", "MLA naive", "MLA absorbed", FUSED]
+PAGE = 64  # tokens per page of the fused kernel's cache (FlashMLA's page size)
+INTERPRETED = "Triton's interpreter on the CPU: correct but not timed; the kernel is timed on a GPU"
+NO_TRITON = "Triton is not installed here: the fused kernel is not run"
+
+
+def load_kernels():
+    """:mod:`attnlab.answers.kernels`, imported after Triton is set up (its interpreter
+    where torch sees no GPU); None where Triton is not installed."""
+    from attnlab.lesson import triton_env
+
+    if not triton_env.available():
+        return None
+    triton_env.load()
+    from attnlab.answers import kernels
+
+    return kernels
+
+
+def fused_skip_reason(cfg) -> str | None:
+    """Why this run leaves the fused kernel untimed, or None when it times it."""
+    if cfg.device == "cpu" and not cfg.time_interpreter:
+        # Decided without importing Triton: the CPU run stays as quick as it was.
+        return INTERPRETED if importlib.util.find_spec("triton") else NO_TRITON
+    if load_kernels() is None:
+        return NO_TRITON
+    from attnlab.lesson import triton_env
+
+    if cfg.device == "cpu" and not triton_env.interpreted():
+        return "Triton compiles for this process's GPU, not through its interpreter: no fused kernel on the CPU"
+    return None
 
 
 class Layer:
@@ -26,6 +64,11 @@ class Layer:
         if gen.device.type != dev:
             raise ValueError(f"the generator is on {gen.device.type}, the benchmark on {dev}: "
                              f"make it with torch.Generator(device={dev!r})")
+        if mechanism not in MECHANISMS:
+            raise ValueError(f"unknown mechanism {mechanism!r}: one of {MECHANISMS}")
+        if mechanism == FUSED and T % PAGE:
+            raise ValueError(f"{FUSED} reads its cache in pages of {PAGE} tokens: the context must be "
+                             f"a multiple of {PAGE}, got {T}")
 
         def rand(*shape):
             # Drawn on the device, in its dtype: a CPU generator would spend minutes on
@@ -56,6 +99,25 @@ class Layer:
         if mechanism.startswith("MLA"):
             self.W_uk = rand(H, cfg.d_nope, cfg.d_latent) / math.sqrt(cfg.d_latent)
             self.W_uv = rand(H, cfg.d_v, cfg.d_latent) / math.sqrt(cfg.d_latent)
+        if mechanism == FUSED:
+            self._paged()
+
+    def _paged(self):
+        """The fused kernel's view of the same cache: 64-token pages, a block table, the lengths."""
+        self.kernels = load_kernels()
+        if self.kernels is None:
+            raise RuntimeError(NO_TRITON)
+        B, H, T = self.cfg.batch, self.cfg.n_heads, self.T
+        kv = self.cache[0]
+        # pool (B * T / 64, 64, d_c + d_rope) is a view, no copy; table (B, T / 64) int32. Made after the
+        # allocator's count above: the cache's bytes are MLA's, the table is bookkeeping (4 bytes a page).
+        self.pool, self.table = self.kernels.pages_of(kv, PAGE)
+        self.lengths = torch.full((B,), T, dtype=torch.int32, device=kv.device)  # (B,): every sequence is full
+        self.splits = self.kernels.default_splits(B, H, T, kv.device)  # passed on, so the row records what ran
+        # Checked once, as a server checks its tables; each timed step then skips the checks and the
+        # read-back of the lengths, which would wait for the GPU (longest=T, check=False).
+        q = kv.new_empty(B, H, kv.shape[-1])  # (B, H, d_c + d_rope): a query's shape, dtype and device
+        check_decode_args(q, self.pool, self.table, self.lengths, 1.0, self.cfg.d_latent, self.splits)
 
     def _latents(self):
         kv = self.cache[0]  # (B, T, d_c + d_rope)
@@ -85,8 +147,13 @@ class Layer:
             return (p[:, :, None] @ v_t.transpose(-2, -1)).view(B, H, cfg.d_v)
         q_lat = torch.einsum("bhn,hnc->bhc", q_c, self.W_uk)  # (B, H, d_c): W_UK absorbed into the query
         q_abs = torch.cat([q_lat, q_r], dim=-1)  # (B, H, d_c + d_rope): MQA with one 576-wide key per token
-        p = torch.softmax(q_abs @ kv.transpose(1, 2), dim=-1)  # (B, H, T)
-        return torch.einsum("bhc,hvc->bhv", p @ c, self.W_uv)  # (B, H, d_v): W_UV after the sum
+        if self.m == FUSED:  # scores, softmax and sum in one kernel; the scale is already in q
+            o = self.kernels.paged_mla_decode(q_abs, self.pool, self.table, self.lengths, 1.0, d_c=C,
+                                              num_splits=self.splits, longest=self.T, check=False)  # (B, H, d_c)
+        else:
+            p = torch.softmax(q_abs @ kv.transpose(1, 2), dim=-1)  # (B, H, T)
+            o = p @ c  # (B, H, d_c)
+        return torch.einsum("bhc,hvc->bhv", o, self.W_uv)  # (B, H, d_v): W_UV after the sum
 
     def decode_cost(self) -> tuple[int, int]:
         """(bytes that must move, FLOPs) of one decode step: the cache read once, plus weights."""
@@ -101,6 +168,7 @@ class Layer:
             weights = H * (cfg.d_nope + cfg.d_v) * cfg.d_latent * es
             flops = 2 * B * T * cfg.d_latent * H * (cfg.d_nope + cfg.d_v) + 2 * B * H * T * (dk + cfg.d_v)
             return cache + weights + 2 * expanded, flops
+        # Absorbed, plain or fused: the same bytes and FLOPs, only the number of passes differs.
         weights = H * (cfg.d_nope + cfg.d_v) * cfg.d_latent * es
         return cache + weights, 2 * B * H * T * (cfg.d_latent + cfg.d_rope) + 2 * B * H * T * cfg.d_latent
 
