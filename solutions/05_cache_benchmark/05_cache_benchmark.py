@@ -294,15 +294,18 @@ for what, warm, reps, steps, on_gpu in [
 #
 # `attnlab.lesson.bench` measures one attention layer of each mechanism. On a GPU it
 # uses bf16, DeepSeek-V3's head dimensions (128 heads; query and key 128 + 64,
-# value 128; latent 512), a batch of 8 and contexts up to 32K tokens; on a CPU
-# it scales everything down so that it finishes in seconds, and says so.
+# value 128; latent 512), batches of 8 and 64 and contexts up to 32K tokens; on a CPU
+# it scales everything down, one batch, so that it finishes in seconds, and says so.
 # In one run it measures:
 #
 # 1. **cache bytes**: the tensors each mechanism keeps, counted by the CUDA
 #    allocator (or by their storage on a CPU), against the formula;
 # 2. **decode-step latency** against context, for MHA, GQA, MQA, MLA naive
 #    (re-expanding every cached latent through $W^{UK}$ and $W^{UV}$ at every
-#    step) and MLA absorbed (workbook 04);
+#    step), MLA absorbed (workbook 04) and, on a GPU, MLA fused: workbook 07's
+#    Triton kernel, the absorbed step with its scores, softmax and weighted sum
+#    in one kernel (on a CPU Triton only runs in its interpreter, which is exact
+#    but no timing: the run lists it as skipped);
 # 3. **the roofline**: the device's copy bandwidth and matmul throughput,
 #    measured in the same run. A step's roofline time is the larger of
 #    (bytes it must move) / bandwidth and FLOPs / throughput; efficiency is
@@ -427,6 +430,8 @@ if not runs:
 # - Prefill of 4,096 tokens: naive 141 ms, absorbed 180 ms; one decode step
 #   at 4,096: naive 2.31 ms, absorbed 0.106 ms. Decompress for prefill, absorb
 #   for decode.
+# - This run predates the fused kernel and batch 64: workbook 07 builds the
+#   kernel, and the next GPU run of `tests/gpu/check.sh` adds their rows here.
 
 # %% [markdown]
 # ## 6 · The cache explorer
