@@ -37,10 +37,12 @@ def page(sources: list[pathlib.Path]) -> nbformat.NotebookNode:
 
     rows = "\n".join(f"| {w['number']} | [{w['title']}]({w['name']}/{w['name']}.ipynb) | {w['needs']} | {w['time']} |"
                      for w in map(_intro, sources))
+    words = {6: "Six", 7: "Seven", 8: "Eight"}
+    count = words.get(len(sources), str(len(sources)))
     cells = [
         new_markdown_cell(
             "# Efficient attention: from multi-head to latent attention\n\n"
-            "Six workbooks, in order. Each opens with what you will build and ends with what to remember "
+            f"{count} workbooks, in order. Each opens with what you will build and ends with what to remember "
             "and a link to the next. Work in the copies here: nothing (`make release`, `git pull`, "
             "`make test`) overwrites them.\n\n"
             "| | Workbook | You need | Time |\n|---|---|---|---|\n" + rows),
