@@ -86,3 +86,37 @@ def test_the_reference_is_the_release_not_the_learners_copy(tmp_path, monkeypatc
     stale = {GQA: {g: {"points": c["points"], "checksum": "0" * 32} for g, c in recorded[GQA].items()}}
     monkeypatch.setattr(selfcheck, "COURSE", ROOT / "course")
     assert selfcheck.expected_cells(GQA, stale) == selfcheck.release_test_cells()[GQA]
+
+
+FLASH = "07_flash_mla"
+
+
+def test_a_kernel_that_kills_the_process_is_reported_not_waited_for(tmp_path, capsys):
+    """A Triton kernel that writes out of bounds can abort the Jupyter kernel: make check says so and ends."""
+    release = nbformat.read(ROOT / "course" / FLASH / f"{FLASH}.ipynb", as_version=4)
+    source = nbformat.read(ROOT / "solutions" / FLASH / f"{FLASH}.ipynb", as_version=4)
+    mine = grading.edit_cell(grading.filled(release, source), "decode", "    b = tl.program_id(0)",
+                             "    import os; os.abort()\n    b = tl.program_id(0)")  # the interpreter runs it
+    path = tmp_path / f"{FLASH}.ipynb"
+    nbformat.write(mine, path)
+    assert selfcheck.main([str(path)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert "  pass    test_online_softmax (3)" in lines and "  pass    test_scores (2)" in lines
+    assert any(ln.startswith("  FAIL    test_decode (4): the kernel died") for ln in lines), lines
+    assert any(ln.startswith("  FAIL    test_paged (4): the kernel died") for ln in lines), lines
+
+
+def test_without_triton_the_kernel_exercises_are_skipped(tmp_path, capsys):
+    """Where Triton cannot be installed, workbook 07's kernel tests are listed as skipped and not counted."""
+    release = nbformat.read(ROOT / "course" / FLASH / f"{FLASH}.ipynb", as_version=4)
+    source = nbformat.read(ROOT / "solutions" / FLASH / f"{FLASH}.ipynb", as_version=4)
+    mine = grading.filled(release, source)
+    setup = _cell(mine, "setup")
+    setup.source = "import sys; sys.modules['triton'] = None  # what a Mac without Triton sees\n" + setup.source
+    path = tmp_path / f"{FLASH}.ipynb"
+    nbformat.write(mine, path)
+    assert selfcheck.main([str(path)]) == 0  # skipped is not failed
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{FLASH}.ipynb: 5 of 5 visible-test points" in lines
+    assert any(ln.startswith("  skip    test_decode (4): skipped (TritonMissing: Triton is not installed") for ln in lines)
+    assert lines[-1] == "total: 5 of 5 visible-test points (3 skipped: Triton is not installed here)"

@@ -128,7 +128,8 @@ def check(path: pathlib.Path, timeout: int = 300) -> list[tuple[str, float, str 
 def results(path: pathlib.Path, timeout: int = 300, released: dict | None = None) -> list[dict]:
     """Run one notebook on a copy; one dict per test cell of its workbook:
     grade_id, points, status (pass, fail, todo, edited, deleted) and message."""
-    from jupyter_client import KernelManager
+    from jupyter_client import AsyncKernelManager
+    from jupyter_core.utils import run_sync
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
 
@@ -140,13 +141,15 @@ def results(path: pathlib.Path, timeout: int = 300, released: dict | None = None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             # Unix sockets in the private folder: over TCP the kernel warns on stderr that it is unencrypted.
-            km = KernelManager(kernel_name="python3", transport="ipc", ip=str(pathlib.Path(tmp) / "kernel"))
+            # The async manager: with the blocking one, nbclient never notices a kernel that died (a
+            # Triton kernel that writes out of bounds, os.abort()) and waits forever.
+            km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(pathlib.Path(tmp) / "kernel"))
             try:
                 NotebookClient(nb, km=km, timeout=timeout, allow_errors=True, interrupt_on_timeout=True,
                                resources={"metadata": {"path": tmp}}).execute()
             finally:  # a kernel manager handed in is the caller's to shut down
                 if km.has_kernel:
-                    km.shutdown_kernel(now=True)
+                    run_sync(km.shutdown_kernel)(now=True)
         crashed = None
     except DeadKernelError as e:
         crashed = f"the kernel died ({e})".splitlines()[0]

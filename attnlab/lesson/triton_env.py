@@ -37,6 +37,8 @@ class _Missing:
     be defined (its annotations read ``tl.constexpr``), and any use raises :class:`TritonMissing`."""
 
     def __getattr__(self, name):
+        if name.startswith("_"):  # not a Triton name: hasattr() and the checks' markers must see nothing
+            raise AttributeError(name)
         return self
 
     def __getitem__(self, item):

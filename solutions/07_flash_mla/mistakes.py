@@ -36,7 +36,7 @@ MISTAKES = [
     Mistake("decode_no_rope", "decode", "        s += tl.dot(q_rope, tl.trans(k_r))  # (BLOCK_H, BLOCK_N)\n", "",
             ("test_decode",), says="RoPE part of the scores is left out"),
     Mistake("decode_padding_scored", "decode", "s = tl.where(t_ok[None, :], s * scale, float(\"-inf\"))",
-            "s = s * scale  # the masked loads gave 0 anyway", ("test_decode",), says="must be -inf, not 0"),
+            "s = s * scale  # the masked loads gave 0 anyway", ("test_decode",), says="-inf (not 0) for a score past"),
     # The visible test's lengths leave every split some tokens; a split past a sequence's end divides 0 by 0.
     Mistake("decode_empty_split_nan", "decode",
             "out = tl.where(seen[:, None], acc / tl.where(seen, l, 1.0)[:, None], 0.0)", "out = acc / l[:, None]",
