@@ -54,7 +54,7 @@ from attnlab.lesson import pages, triton_env
 
 # Triton, with its interpreter switched on when there is no GPU (it must be set before Triton is imported).
 triton, tl = triton_env.load()
-from attnlab.answers import absorbed_decode  # noqa: E402  workbook 04's absorbed decode, in the kernels' layout
+from attnlab.answers import absorbed_decode  # workbook 04's absorbed decode, in the kernels' layout
 
 torch.manual_seed(0)
 device = attnlab.pick_device()
@@ -594,9 +594,9 @@ for B, H, DC, DR, lens, page, splits, dtype in [
 # a right kernel the two agree to about $10^{-7}$, float32's rounding.
 
 # %%
-from attnlab.answers import (LatentCache, MLAWeights, compress_kv, compress_q,  # noqa: E402
+from attnlab.answers import (LatentCache, MLAWeights, compress_q,
                              decoupled_rope, mla_absorbed_step, rope_tables)
-from attnlab.models import MLAConfig  # noqa: E402
+from attnlab.models import MLAConfig
 
 layer = MLAWeights(MLAConfig("small", d_model=96, n_heads=6, d_latent=64, d_q_latent=48, d_nope=16, d_rope=16,
                              d_v=16, n_layers=1)).double()
