@@ -638,10 +638,11 @@ print("kernel step vs workbook 04's absorbed step, relative difference:",
 # On the CPU nothing here is timed: the interpreter runs each program one
 # after another in NumPy, and its time says nothing about the kernel. At
 # DeepSeek-V3's head dimensions (128 heads, 576 and 512), batch 2 and 1,024
-# cached tokens, one step took about 4.4 s in the interpreter on the course's
-# two-core machine, against 50 ms for PyTorch's absorbed step on the same CPU
-# (2026-12-01, with other work on the cores); the H200 of workbook 05 ran a
-# step 128 times larger (batch 8, 32K tokens) in 0.34 ms with PyTorch. The
+# cached tokens, one step took 3.5 to 4.1 s in the interpreter on the course's
+# two-core machine, against 7 ms for PyTorch's absorbed step on the same CPU,
+# 500 times less (2026-12-01, two runs on an otherwise idle machine); the H200
+# of workbook 05 ran a step 128 times larger (batch 8, 32K tokens) in 0.34 ms
+# with PyTorch. The
 # cell below shows the GPU figures committed with the course, where there are
 # some.
 
