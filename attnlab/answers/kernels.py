@@ -5,9 +5,10 @@ loads its heads' absorbed queries [q_C W_UK | q_R] once, then walks its part of
 the sequence's latent cache tile by tile through the block table: scores
 against [c_KV | k_R], an online softmax, and the weighted sum of c_KV, all in
 registers; the scores never reach memory. Each program writes its split's
-normalised output and log-sum-exp; :func:`attnlab.answers.decode.merge_partials`
-combines the splits (flash-decoding). The benchmark (workbook 05) times it as
-its sixth mechanism.
+normalised output and log-sum-exp, and a second, small kernel combines the
+splits as :func:`attnlab.answers.decode.merge_partials` does (flash-decoding).
+On a GPU Triton's autotuner picks the tiles per shape (:data:`GPU_TILES`). The
+benchmark (workbook 05) times it as its sixth mechanism.
 
 The cache is a pool of pages of ``page_size`` tokens, (n_pages, page_size,
 d_c + d_rope); ``block_table[b, i]`` is the page that holds tokens
