@@ -11,7 +11,6 @@ pages of 64 tokens. Triton is imported only when such a layer is built.
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import torch
@@ -41,13 +40,13 @@ def load_kernels():
 
 def fused_skip_reason(cfg) -> str | None:
     """Why this run leaves the fused kernel untimed, or None when it times it."""
-    if cfg.device == "cpu" and not cfg.time_interpreter:
-        # Decided without importing Triton: the CPU run stays as quick as it was.
-        return INTERPRETED if importlib.util.find_spec("triton") else NO_TRITON
-    if load_kernels() is None:
-        return NO_TRITON
     from attnlab.lesson import triton_env
 
+    if cfg.device == "cpu" and not cfg.time_interpreter:
+        # Decided without importing Triton: the CPU run stays as quick as it was.
+        return INTERPRETED if triton_env.available() else NO_TRITON
+    if load_kernels() is None:
+        return NO_TRITON
     if cfg.device == "cpu" and not triton_env.interpreted():
         return "Triton compiles for this process's GPU, not through its interpreter: no fused kernel on the CPU"
     return None

@@ -12,7 +12,7 @@ import pathlib
 
 from attnlab.lesson.bench_layers import FUSED, MECHANISMS
 
-# The targets for the fused kernel, at each batch's longest context.
+# The course's targets for the fused kernel, at each batch's longest context.
 FUSED_ROOFLINE = 0.60  # of its roofline
 FUSED_SPEEDUP = 2.5  # times faster than the PyTorch absorbed step
 
