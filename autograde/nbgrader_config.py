@@ -70,6 +70,21 @@ _kernels = os.path.join(importlib.util.find_spec("attnlab").submodule_search_loc
 if _kernels not in os.environ.get("JUPYTER_PATH", "").split(os.pathsep):
     os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in [_kernels, os.environ.get("JUPYTER_PATH", "")] if p)
 c.Execute.kernel_name = "attnlab-grading"
+
+# The test cells of the workbooks in attnlab.verdict.grading.CHECKED are run by the course's checker, in
+# this process, which never runs student code: the kernel runs only a stub that asks for each test cell,
+# and the cell's output, which nbgrader scores, is the checker's verdict (attnlab/verdict/). The checker
+# takes the tests from solutions/, and draws the hidden tests' cases from the class secret
+# (ATTNLAB_CLASS_SECRET, or the git-ignored autograde/class_secret) when the instructor holds one.
+from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput,  # noqa: E402
+                                    SaveAutoGrades)
+
+from attnlab.verdict.grading import CheckedExecute  # noqa: E402
+
+c.Autograde.autograde_preprocessors = [CheckedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+                                       SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+c.CheckedExecute.source = os.path.join(ROOT, "solutions")
 os.environ.setdefault("ATTNLAB_KERNEL_MEMORY", "6G")
 os.environ["ATTNLAB_SANDBOX_HIDE"] = os.pathsep.join(
     [os.path.join(ROOT, "solutions"), HERE, os.path.join(ROOT, ".git")])

@@ -11,8 +11,9 @@
   exercise builds on; :mod:`~attnlab.checks.suspects`: what test cells compare with;
   :mod:`~attnlab.checks.launch`: how workbook 07's tests launch a learner's Triton kernel.
 """
-from attnlab.checks.compare import (attention_suspects, default_tolerance, expect_close, expect_shape,
-                                    expect_tensor, number)
+from attnlab.checks.compare import (attention_suspects, default_tolerance, expect, expect_close, expect_number,
+                                    expect_shape, expect_tensor, number)
+from attnlab.checks.cases import draw
 from attnlab.checks.failure import CheckFailed
 from attnlab.checks.graded import exercise, exercise_in, stand_in
 from attnlab.checks.torch_off import storage_watch
@@ -24,5 +25,18 @@ from attnlab.checks import graded as _graded  # noqa: E402
 
 _graded.seal()
 
-__all__ = ["CheckFailed", "attention_suspects", "default_tolerance", "exercise", "exercise_in", "expect_close",
-           "expect_shape", "expect_tensor", "number", "stand_in", "storage_watch"]
+
+
+def gradients(outputs, inputs, cotangents):
+    """The gradients of ``outputs`` with respect to ``inputs`` for ``cotangents`` (None where none flows).
+
+    Test cells ask for gradients through this: run by the course's checker, it asks the
+    kernel that computed ``outputs``; here, in your own kernel, it is autograd."""
+    import torch
+
+    return list(torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True))
+
+
+__all__ = ["CheckFailed", "attention_suspects", "default_tolerance", "draw", "exercise", "exercise_in", "expect",
+           "expect_close", "expect_number", "expect_shape", "expect_tensor", "gradients", "number", "stand_in",
+           "storage_watch"]

@@ -13,9 +13,17 @@ import torch
 
 from attnlab.checks.failure import CheckFailed
 
+__all__ = ["attention_suspects", "default_tolerance", "expect", "expect_close", "expect_number", "expect_shape",
+           "expect_tensor", "number"]
+
 
 def _shape(t) -> tuple:
     return tuple(t.shape)
+
+
+def _kind(got) -> str:
+    # An object the checker holds a reference to says what it is on the kernel's side.
+    return getattr(type(got), "remote_type", None) and got.remote_type or type(got).__name__
 
 
 def expect_tensor(got, what: str) -> torch.Tensor:
@@ -27,7 +35,7 @@ def expect_tensor(got, what: str) -> torch.Tensor:
     if type(got) is not torch.Tensor:
         if isinstance(got, torch.Tensor):
             raise CheckFailed(f"{what} is a {type(got).__name__}, a subclass of torch.Tensor; return a plain tensor")
-        raise CheckFailed(f"{what} is a {type(got).__name__}; expected a torch.Tensor")
+        raise CheckFailed(f"{what} is a {_kind(got)}; expected a torch.Tensor")
     return got
 
 
@@ -41,8 +49,31 @@ def number(got, what: str):
     elif type(got).__module__ == "numpy" and isinstance(got, numbers.Number):
         got = got.item()
     if type(got) not in (int, float):
-        raise CheckFailed(f"{what} is a {type(got).__name__}; expected a number (an int or a float)")
+        raise CheckFailed(f"{what} is a {_kind(got)}; expected a number (an int or a float)")
     return got
+
+
+def expect(condition, what: str, detail: str = "") -> None:
+    """Fail with ``what`` (words a hidden check may show) and ``detail`` (what only a visible one shows)."""
+    if not condition:
+        raise CheckFailed(f"{what}{': ' + detail if detail else ''}", brief=what)
+
+
+def expect_number(got, want, what: str, hint: str = "") -> None:
+    """Fail unless the number ``got`` equals ``want``; a hidden check says only how far off, as a factor."""
+    got = number(got, what)
+    if got == want:
+        return
+    how = "wrong"
+    if got and want and (got > 0) == (want > 0):
+        ratio = want / got if abs(got) < abs(want) else got / want
+        size = "too small" if abs(got) < abs(want) else "too large"
+        how = f"{size} by a factor of {ratio:.3g}" if abs(ratio - round(ratio)) > 1e-9 else \
+            f"{size} by a factor of {round(ratio)}"
+    elif got == 0:
+        how = "0, which is wrong"
+    raise CheckFailed(f"{what}: {want:,} expected; you have {got:,}. {hint}".strip(),
+                      brief=f"{what} is {how}")
 
 
 def expect_shape(got, shape, what: str, hint: str = "") -> None:
@@ -50,7 +81,7 @@ def expect_shape(got, shape, what: str, hint: str = "") -> None:
     expect_tensor(got, what)
     if _shape(got) != tuple(shape):
         msg = f"{what} has shape {_shape(got)}; expected {tuple(shape)}."
-        raise CheckFailed(f"{msg} {hint}".strip())
+        raise CheckFailed(f"{msg} {hint}".strip(), brief=f"{what} has the wrong shape, {_shape(got)}")
 
 
 def _close(a, b, atol, rtol) -> bool:
@@ -77,22 +108,27 @@ def expect_close(got, want, what: str, suspects: dict | None = None, hint: str =
     """
     expect_shape(got, _shape(want), what, hint)
     if got.dtype != want.dtype:
-        raise CheckFailed(f"{what} has dtype {got.dtype}; expected {want.dtype}.")
+        raise CheckFailed(f"{what} has dtype {got.dtype}; expected {want.dtype}.",
+                          brief=f"{what} has dtype {got.dtype}; expected {want.dtype}")
     d_atol, d_rtol = default_tolerance(want.dtype)
     atol, rtol = atol if atol is not None else d_atol, rtol if rtol is not None else d_rtol
     if _close(got, want, atol, rtol):
         return
     for mistake, wrong in (suspects or {}).items():
         if _close(got, wrong, atol, rtol):
-            raise CheckFailed(f"{what} is wrong: it matches what you get when {mistake}.")
+            message = f"{what} is wrong: it matches what you get when {mistake}."
+            raise CheckFailed(message, brief=message.rstrip("."))
     if not torch.isfinite(got).all() and torch.isfinite(want).all():
         why = nan_hint or "a softmax over a row that is all -inf gives NaN: can every query see at least one key?"
-        raise CheckFailed(f"{what} contains NaN or inf where the expected values are finite ({why}). {hint}".strip())
+        raise CheckFailed(f"{what} contains NaN or inf where the expected values are finite ({why}). {hint}".strip(),
+                          brief=f"{what} contains NaN or inf where every expected value is finite")
     err = (got.detach().to(want.dtype) - want).abs()
     idx = tuple(int(i) for i in torch.unravel_index(err.argmax(), err.shape))
+    bad = ~torch.isclose(got.detach().to(want.dtype), want.detach(), atol=atol, rtol=rtol, equal_nan=True)
     raise CheckFailed(
         f"{what} is wrong: the largest difference is {err.max().item():.3g} at index {idx} "
-        f"(allowed: {atol:g} + {rtol:g} * |expected|). {hint}".strip()
+        f"(allowed: {atol:g} + {rtol:g} * |expected|). {hint}".strip(),
+        brief=f"{what} is wrong at {int(bad.sum())} of {bad.numel()} values"
     )
 
 

@@ -18,7 +18,14 @@ class CheckFailed(AssertionError):
     In a notebook it shows as that sentence, then the test's own line and,
     when the learner's code raised, the lines of the learner's cells it went
     through: no frames from inside the course package (IPython calls
-    ``_render_traceback_`` in place of its own traceback)."""
+    ``_render_traceback_`` in place of its own traceback).
+
+    ``brief`` is the same failure in words that give away no expected value
+    (what was tested and what kind of wrong): what a failed hidden check shows."""
+
+    def __init__(self, message: str = "", brief: str | None = None):
+        super().__init__(message)
+        self.brief = brief
 
     def _render_traceback_(self) -> list[str]:
         try:

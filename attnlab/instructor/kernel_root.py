@@ -97,8 +97,26 @@ def compiled(module: str) -> bytes:
     return importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code)
 
 
+# Where the course's checker judges the notebook (ATTNLAB_CHECKER names its socket), the kernel gets no
+# answer key at all, not even as bytecode: `from attnlab import answers` finds this, and nothing in it.
+ABSENT_ANSWERS = '''"""The answer key is not in the grading kernel: the course's checker holds it."""
+
+
+def __getattr__(name):
+    raise AttributeError(f"attnlab.answers.{name}: the answer key is not in the grading kernel "
+                         "(the course's checker, outside the kernel, holds it)")
+'''
+
+
 def sourceless() -> dict[str, bytes]:
-    """Every module of the SOURCELESS folders, compiled: {'answers/mha': bytes of its .pyc, ...}."""
+    """Every module of the SOURCELESS folders, compiled: {'answers/mha': bytes of its .pyc, ...};
+    only a module that holds nothing where the checker judges the notebook (``ATTNLAB_CHECKER``)."""
+    import importlib.util
+    import marshal
+
+    if os.environ.get("ATTNLAB_CHECKER"):
+        code = compile(ABSENT_ANSWERS, "attnlab/answers/__init__.py", "exec", dont_inherit=True)
+        return {"answers/__init__": importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code)}
     return {f"{folder}/{p.stem}": compiled(f"{folder}/{p.stem}")
             for folder in SOURCELESS for p in sorted((PACKAGE / folder).glob("*.py"))}
 

@@ -119,6 +119,14 @@ def _restore_hint(workbook: str, grade_id: str, path: pathlib.Path, expected: st
     return f"restore it from the release: git show HEAD:course/{workbook}/{workbook}.ipynb"
 
 
+def _checked_tests(workbook: str | None) -> dict[str, str]:
+    """grade_id -> the release's code of each test cell, where the checker judges ``workbook`` ({} elsewhere)."""
+    from attnlab.verdict.grading import CHECKED, test_sources
+
+    release = COURSE / f"{workbook}" / f"{workbook}.ipynb"
+    return test_sources(cells.read(release)) if workbook in CHECKED and release.exists() else {}
+
+
 def check(path: pathlib.Path, timeout: int = 300) -> list[tuple[str, float, str | None]]:
     """[(test cell id, points, None if it passed else why not)] for one notebook."""
     return [(r["grade_id"], r["points"], r["message"] if r["status"] != "pass" else None)
@@ -128,10 +136,17 @@ def check(path: pathlib.Path, timeout: int = 300) -> list[tuple[str, float, str 
 def results(path: pathlib.Path, timeout: int = 300, released: dict | None = None) -> list[dict]:
     """Run one notebook on a copy; one dict per test cell of its workbook:
     grade_id, points, status (pass, fail, todo, edited, deleted) and message."""
+    import contextlib
+
     from jupyter_client import AsyncKernelManager
     from jupyter_core.utils import run_sync
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
+
+    from attnlab.verdict.grading import CheckedCells, checker
+
+    class CheckedClient(CheckedCells, NotebookClient):
+        pass
 
     path = pathlib.Path(path)
     released = json.loads(RELEASE_CELLS.read_text()) if released is None else released
@@ -144,12 +159,17 @@ def results(path: pathlib.Path, timeout: int = 300, released: dict | None = None
             # The async manager: with the blocking one, nbclient never notices a kernel that died (a
             # Triton kernel that writes out of bounds, os.abort()) and waits forever.
             km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(pathlib.Path(tmp) / "kernel"))
-            try:
-                NotebookClient(nb, km=km, timeout=timeout, allow_errors=True, interrupt_on_timeout=True,
-                               resources={"metadata": {"path": tmp}}).execute()
-            finally:  # a kernel manager handed in is the caller's to shut down
-                if km.has_kernel:
-                    run_sync(km.shutdown_kernel)(now=True)
+            # The workbooks the course's checker judges: their visible tests run there, as in grading.
+            tests = _checked_tests(workbook)
+            with checker(tests, folder=tmp, timeout=timeout + 30) if tests else contextlib.nullcontext() as found:
+                client = CheckedClient(nb, km=km, timeout=timeout, allow_errors=True, interrupt_on_timeout=True,
+                                       resources={"metadata": {"path": tmp}})
+                client.checker = found
+                try:
+                    client.execute()
+                finally:  # a kernel manager handed in is the caller's to shut down
+                    if km.has_kernel:
+                        run_sync(km.shutdown_kernel)(now=True)
         crashed = None
     except DeadKernelError as e:
         crashed = f"the kernel died ({e})".splitlines()[0]

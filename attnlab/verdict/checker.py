@@ -1,0 +1,385 @@
+"""The checker: runs a test cell's code where the learner's code cannot reach it, and records the verdict.
+
+It lives in the grader's process (nbgrader's, or ``make check``'s), which
+never runs learner code, and serves one Unix socket. While the grader runs a
+test cell it *arms* the checker for that cell; the kernel's stub
+(:func:`attnlab.verdict.kernel.run`) connects and asks for the cell; the
+checker runs the cell's code, taken from the course's own source (never from
+the notebook being graded), with the answer key, the comparisons and the
+inputs all on its side. Every name the code takes from the notebook
+(``attention``, ``MultiHeadAttention``) is a :class:`Remote`: using it asks
+the kernel, which gets copies of the inputs and sends back data. The
+expected values are computed from the checker's own copies, after the
+learner's code has run, so nothing the kernel does to its copies counts.
+
+The verdict is recorded here, one per armed cell and run; the grader turns
+it into the cell's output (:mod:`attnlab.verdict.grading`), so what the kernel
+printed or raised, or hid, does not score. A failed hidden check is reported
+in words (what was tested, what kind of wrong), never with its expected value.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import io
+import math
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from attnlab.checks import cases
+from attnlab.checks.failure import CheckFailed
+from attnlab.verdict import wire
+
+BEGIN, END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+
+
+@dataclass
+class Verdict:
+    status: str  # pass, fail (a check failed), todo (not attempted), error (not graded)
+    message: str = ""
+    printed: str = ""
+
+
+class Remote:
+    """Something of the learner's notebook: a name, or an object a call returned. Using it asks the kernel."""
+
+    __slots__ = ("_conn", "_target", "remote_type")
+
+    def __init__(self, conn, target, remote_type: str):
+        object.__setattr__(self, "_conn", conn)
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "remote_type", remote_type)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._conn.op("attr", {"target": self, "name": name})
+
+    def __call__(self, *args, **kwargs):
+        return self._conn.op("call", {"target": self, "args": list(args), "kwargs": kwargs})
+
+    def __len__(self):
+        n = self._conn.op("len", {"target": self})
+        if type(n) is not int or n < 0:
+            raise CheckFailed(f"len() of your {self.remote_type} is not a count")
+        return n
+
+    def __getitem__(self, key):
+        return self._conn.op("item", {"target": self, "key": key})
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __bool__(self):
+        return True
+
+    def __repr__(self):
+        return f"<your {self.remote_type}>"
+
+
+class _Connection:
+    """One run of a test cell: the socket to the kernel, and the objects and tensors the two sides share."""
+
+    def __init__(self, sock: socket.socket, answers):
+        self.sock, self.answers = sock, answers
+        self.exercise: dict | None = None  # the test's exercise block in force, if any
+        self.from_kernel: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (its number there, tensor)
+        self.sent: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (the kernel copy's number, tensor)
+
+    # -- values
+    def _ref_of(self, value):
+        if isinstance(value, Remote):
+            return value._target
+        if isinstance(value, torch.Tensor):
+            for table in (self.from_kernel, self.sent):
+                if id(value) in table and table[id(value)][1] is value:
+                    return wire.Ref(table[id(value)][0], "Tensor")
+        return value
+
+    def _tag(self, tensor):
+        number = -(len(self.sent) + 1)
+        self.sent[id(tensor)] = (number, tensor)
+        return number
+
+    def _adopt(self, tensor, number):
+        self.from_kernel[id(tensor)] = (number, tensor)
+
+    def _resolve(self, ref):
+        return Remote(self, ref, ref.type_name)
+
+    def encode(self, value, buffers):
+        return wire.encode(value, buffers, self._ref_of, self._tag)
+
+    def decode(self, data, buffers):
+        return wire.decode(data, buffers, self._resolve, self._adopt)
+
+    # -- requests
+    def op(self, op: str, value, exercise: dict | None = None):
+        exercise = exercise if exercise is not None else self.exercise
+        buffers: list = []
+        header = {"op": op, "value": self.encode(value, buffers), "grad": torch.is_grad_enabled(),
+                  "exercise": {"names": exercise["names"]} if exercise else None}
+        wire.send(self.sock, header, buffers)
+        while True:
+            reply, data = wire.receive(self.sock)
+            kind = reply.get("op")
+            if kind == "reply":
+                return self.decode(reply.get("value"), data)
+            if kind == "error":
+                raise _learner_error(reply, exercise)
+            if kind in ("answer", "answer_vjp"):
+                self._answer(kind, reply, data, exercise)
+                continue
+            raise wire.WireError(f"the kernel sent {kind!r} where a reply was due")
+
+    def _answer(self, kind, header, data, exercise):
+        """A stand-in in the kernel asks for an earlier exercise's answer: given only to the exercise that uses it."""
+        from attnlab.checks import exercises
+
+        name = str(header.get("name"))
+        uses = exercises.lookup(*exercise["names"]).uses if exercise else ()
+        if name not in uses:
+            wire.send(self.sock, {"op": "refused", "message": f"the answer key gives {name} only to the test of "
+                                                             "an exercise that builds on it"})
+            raise CheckFailed(f"your code asked the checker for the course's {name}, which this test does not give")
+        args = self.decode(header.get("value"), data)
+        fn = getattr(self.answers, name)
+        if kind == "answer":
+            result = fn(*args["args"], **args["kwargs"])
+        else:
+            inputs = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                      for a in args["args"]]
+            tensors = [a for a in inputs if isinstance(a, torch.Tensor)]
+            with torch.enable_grad():
+                out = fn(*inputs, **args["kwargs"])
+                outs = [out] if isinstance(out, torch.Tensor) else list(out)
+                cots = args["cotangents"]
+                pairs = [(o, c) for o, c in zip(outs, cots) if c is not None and o.requires_grad]
+                grads = torch.autograd.grad([o for o, _ in pairs], [t for t in tensors if t.requires_grad],
+                                            [c for _, c in pairs], allow_unused=True) if pairs else ()
+            it = iter(grads)
+            result = [next(it, None) if t.requires_grad else None for t in tensors]
+            result = [torch.zeros_like(t) if g is None and t.requires_grad else g for t, g in zip(tensors, result)]
+        buffers: list = []
+        wire.send(self.sock, {"op": "reply", "value": wire.encode(result, buffers)}, buffers)
+
+
+def _learner_error(reply: dict, exercise: dict | None) -> BaseException:
+    kind, message = str(reply.get("type", "Error"))[:80], str(reply.get("message", ""))[:1000]
+    if kind == "NotImplementedError":
+        names = " and ".join((exercise or {}).get("names") or ["the exercise"])
+        return NotImplementedError(message or f"{names}: not written yet")
+    if kind == "CheckFailed":  # the kernel's own second line (a replaced checker); its words, for the learner
+        return CheckFailed(message)
+    case = (exercise or {}).get("case") or ""
+    where = "\n".join(str(w)[:300] for w in (reply.get("where") or [])[:8] if isinstance(w, str))
+    error = CheckFailed(f"{case + ': ' if case else ''}your code raised {kind}: {message}",
+                        brief=f"{case + ': ' if case else ''}your code raised {kind}")
+    error.where = where
+    return error
+
+
+class Checker:
+    """Serves the test cells ``cells`` ({grade_id: source}) of one notebook at a time, on a Unix socket."""
+
+    def __init__(self, cells: dict[str, str], student: str = "", secret: bytes | None = None,
+                 timeout: float = 150.0):
+        from attnlab import answers
+
+        self.cells, self.student, self.secret, self.timeout = dict(cells), student, secret, timeout
+        self.answers = answers
+        self.records: dict[str, Verdict] = {}
+        self._lock = threading.Lock()
+        self._window: str | None = None
+        self._running = False
+        self._finished = threading.Event()
+        self._stop = threading.Event()
+        self.path = None
+        self._server = None
+        self._thread = None
+
+    # -- the grader's side
+    def start(self, path: str) -> "Checker":
+        self.path = path
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        os.chmod(path, 0o666)  # the sandboxed kernel runs as a user of its own
+        server.listen(4)
+        server.settimeout(0.2)
+        self._server = server
+        self._thread = threading.Thread(target=self._serve, name="attnlab-checker", daemon=True)
+        self._thread.start()
+        return self
+
+    def arm(self, grade_id: str) -> None:
+        """The grader is about to run test cell ``grade_id``: accept one run of it, and no other."""
+        with self._lock:
+            self.records.pop(grade_id, None)
+            self._window, self._running = grade_id, False
+            self._finished.clear()
+
+    def verdict(self, grade_id: str) -> Verdict:
+        """The cell has run in the kernel: its verdict, or a failure when the checker never judged it."""
+        with self._lock:
+            running = self._running
+        if running and not self._finished.wait(self.timeout):
+            pass
+        with self._lock:
+            self._window = None
+            if not self._thread or not self._thread.is_alive():
+                found = self.records.get(grade_id)
+                return found or Verdict("error", "not graded: the checker stopped")
+            return self.records.get(grade_id) or Verdict(
+                "error", "not graded: this test cell never reached the course's checker (was the cell run as "
+                         "released, all the way?)")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        if self._server:
+            self._server.close()
+        if self.path and os.path.exists(self.path):
+            os.unlink(self.path)
+
+    # -- the kernel's side
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, _ = self._server.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with sock:
+                sock.settimeout(self.timeout)
+                try:
+                    self._conversation(sock)
+                except Exception:  # noqa: BLE001  (a bad kernel ends its own conversation, not the checker)
+                    pass
+
+    def _conversation(self, sock) -> None:
+        header, _ = wire.receive(sock)
+        grade_id = str(header.get("cell", ""))
+        with self._lock:
+            ok = header.get("op") == "run" and grade_id == self._window and not self._running \
+                and grade_id in self.cells
+            if ok:
+                self._running = True
+        if not ok:
+            wire.send(sock, {"op": "refused", "message": f"the checker is not running {grade_id} now"})
+            return
+        verdict = Verdict("error", "not graded: the kernel stopped answering during the test")
+        try:
+            verdict = self.run_cell(grade_id, sock)
+            wire.send(sock, {"op": "done", "status": verdict.status, "message": verdict.message,
+                             "printed": verdict.printed})
+        except Exception as e:  # noqa: BLE001  (the checker's own failure: this cell is not graded, and says why)
+            if verdict.status == "error":
+                verdict = Verdict("error", f"not graded: the checker failed ({type(e).__name__}: {e})"[:300])
+            raise
+        finally:
+            with self._lock:
+                self.records[grade_id] = verdict
+                self._finished.set()
+
+    def run_cell(self, grade_id: str, sock) -> Verdict:
+        """Run test cell ``grade_id``'s code against the kernel on ``sock``; its verdict."""
+        source = self.cells[grade_id]
+        conn = _Connection(sock, self.answers)
+        out = io.StringIO()
+        scope = vocabulary(conn, out)
+        tree = ast.parse(source)
+        for name in sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}):
+            if name not in scope and not hasattr(builtins, name):
+                scope[name] = Remote(conn, wire.Name(name), name)
+        filename = f"<test cell {grade_id}>"
+        hidden = hidden_lines(source)
+        with cases.secret(self.secret, self.student, grade_id):
+            try:
+                exec(compile(tree, filename, "exec"), scope)  # noqa: S102  (the course's own test code)
+            except NotImplementedError as e:
+                return Verdict("todo", str(e) or "not written yet", out.getvalue())
+            except (ConnectionError, socket.timeout, wire.WireError) as e:
+                return Verdict("error", f"not graded: the kernel stopped answering during the test ({e})",
+                               out.getvalue())
+            except BaseException as e:  # noqa: BLE001  (any failure of the test is the learner's verdict)
+                line = _failing_line(e, filename)
+                return Verdict("fail", _message(e, line in hidden, conn), out.getvalue())
+        return Verdict("pass", "", out.getvalue())
+
+
+def hidden_lines(source: str) -> set[int]:
+    """The line numbers (from 1) inside the cell's hidden-test block."""
+    inside, out = False, set()
+    for i, line in enumerate(source.split("\n"), 1):
+        if BEGIN in line:
+            inside = True
+        elif END in line:
+            inside = False
+        elif inside:
+            out.add(i)
+    return out
+
+
+def _failing_line(error: BaseException, filename: str) -> int:
+    line, tb = 0, error.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def _message(error: BaseException, hidden: bool, conn: _Connection) -> str:
+    """What the learner reads: the whole message for a visible check, words without values for a hidden one."""
+    if hidden:
+        brief = getattr(error, "brief", None)
+        if brief:
+            return f"{brief} (a hidden check)"
+        case = (conn.exercise or {}).get("case") or getattr(conn, "last_case", "")
+        return f"{case + ': ' if case else ''}a hidden check failed (its cases and expected values are not shown)"
+    text = str(error) if isinstance(error, AssertionError) else f"{type(error).__name__}: {error}"
+    where = getattr(error, "where", "")
+    return f"{text}\n{where}".strip()
+
+
+def vocabulary(conn: _Connection, out: io.StringIO) -> dict:
+    """What a test cell's code finds on the checker's side: torch, the answer key, the checks."""
+    from attnlab.checks import compare
+
+    def printer(*args, sep=" ", end="\n", file=None, flush=False):
+        out.write(sep.join(str(a) for a in args) + end)
+
+    @contextlib.contextmanager
+    def exercise(*names: str, case: str = ""):
+        from attnlab.checks import exercises
+
+        exercises.lookup(*names)  # an unknown name is the test's own mistake: say so now
+        saved = conn.exercise
+        conn.exercise = {"names": list(names), "case": case}
+        conn.last_case = case
+        try:
+            yield
+        finally:
+            conn.exercise = saved
+
+    def gradients(outputs, inputs, cotangents):
+        """The kernel's gradients of ``outputs`` (which its code computed) with respect to ``inputs``."""
+        outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+        for o in outputs:
+            if not (isinstance(o, torch.Tensor) and id(o) in conn.from_kernel):
+                raise CheckFailed("a gradient was asked of a tensor your code did not return")
+        cotangents = list(cotangents) if isinstance(cotangents, (list, tuple)) else [cotangents]
+        return conn.op("vjp", {"outputs": outputs, "inputs": list(inputs), "cotangents": cotangents})
+
+    return {"__name__": "__checker__", "__builtins__": builtins, "print": printer,
+            "torch": torch, "nn": torch.nn, "F": torch.nn.functional, "math": math,
+            "device": torch.device("cpu"), "answers": conn.answers, "exercise": exercise, "gradients": gradients,
+            "draw": cases.draw, "CheckFailed": CheckFailed,
+            **{n: getattr(compare, n) for n in compare.__all__}}
