@@ -142,6 +142,9 @@ _try("network", _connect)
 print("SNOOP " + _json.dumps(_seen))
 '''
 
+WRONG_ATTENTION = ("return torch.softmax(scores, dim=-1) @ v  # (B, H, Tq, Dv)",
+                   "return torch.softmax(scores, dim=-2) @ v  # wrong axis")
+
 # Anchors: the first line of each model answer's body.
 ATTENTION = "Tq, Tk = q.shape[-2], k.shape[-2]\n    scores = q @ k.transpose(-2, -1) / math.sqrt"
 SPLIT = "B, T, C = x.shape\n    return x.view"
@@ -248,6 +251,68 @@ for _path in glob.glob("*.ipynb"):
 """),
 )
 
+# The classes of route that scored while the checks ran in the kernel they judged (issue 22). Each
+# scored full marks there; with the verdict in the checker, outside the kernel, each loses its exercise.
+# a. the test's own inputs, changed in place so that the expected value computed from them agrees.
+CLASS_INPUTS_IN_PLACE = _before("attention", ATTENTION, """
+for t in (q, k, v):
+    t.zero_()
+return torch.zeros(*q.shape[:-1], v.shape[-1], dtype=v.dtype, device=v.device)""")
+# b. names the notebook rebinds for the test cells below it (F, the answer key).
+CLASS_REBOUND_NAMES = _compose(_edit("attention", *WRONG_ATTENTION), _append("attention", """
+import types as _types
+_key = answers
+class _Key:
+    def __getattr__(self, name):
+        return attention if name == "attention" else getattr(_key, name)
+answers = _Key()
+F = _types.SimpleNamespace(scaled_dot_product_attention=lambda q, k, v, is_causal=False: attention(q, k, v, is_causal))"""))
+# c. another installed library that answers the exercise.
+CLASS_OTHER_LIBRARY = _before("attention", ATTENTION, """
+import types as _types
+from transformers.models.llama.modeling_llama import eager_attention_forward
+Tq, Tk = q.shape[-2], k.shape[-2]
+mask = None
+if causal:
+    allowed = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(Tk - Tq)
+    mask = torch.zeros(Tq, Tk, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
+out, _ = eager_attention_forward(_types.SimpleNamespace(num_key_value_groups=1, training=False), q, k, v, mask,
+                                 scaling=q.shape[-1] ** -0.5)
+return out.transpose(1, 2)""")
+# d. forward-mode autodiff where the gradient must be written by hand.
+CLASS_FORWARD_MODE = _before("backward", BACKWARD, """
+jac = torch.func.jacfwd(lambda a, b, c: attention(a, b, c, causal), argnums=(0, 1, 2))(q, k, v)
+return tuple(torch.tensordot(dout, j, dims=dout.dim()) for j in jac)""")
+# e. a checker's code object swapped while the function object stays the one the tests imported.
+CLASS_CODE_SWAPPED = _compose(_edit("attention", *WRONG_ATTENTION), _append("attention", """
+import attnlab.checks.compare as _compare
+def _agree(got, want, what, suspects=None, hint="", atol=None, rtol=None, nan_hint=""):
+    return None
+_compare.expect_close.__code__ = _agree.__code__"""))
+# f. IPython itself: an exception handler that hides a failed check, and an input transformer that
+#    turns every test cell into nothing.
+CLASS_IPYTHON_HANDLER = _compose(_edit("attention", *WRONG_ATTENTION), _append("attention", """
+get_ipython().set_custom_exc((BaseException,), lambda shell, etype, value, tb, tb_offset=None: None)"""))
+CLASS_IPYTHON_TRANSFORMER = _compose(_edit("attention", *WRONG_ATTENTION), _append("attention", """
+get_ipython().input_transformers_post.append(
+    lambda lines: ["pass\\n"] if any("exercise(" in ln or "_checker" in ln for ln in lines) else lines)"""))
+# g. the answer key's code, loaded from the package and run again without its guard.
+CLASS_ANSWER_BYTECODE = _before("attention", ATTENTION, """
+import builtins as _builtins, marshal as _marshal, os as _os, types as _types
+import attnlab as _pkg
+_folder = _os.path.join(_os.path.dirname(_pkg.__file__), "answers")
+_source = _os.path.join(_folder, "mha.py")
+if _os.path.exists(_source):
+    _code = compile(open(_source).read(), _source, "exec")
+else:
+    _code = _marshal.loads(open(_os.path.join(_folder, "mha.pyc"), "rb").read()[16:])
+_unguarded = _types.SimpleNamespace(guarded=lambda f: f)
+def _import(name, *args, **kwargs):
+    return _unguarded if name == "attnlab.guard" else __import__(name, *args, **kwargs)
+_key = {"__name__": "key", "__builtins__": {**vars(_builtins), "__import__": _import}}
+exec(_code, _key)
+return _key["attention"](q, k, v, causal)""")
+
 # Carries the hidden tests out through the feedback: the source of every test
 # cell run so far is in IPython's history, hidden blocks and all.
 EXFILTRATE = r'''
@@ -258,8 +323,6 @@ with open("hidden-tests.txt", "w") as _f:
 raise RuntimeError(_history[-2000:])
 '''
 
-WRONG_ATTENTION = ("return torch.softmax(scores, dim=-1) @ v  # (B, H, Tq, Dv)",
-                   "return torch.softmax(scores, dim=-2) @ v  # wrong axis")
 
 HOSTILE = [
     Hostile("syntax_error", _append("heads", "def broken(:\n    pass"), ("test_heads",),
@@ -311,7 +374,9 @@ HOSTILE = [
     Hostile("trusted_reference", _append("attention", "from attnlab.guard import trusted\n"
                                                       "from attnlab import answers\n"
                                                       "attention = trusted(answers.attention)"),
-            ALL_TESTS, flag="attnlab.guard", why="every test refuses a namespace holding a trusted reference"),
+            (), loses_unsandboxed=ALL_TESTS, flag="attnlab.guard",
+            why="the grading kernel has no answer key to trust (the cell fails, and the learner's own attention "
+                "stays); without the sandbox every test refuses a namespace holding a trusted reference"),
     Hostile("autograd_in_disguise", _edit(
         "backward", "Tq, Tk = q.shape[-2], k.shape[-2]\n    scale",
         "with torch.inference_mode(False), torch.enable_grad():\n"
@@ -341,7 +406,25 @@ HOSTILE = [
                   "sys._getframe", "nbformat"),
             why="the benchmark's attention is guarded; the answer key has no source in the sandbox; expected "
                 "values are computed after the learner's function returns"),
-    Hostile("cheat_flagged_only", CHEAT_FLAGGED, (),
+    Hostile("cheat_flagged_only", CHEAT_FLAGGED, ("test_kv_cache",), loses_unsandboxed=(),
             flag=("torch._C", "is attnlab.answers.split_heads line for line", "__code__", "opens a file"),
-            why="what code in the same process can still do: it scores, and the summary flags each route"),
+            why="what code in its own kernel can still do: both torch switches off and the answer pasted score, "
+                "and the summary flags each route; the answer key's code objects are not in the kernel"),
+    Hostile("class_inputs_in_place", CLASS_INPUTS_IN_PLACE, ("test_attention",),
+            why="the checker computes the expected values from its own copies of the inputs"),
+    Hostile("class_rebound_names", CLASS_REBOUND_NAMES, ("test_attention",),
+            why="the test's F and answer key are the checker's, not names of the notebook"),
+    Hostile("class_other_library", CLASS_OTHER_LIBRARY, ("test_attention",), loses_unsandboxed=(),
+            why="transformers is not in the grading kernel"),
+    Hostile("class_forward_mode", CLASS_FORWARD_MODE, ("test_backward",),
+            why="forward-mode autodiff is switched off with autograd where a gradient is written by hand"),
+    Hostile("class_code_swapped", CLASS_CODE_SWAPPED, ("test_attention",), flag="__code__",
+            why="the checker's expect_close lives in another process"),
+    Hostile("class_ipython_handler", CLASS_IPYTHON_HANDLER, ("test_attention",),
+            why="the score comes from the checker's record, not from the error the kernel reports"),
+    Hostile("class_ipython_transformer", CLASS_IPYTHON_TRANSFORMER, ALL_TESTS,
+            why="a test cell that never reaches the checker scores 0"),
+    Hostile("class_answer_bytecode", CLASS_ANSWER_BYTECODE, ("test_attention",), loses_unsandboxed=(),
+            flag="runs code from a string (exec)",
+            why="the grading kernel holds no answer key, neither source nor bytecode"),
 ]

@@ -26,11 +26,13 @@ from attnlab import cells
 
 from attnlab.instructor import feedback, grading, mistakes
 from attnlab.learner import selfcheck
+from attnlab.verdict.grading import CHECKED, SECRET_ENV
 from conftest import ROOT, assignments
 
 MISTAKES = {a: mistakes.load(a) for a in assignments()}
 CASES = [(a, m) for a in assignments() for m in MISTAKES[a]]
 HIDDEN = [(a, m) for a, m in CASES if m.hidden_only]
+SECRETS = ("class-secret-one", "another-class-secret")
 
 
 def _round_name(i: int) -> str:
@@ -52,15 +54,26 @@ def grader(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("grading")
     done = {}
 
-    def grade(assignment):
-        if assignment not in done:
+    def grade(assignment, secret=None):
+        # The workbooks the checker judges are graded under a class secret (SECRETS[0]): their hidden tests
+        # draw each student's own cases; test_planted_mistakes_hold_under_another_class_secret uses another.
+        if secret is None and assignment in CHECKED:
+            secret = SECRETS[0]
+        if (assignment, secret) not in done:
             release, answers = _notebooks(assignment)
-            submissions, where = {"solution": answers, "blank": release}, {}
+            submissions, where = {} if secret == SECRETS[1] else {"solution": answers, "blank": release}, {}
             for i, r in enumerate(mistakes.rounds(MISTAKES[assignment])):
                 submissions[_round_name(i)] = mistakes.apply(answers, r)
                 where.update({m.name: _round_name(i) for m in r})
-            done[assignment] = (grading.grade_in_parallel(workdir, assignment, submissions), where)
-        return done[assignment]
+            monkeypatch = pytest.MonkeyPatch()
+            if secret:
+                monkeypatch.setenv(SECRET_ENV, secret)
+            try:
+                folder = workdir / (secret or "public")
+                done[assignment, secret] = (grading.grade_in_parallel(folder, assignment, submissions), where)
+            finally:
+                monkeypatch.undo()
+        return done[assignment, secret]
 
     grade.workdir = workdir
     return grade
@@ -118,7 +131,20 @@ def test_blank_release_scores_zero(grader, assignment):
 
 @pytest.mark.parametrize("assignment,mistake", CASES, ids=[f"{a}-{m.name}" for a, m in CASES])
 def test_planted_mistake_loses_exactly_its_exercise(grader, assignment, mistake):
-    graded, where = grader(assignment)
+    _loses_exactly_its_exercise(grader(assignment), assignment, mistake)
+
+
+@pytest.mark.parametrize("assignment", [a for a in assignments() if a in CHECKED])
+def test_planted_mistakes_hold_under_another_class_secret(grader, assignment):
+    """Graded again under a second secret, hence other hidden cases: each mistake, hidden-only ones
+    included, still loses exactly its exercise."""
+    graded = grader(assignment, SECRETS[1])
+    for mistake in MISTAKES[assignment]:
+        _loses_exactly_its_exercise(graded, assignment, mistake)
+
+
+def _loses_exactly_its_exercise(graded_where, assignment, mistake):
+    graded, where = graded_where
     round_ = [m for m in MISTAKES[assignment] if where[m.name] == where[mistake.name]]
     lost_in_round = {cell for m in round_ for cell in m.loses}
     scores, errors = graded[where[mistake.name]]
@@ -155,11 +181,12 @@ def test_feedback_reveals_no_hidden_test_and_no_grading_path(grader, assignment)
     and no path of the grading machine, and says for each test cell whether it
     passed or why not."""
     graded, _ = grader(assignment)
+    workdir = grader.workdir / (SECRETS[0] if assignment in CHECKED else "public")
     secrets = _secrets(assignment)
     assert secrets, "no hidden tests found"
     paths = [str(grader.workdir), str(ROOT), sys.prefix]
     release = ROOT / "course" / assignment
-    folders = {p.parent.name: p for p in grader.workdir.glob(f"{assignment}-*/autograde/feedback/*/{assignment}")}
+    folders = {p.parent.name: p for p in workdir.glob(f"{assignment}-*/autograde/feedback/*/{assignment}")}
     assert set(folders) == set(graded), "a student has no feedback"
     for student, folder in folders.items():
         files = sorted(p for p in folder.rglob("*") if p.is_file())

@@ -62,6 +62,9 @@ _BACKWARD_ANSWERS = {
     ], f"the backward of {_SDPA}"),
     "_softmax_backward_data": "autograd's softmax backward (_softmax_backward_data)",
     "_fused_rms_norm_backward": f"the backward of {_RMS}",
+    # Forward-mode autodiff (torch.func.jvp, jacfwd, torch.autograd.forward_ad) makes and reads dual tensors.
+    **dict.fromkeys(["_make_dual", "_unpack_dual", "_new_zeros_with_same_feature_meta", "_has_same_storage_numel"],
+                    "forward-mode autodiff (torch.func.jvp, jacfwd, torch.autograd.forward_ad)"),
 }
 # Autograd itself, by identity (torch.func and torch.autograd.functional end in torch.autograd.grad).
 _AUTOGRAD = {

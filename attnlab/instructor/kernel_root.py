@@ -47,9 +47,27 @@ _DEVICES = ("null", "zero", "full", "random", "urandom")
 
 # ------------------------------------------------------------------ what the kernel may read
 
+# Installed libraries that answer exercises outright (transformers' repeat_kv, RMSNorm, YaRN, attention):
+# only the parity tests and cells that grading skips use them, so the grading kernel does without.
+ANSWERING_LIBRARIES = ("transformers",)
+
+
+def _libraries() -> list[str]:
+    import importlib.util
+
+    out = []
+    for name in ANSWERING_LIBRARIES:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        out += list(spec.submodule_search_locations or []) if spec else []
+    return out
+
+
 def secret_paths() -> list[str]:
     """What the kernel must never see, even where an allowed path holds it."""
-    paths = [ROOT / "solutions", ROOT / "autograde", ROOT / ".git"]
+    paths = [ROOT / "solutions", ROOT / "autograde", ROOT / ".git", *_libraries()]
     extra = [p for p in os.environ.get("ATTNLAB_SANDBOX_HIDE", "").split(os.pathsep) if p]
     return sorted({os.path.realpath(p) for p in [*paths, *extra] if os.path.lexists(p)})
 
@@ -103,8 +121,8 @@ ABSENT_ANSWERS = '''"""The answer key is not in the grading kernel: the course's
 
 
 def __getattr__(name):
-    raise AttributeError(f"attnlab.answers.{name}: the answer key is not in the grading kernel "
-                         "(the course's checker, outside the kernel, holds it)")
+    raise AttributeError(f"attnlab.answers.{name} is switched off while a notebook is graded: the grading "
+                         "kernel holds no answer key (the course's checker, outside it, does)")
 '''
 
 

@@ -1,0 +1,220 @@
+"""The checker outside the grading kernel (attnlab/verdict/), piece by piece.
+
+The whole path, nbgrader included, is graded in tests/test_grading.py (model answers, blank release,
+every planted mistake under two class secrets) and tests/test_hostile.py (a submission per class of
+route around the checks); here: what crosses the wire, what the checker refuses, the class secret,
+and a checker driven by a kernel that misbehaves.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import struct
+
+import pytest
+import torch
+
+from attnlab.checks import cases, draw
+from attnlab.verdict import grading, wire
+from attnlab.verdict.checker import Checker, hidden_lines
+
+
+# ------------------------------------------------------------------ the wire
+
+def _round_trip(value):
+    buffers: list = []
+    data = wire.encode(value, buffers)
+    return wire.decode(json.loads(json.dumps(data)), buffers)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
+                                   torch.bool])
+def test_tensors_cross_exactly(dtype):
+    t = (torch.randn(2, 3, 4) * 100).to(dtype)
+    got = _round_trip(t.transpose(0, 2))  # not contiguous on the way in
+    assert got.dtype == dtype and torch.equal(got, t.transpose(0, 2))
+
+
+def test_plain_values_cross_as_they_are():
+    value = {"a": [1, 2.5, None, True, "x"], "b": (torch.zeros(0, 3), 2**70, float("nan"), torch.float16),
+             "c": torch.device("cpu")}
+    got = _round_trip(value)
+    assert got["a"] == [1, 2.5, None, True, "x"] and got["b"][1] == 2**70 and got["b"][3] is torch.float16
+    assert got["b"][0].shape == (0, 3) and got["b"][2] != got["b"][2] and got["c"] == torch.device("cpu")
+
+
+def test_gradient_flags_cross_and_objects_are_refused_without_a_reference():
+    assert _round_trip(torch.ones(2, requires_grad=True)).requires_grad
+    with pytest.raises(wire.WireError):
+        wire.encode(object(), [])
+    with pytest.raises(wire.WireError):
+        wire.encode(torch.nn.Linear(2, 2), [])
+
+
+@pytest.mark.parametrize("data,buffers", [
+    ({"$tensor": 0, "dtype": "float32", "shape": [3]}, [b"\0" * 8]),  # bytes that do not fit the shape
+    ({"$tensor": 0, "dtype": "object", "shape": [1]}, [b"\0" * 8]),  # no such dtype
+    ({"$tensor": 1, "dtype": "float32", "shape": [1]}, [b"\0" * 4]),  # a buffer that was not sent
+    ({"$tensor": 0, "dtype": "float32", "shape": [-1]}, [b""]),
+    ({"$pickle": "gASV"}, []),  # nothing that would run code
+    ({"$tuple": "not a list"}, []),
+    ({}, []),
+])
+def test_what_is_not_a_value_is_refused_with_a_sentence(data, buffers):
+    with pytest.raises(wire.WireError):
+        wire.decode(data, buffers)
+
+
+def test_a_value_nested_without_end_is_refused():
+    data: list = []
+    for _ in range(60):
+        data = [data]
+    with pytest.raises(wire.WireError):
+        wire.decode(data, [])
+
+
+# ------------------------------------------------------------------ the class secret
+
+def test_hidden_cases_are_fixed_without_a_secret_and_per_student_with_one():
+    public = [draw(101).int(1, 10**9) for _ in range(2)]
+    assert public[0] == public[1], "without a secret the cases are the public source's"
+
+    def drawn(secret, student, cell="test_attention"):
+        with cases.secret(secret, student, cell):
+            return [draw(101).int(1, 10**9), draw(202).int(1, 10**9)]
+
+    a = drawn(b"one", "alice")
+    assert a == drawn(b"one", "alice"), "the same secret and student must draw the same cases"
+    assert a != drawn(b"two", "alice") and a != drawn(b"one", "bob") and a != drawn(b"one", "alice", "test_heads")
+    assert a[0] != public[0]
+    assert draw(101).int(1, 10**9) == public[0], "the secret is gone after the block"
+
+
+def test_a_secret_set_but_unusable_stops_grading_with_a_sentence(tmp_path, monkeypatch):
+    monkeypatch.delenv(grading.SECRET_ENV, raising=False)
+    assert grading.class_secret(tmp_path) is None
+    (tmp_path / grading.SECRET_FILE).write_text("  \n")
+    with pytest.raises(grading.SecretError, match="is empty"):
+        grading.class_secret(tmp_path)
+    (tmp_path / grading.SECRET_FILE).write_text("from the file\n")
+    assert grading.class_secret(tmp_path) == b"from the file"
+    monkeypatch.setenv(grading.SECRET_ENV, " ")
+    with pytest.raises(grading.SecretError, match="set but empty"):
+        grading.class_secret(tmp_path)
+    monkeypatch.setenv(grading.SECRET_ENV, "s3cret")
+    assert grading.class_secret(tmp_path) == b"s3cret"
+
+
+# ------------------------------------------------------------------ the checker, against a kernel that misbehaves
+
+TESTS = {
+    "test_add": "with exercise('attention', case='add on 2 numbers'):\n    got = attention(torch.ones(2), 1)\n"
+                "expect_close(got, torch.ones(2) + 1, 'attention(ones, 1)')\nprint('add: correct')\n",
+    "test_hidden": "x = 1\n### BEGIN HIDDEN TESTS\nwith exercise('attention', case='a hidden case'):\n"
+                   "    got = attention(torch.ones(3), 2)\nexpect_close(got, torch.full((3,), 7.0), 'the hidden sum')\n"
+                   "### END HIDDEN TESTS\n",
+}
+
+
+def _kernel(path, cell, answer):
+    """A stand-in kernel: asks for ``cell`` and answers every call with ``answer(header)``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    wire.send(sock, {"op": "run", "cell": cell})
+    while True:
+        header, buffers = wire.receive(sock)
+        if header["op"] in ("done", "refused"):
+            sock.close()
+            return header
+        answer(sock, header, buffers)
+
+
+def _reply(value):
+    def answer(sock, header, buffers):
+        out: list = []
+        wire.send(sock, {"op": "reply", "value": wire.encode(value, out)}, out)
+    return answer
+
+
+@pytest.fixture
+def checker(tmp_path):
+    with grading.checker(TESTS, folder=str(tmp_path), timeout=10) as found:
+        yield found
+
+
+def _run(checker, cell, answer):
+    checker.arm(cell)
+    header = _kernel(checker.path, cell, answer)
+    return header, checker.verdict(cell)
+
+
+def test_a_right_answer_passes_and_what_the_test_printed_comes_back(checker):
+    header, verdict = _run(checker, "test_add", _reply(torch.full((2,), 2.0)))
+    assert verdict.status == "pass" and header["status"] == "pass" and "add: correct" in verdict.printed
+
+
+def test_a_wrong_answer_fails_and_a_hidden_failure_shows_no_expected_value(checker):
+    _, verdict = _run(checker, "test_add", _reply(torch.zeros(2)))
+    assert verdict.status == "fail" and "largest difference" in verdict.message
+    _, verdict = _run(checker, "test_hidden", _reply(torch.zeros(3)))
+    assert verdict.status == "fail" and "7" not in verdict.message and "hidden" in verdict.message
+    assert verdict.message.startswith("the hidden sum is wrong at 3 of 3 values")
+
+
+@pytest.mark.parametrize("answer,says", [
+    (_reply({"not": "a tensor"}), "is a dict; expected a torch.Tensor"),
+    (_reply(None), "is None"),
+    (lambda sock, h, b: sock.sendall(struct.pack("!Q", 5) + b"{nope"), "not graded"),
+    (lambda sock, h, b: sock.sendall(struct.pack("!Q", 2**40)), "not graded"),
+    (lambda sock, h, b: wire.send(sock, {"op": "reply", "value": {"$tensor": 0, "dtype": "float32", "shape": [2]}},
+                                  [b"\0"]), "not graded"),
+    (lambda sock, h, b: wire.send(sock, {"op": "error", "type": "ZeroDivisionError", "message": "boom"}),
+     "add on 2 numbers: your code raised ZeroDivisionError: boom"),
+    (lambda sock, h, b: wire.send(sock, {"op": "answer", "name": "attention", "value": None}), "does not give"),
+])
+def test_a_kernel_that_sends_what_is_not_an_answer_fails_its_cell_and_the_checker_goes_on(checker, answer, says):
+    _, verdict = _run(checker, "test_add", answer)
+    assert verdict.status in ("fail", "error") and says in verdict.message, verdict
+    _, verdict = _run(checker, "test_add", _reply(torch.full((2,), 2.0)))
+    assert verdict.status == "pass", "the checker must go on after a bad kernel"
+
+
+def test_a_run_is_refused_outside_its_window_and_only_one_run_counts(checker):
+    refused = _kernel(checker.path, "test_add", _reply(torch.full((2,), 2.0)))
+    assert refused["op"] == "refused", "a cell the grader is not running now must be refused"
+    checker.arm("test_add")
+    assert _kernel(checker.path, "test_add", _reply(torch.zeros(2)))["status"] == "fail"
+    assert _kernel(checker.path, "test_add", _reply(torch.full((2,), 2.0)))["op"] == "refused"
+    assert checker.verdict("test_add").status == "fail", "a second run in the same window must not replace the first"
+
+
+def test_a_cell_that_never_reaches_the_checker_scores_nothing(checker):
+    checker.arm("test_add")
+    verdict = checker.verdict("test_add")
+    assert verdict.status == "error" and "never reached" in verdict.message
+    assert grading.outputs(verdict)[-1]["ename"] == "NotGraded"
+
+
+def test_a_checker_that_stopped_fails_closed(checker):
+    checker.arm("test_add")
+    checker.close()
+    verdict = checker.verdict("test_add")
+    assert verdict.status == "error" and "the checker stopped" in verdict.message
+
+
+def test_the_hidden_block_is_found_by_line():
+    assert hidden_lines(TESTS["test_hidden"]) == {3, 4, 5}
+    assert not hidden_lines(TESTS["test_add"])
+
+
+def test_a_kernel_that_hangs_up_mid_test_leaves_the_checker_serving(checker):
+    checker.arm("test_add")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(checker.path)
+    wire.send(sock, {"op": "run", "cell": "test_add"})
+    wire.receive(sock)  # the checker's first call
+    sock.close()
+    verdict = checker.verdict("test_add")
+    assert verdict.status == "error" and "not graded" in verdict.message
+    _, verdict = _run(checker, "test_add", _reply(torch.full((2,), 2.0)))
+    assert verdict.status == "pass"
