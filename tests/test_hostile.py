@@ -244,6 +244,18 @@ CHEATS = {
     "w = namespace['want']": "only the test cells bind",
     "frame = tb.tb_frame.f_back.f_locals": "f_locals",
     "p = 'attnlab/answers.py'": "course file",
+    # The blind spots issue 22 found.
+    "%run other.py": "IPython magic",
+    "%time f = answers.attention.__wrapped__": "__wrapped__",
+    "!cat ../solutions/01_mha/01_mha.py": "shell line",
+    "object.__setattr__(torch, 'allclose', f)": "__setattr__",
+    "setattr(module, name, f)": "computed at run time",
+    "import os\nm = os.sys.modules": "os.sys",
+    "import os\nfd = os.open(path, os.O_RDONLY)\ndata = os.read(fd, 100)": "os.open",
+    "get_ipython().set_custom_exc((Exception,), handler)": "exception handler",
+    "get_ipython().input_transformers_post.append(f)": "input_transformers_post",
+    "get_ipython().events.register('post_run_cell', f)": "events",
+    "import attnlab.verdict.kernel as k": "attnlab.verdict",
 }
 
 

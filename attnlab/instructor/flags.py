@@ -39,7 +39,9 @@ _CALLS = {"setattr": "calls setattr", "delattr": "calls delattr", "_exit": "call
           "getsource": "reads source code (inspect.getsource)", "getsourcelines": "reads source code (inspect)",
           "get_referents": "walks objects (gc)", "get_referrers": "walks objects (gc)", "get_objects": "walks objects (gc)",
           "_getframe": "reads the caller's frames (sys._getframe)", "currentframe": "reads frames (inspect.currentframe)",
-          "settrace": "installs a tracer (settrace)", "setprofile": "installs a profiler (setprofile)"}
+          "settrace": "installs a tracer (settrace)", "setprofile": "installs a profiler (setprofile)",
+          "__setattr__": "calls __setattr__", "__delattr__": "calls __delattr__",
+          "set_custom_exc": "installs an IPython exception handler"}
 # Builtins, called by their bare name (torch.compile or re.compile are not exec).
 _BUILTIN_CALLS = {"exec": "runs code from a string (exec)", "eval": "runs code from a string (eval)",
                   "compile": "compiles code from a string (compile)", "open": "opens a file (open)",
@@ -66,13 +68,16 @@ _NAMESPACES = {
     "torch.multiprocessing": "torch.multiprocessing",
     "concurrent": "concurrent.futures", "signal": "signal", "socket": "socket", "subprocess": "subprocess",
     "urllib": "urllib", "requests": "requests", "__main__": "__main__ (the notebook's namespace)",
-    "os.fork": "os.fork",
+    "os.fork": "os.fork", "os.sys": "sys (through os.sys)", "os.open": "opens a file (os.open)",
+    "os.read": "reads a file descriptor (os.read)", "os.fdopen": "opens a file (os.fdopen)",
+    "attnlab.verdict": "the checker's wire (attnlab.verdict)",
 }
 # Attributes that lead into a function, a frame or a module rather than compute anything.
 _INTERNALS = {"__wrapped__", "__closure__", "cell_contents", "__globals__", "__code__", "__defaults__",
               "__kwdefaults__", "co_consts", "co_code", "f_locals", "f_globals", "f_back", "f_builtins", "tb_frame",
               "tb_next", "gi_frame", "cr_frame", "__traceback__", "__builtins__", "__subclasses__", "__bases__",
-              "__mro__", "__loader__", "__spec__", "__file__"}
+              "__mro__", "__loader__", "__spec__", "__file__",
+              "input_transformers_post", "input_transformers_cleanup", "ast_transformers", "events"}
 # Names IPython binds to the cells already run (their source, their results).
 _IPYTHON = {"In", "Out", "_ih", "_oh", "_i", "_ii", "_iii", "_dh", "get_ipython", "__builtins__", "__import__",
             "__loader__", "__spec__"}
@@ -221,6 +226,8 @@ def _by_name_flags(name: str, args: list, scope: _Scope) -> list[str]:
         return [f"reaches {attr} through {name}"] if attr in _INTERNALS or _namespace(f"{target}.{attr}") else []
     if len(args) > 1 and _base_name(args[0]) in scope.modules | set(scope.aliases):
         return [f"gets an attribute of {_dotted(args[0])} by a computed name"]
+    if len(args) > 1 and name in ("setattr", "delattr"):
+        return [f"{name} with an attribute name computed at run time"]
     return []
 
 
@@ -289,6 +296,29 @@ def _node_flags(node, scope: _Scope, test_names) -> list[str]:
     return []
 
 
+# Line magics that time or show a Python statement: the statement is read like any other line.
+_TIMING_MAGICS = ("%timeit", "%time", "%prun")
+_HARMLESS_MAGICS = ("%matplotlib", "%config", "%load_ext autoreload", "%autoreload", "%%time", "%%timeit",
+                    "%%capture")
+
+
+def _magics(source: str) -> tuple[str, list[str]]:
+    """``source`` with each timing magic's statement kept as Python; a flag for any other magic or shell line,
+    which no other flag can read (``%run``, ``%load``, ``!cat``...)."""
+    lines, found = [], []
+    for line in source.splitlines():
+        stripped = line.lstrip()
+        magic = next((m for m in _TIMING_MAGICS if stripped.startswith(m + " ")), None)
+        if magic:
+            lines.append(line[: len(line) - len(stripped)] + stripped[len(magic):].lstrip().removeprefix("-n 1 "))
+        elif stripped.startswith(("%", "!")) and not stripped.startswith(_HARMLESS_MAGICS):
+            found.append("runs an IPython magic or a shell line (% or !)")
+            lines.append("")
+        else:
+            lines.append(line)
+    return "\n".join(lines), found[:1]
+
+
 def code_flags(source: str, test_names=frozenset(), workbook: str = "", grade_id: str = "") -> list[str]:
     """What in one solution cell an instructor should read: anything that replaces torch or the course's
     checkers, redefines comparisons, turns autograd on, reaches torch's lower-level operators or the
@@ -297,12 +327,12 @@ def code_flags(source: str, test_names=frozenset(), workbook: str = "", grade_id
     names that only the test cells bind (``test_names``), paths to the grading files, and a function
     that is a course answer line for line (``workbook`` and ``grade_id`` name the cell's own model answer,
     which is not compared: :func:`attnlab.instructor.copies.answers_copied`)."""
+    source, found = _magics(source)
     try:
         tree = cells.parse(source)
     except SyntaxError:
         return ["does not parse"]
     scope = _Scope(tree)
-    found = []
     for node in ast.walk(tree):
         found += _node_flags(node, scope, test_names)
     if workbook or grade_id:

@@ -330,6 +330,17 @@ def _main(argv=None) -> int:
                  if skipped else ""))
         return 1 if skipped or not report else 0
     if args.command == "grade":
+        from attnlab.verdict.grading import CHECKED, SecretError, class_secret
+
+        try:
+            secret = class_secret(root / "autograde")
+        except SecretError as e:
+            print(f"not grading: {e}")
+            return 2
+        print(f"hidden tests of {', '.join(CHECKED)}: "
+              + ("cases drawn per student from the class secret" if secret else
+                 "the public source's cases (no class secret: set ATTNLAB_CLASS_SECRET or write "
+                 "autograde/class_secret to draw each student's own)"))
         results = grade_course(root, jobs=args.jobs, student=args.student, force=args.force)
         bad = [r for r in results if not r["success"]]
         if results:
