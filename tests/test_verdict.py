@@ -218,3 +218,14 @@ def test_a_kernel_that_hangs_up_mid_test_leaves_the_checker_serving(checker):
     assert verdict.status == "error" and "not graded" in verdict.message
     _, verdict = _run(checker, "test_add", _reply(torch.full((2,), 2.0)))
     assert verdict.status == "pass"
+
+
+def test_make_grade_refuses_an_empty_secret_with_one_sentence(tmp_path, monkeypatch, capsys):
+    from attnlab.instructor import grading as instructor
+
+    monkeypatch.setenv(grading.SECRET_ENV, "")
+    assert instructor._main(["--root", str(tmp_path), "grade"]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"not grading: {grading.SECRET_ENV} is set but empty: set it to the class's secret, or unset it "
+                   "to grade with the public cases"]
+    assert not (tmp_path / "autograde").exists(), "nothing is written when nothing is graded"

@@ -88,6 +88,7 @@ class _Connection:
     def __init__(self, sock: socket.socket, answers):
         self.sock, self.answers = sock, answers
         self.exercise: dict | None = None  # the test's exercise block in force, if any
+        self.last_case = ""  # the case of the latest exercise block: what a failed hidden check names
         self.from_kernel: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (its number there, tensor)
         self.sent: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (the kernel copy's number, tensor)
 
@@ -227,16 +228,19 @@ class Checker:
         """The cell has run in the kernel: its verdict, or a failure when the checker never judged it."""
         with self._lock:
             running = self._running
-        if running and not self._finished.wait(self.timeout):
-            pass
+        if running:  # the kernel is done with the cell; the checker may still be writing its record
+            self._finished.wait(self.timeout)
         with self._lock:
             self._window = None
+            found = self.records.get(grade_id)
+            if found:
+                return found
             if not self._thread or not self._thread.is_alive():
-                found = self.records.get(grade_id)
-                return found or Verdict("error", "not graded: the checker stopped")
-            return self.records.get(grade_id) or Verdict(
-                "error", "not graded: this test cell never reached the course's checker (was the cell run as "
-                         "released, all the way?)")
+                return Verdict("error", "not graded: the checker stopped")
+            if running:
+                return Verdict("error", "not graded: the checker was still running this test when the cell ended")
+            return Verdict("error", "not graded: this test cell never reached the course's checker (was the cell "
+                                    "run as released, all the way?)")
 
     def close(self) -> None:
         self._stop.set()
@@ -305,8 +309,11 @@ class Checker:
                 exec(compile(tree, filename, "exec"), scope)  # noqa: S102  (the course's own test code)
             except NotImplementedError as e:
                 return Verdict("todo", str(e) or "not written yet", out.getvalue())
-            except (ConnectionError, socket.timeout, wire.WireError) as e:
-                return Verdict("error", f"not graded: the kernel stopped answering during the test ({e})",
+            except (ConnectionError, socket.timeout) as e:
+                return Verdict("error", "not graded: the kernel stopped answering during the test (it ran out of "
+                                        f"time, or died: {e})", out.getvalue())
+            except wire.WireError as e:
+                return Verdict("error", f"not graded: the kernel sent what the checker cannot read ({e})",
                                out.getvalue())
             except BaseException as e:  # noqa: BLE001  (any failure of the test is the learner's verdict)
                 line = _failing_line(e, filename)
@@ -342,7 +349,7 @@ def _message(error: BaseException, hidden: bool, conn: _Connection) -> str:
         brief = getattr(error, "brief", None)
         if brief:
             return f"{brief} (a hidden check)"
-        case = (conn.exercise or {}).get("case") or getattr(conn, "last_case", "")
+        case = (conn.exercise or {}).get("case") or conn.last_case
         return f"{case + ': ' if case else ''}a hidden check failed (its cases and expected values are not shown)"
     text = str(error) if isinstance(error, AssertionError) else f"{type(error).__name__}: {error}"
     where = getattr(error, "where", "")
