@@ -8,7 +8,11 @@
   formats, workbook 06's character LM and retrofit experiments, workbook 07's
   Triton set-up and paged cache);
 - what test cells import: :mod:`attnlab.checks` (``exercise``, ``expect_close``
-  and the exercise table; :mod:`attnlab.checks.suspects`, what tests compare with);
+  and the exercise table; :mod:`attnlab.checks.suspects`, what tests compare with;
+  ``draw``, the hidden tests' cases);
+- where the verdict is made: :mod:`attnlab.verdict` (the checker outside the
+  grading kernel, the kernel's side of it, what crosses between them, and the
+  grader's side: each test cell run and scored by the checker);
 - what learners run: :mod:`attnlab.learner` (the workspace in ``work/``, the
   start page, ``make check``);
 - what only instructors run: :mod:`attnlab.instructor` (notebook building,

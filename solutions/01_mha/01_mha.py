@@ -381,8 +381,10 @@ for causal, T in [(True, None), (False, None), (True, 1)]:
 # would plug a hand-written kernel into PyTorch. `forward` saves what
 # `backward` needs with `ctx.save_for_backward`; `backward` returns one
 # gradient per input of `forward` (`None` for `causal`, which is not a tensor).
-# `torch.autograd.gradcheck` then compares your backward with finite
-# differences, in float64 where they are accurate.
+# The test runs autograd through your Function and compares its gradients with
+# autograd's own through the course's attention, in float64. To check it yourself
+# against finite differences, `torch.autograd.gradcheck(AttentionFunction.apply,
+# (q, k, v, False))` with float64 tensors that require grad does that.
 
 # %% nbgrader={"grade": false, "grade_id": "backward", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def attention_backward(q, k, v, dout, causal=False):
