@@ -229,3 +229,22 @@ def test_make_grade_refuses_an_empty_secret_with_one_sentence(tmp_path, monkeypa
     assert out == [f"not grading: {grading.SECRET_ENV} is set but empty: set it to the class's secret, or unset it "
                    "to grade with the public cases"]
     assert not (tmp_path / "autograde").exists(), "nothing is written when nothing is graded"
+
+
+def test_a_kernel_that_stops_answering_but_keeps_its_connection_is_cut_off(checker):
+    """The cell ended (the kernel was interrupted, say) while the checker waits for an answer: the
+    checker's wait ends within its grace, and the cell is not graded."""
+    import time
+
+    checker.GRACE = 0.5
+    checker.arm("test_add")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(checker.path)
+    wire.send(sock, {"op": "run", "cell": "test_add"})
+    wire.receive(sock)  # the checker's first call, never answered
+    t = time.perf_counter()
+    verdict = checker.verdict("test_add")
+    assert time.perf_counter() - t < 5 and verdict.status == "error" and "not graded" in verdict.message
+    sock.close()
+    _, verdict = _run(checker, "test_add", _reply(torch.full((2,), 2.0)))
+    assert verdict.status == "pass"

@@ -188,6 +188,8 @@ def _learner_error(reply: dict, exercise: dict | None) -> BaseException:
 class Checker:
     """Serves the test cells ``cells`` ({grade_id: source}) of one notebook at a time, on a Unix socket."""
 
+    GRACE = 10.0  # seconds a record may take to arrive once the kernel has finished the cell
+
     def __init__(self, cells: dict[str, str], student: str = "", secret: bytes | None = None,
                  timeout: float = 150.0):
         from attnlab import answers
@@ -198,6 +200,7 @@ class Checker:
         self._lock = threading.Lock()
         self._window: str | None = None
         self._running = False
+        self._sock = None  # the conversation in progress, if any
         self._finished = threading.Event()
         self._stop = threading.Event()
         self.path = None
@@ -227,9 +230,13 @@ class Checker:
     def verdict(self, grade_id: str) -> Verdict:
         """The cell has run in the kernel: its verdict, or a failure when the checker never judged it."""
         with self._lock:
-            running = self._running
-        if running:  # the kernel is done with the cell; the checker may still be writing its record
-            self._finished.wait(self.timeout)
+            running, sock = self._running, self._sock
+        # The kernel is done with the cell: the checker has its record, or is about to. Where the cell ended
+        # some other way (interrupted, the kernel hung or died), its connection is cut so that it ends too.
+        if running and not self._finished.wait(self.GRACE) and sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            self._finished.wait(self.GRACE)
         with self._lock:
             self._window = None
             found = self.records.get(grade_id)
@@ -262,10 +269,13 @@ class Checker:
                 return
             with sock:
                 sock.settimeout(self.timeout)
+                self._sock = sock
                 try:
                     self._conversation(sock)
                 except Exception:  # noqa: BLE001  (a bad kernel ends its own conversation, not the checker)
                     pass
+                finally:
+                    self._sock = None
 
     def _conversation(self, sock) -> None:
         header, _ = wire.receive(sock)
