@@ -313,6 +313,21 @@ _key = {"__name__": "key", "__builtins__": {**vars(_builtins), "__import__": _im
 exec(_code, _key)
 return _key["attention"](q, k, v, causal)""")
 
+# h. the module's own weights zeroed, so that an expected value computed from weights read back from it
+#    agrees with a wrong forward (found in review: the tests now give the module their own weights).
+CLASS_WEIGHTS_ZEROED = _compose(
+    _edit("mha", "self.W_o = nn.Linear(d_model, d_model, bias=False)",
+          "self.W_o = nn.Linear(d_model, d_model, bias=False)\n        with torch.no_grad():\n"
+          "            self.W_o.weight.zero_()"),
+    _before("mha", FORWARD, "return self.W_o(x)", indent=8))
+# i. the kernel's side of the checker patched to send back no gradients at all, beside a Function whose
+#    backward returns none.
+CLASS_GRADIENTS_FORGED = _compose(_edit("backward", "return dq, dk, dv, None", "return None, None, None, None"),
+                                  _append("backward", """
+import attnlab.verdict.kernel as _kernel
+_do = _kernel._Session._do
+_kernel._Session._do = staticmethod(lambda op, args: [] if op == "vjp" else _do(op, args))"""))
+
 # Carries the hidden tests out through the feedback: the source of every test
 # cell run so far is in IPython's history, hidden blocks and all.
 EXFILTRATE = r'''
@@ -424,6 +439,11 @@ HOSTILE = [
             why="the score comes from the checker's record, not from the error the kernel reports"),
     Hostile("class_ipython_transformer", CLASS_IPYTHON_TRANSFORMER, ALL_TESTS,
             why="a test cell that never reaches the checker scores 0"),
+    Hostile("class_weights_zeroed", CLASS_WEIGHTS_ZEROED, ("test_mha",),
+            why="the tests give the module their own weights and compute the expected values from their copies"),
+    Hostile("class_gradients_forged", CLASS_GRADIENTS_FORGED, ("test_mha", "test_autograd_function"),
+            flag="attnlab.verdict",
+            why="the checker takes gradients only one per input, each shaped like it, and compares them"),
     Hostile("class_answer_bytecode", CLASS_ANSWER_BYTECODE, ("test_attention",), loses_unsandboxed=(),
             flag="runs code from a string (exec)",
             why="the grading kernel holds no answer key, neither source nor bytecode"),

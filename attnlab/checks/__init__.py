@@ -12,7 +12,7 @@
   :mod:`~attnlab.checks.launch`: how workbook 07's tests launch a learner's Triton kernel.
 """
 from attnlab.checks.compare import (attention_suspects, default_tolerance, expect, expect_close, expect_number,
-                                    expect_shape, expect_tensor, number)
+                                    expect_shape, expect_tensor, number, set_weights)
 from attnlab.checks.cases import draw
 from attnlab.checks.failure import CheckFailed
 from attnlab.checks.graded import exercise, exercise_in, stand_in
@@ -38,5 +38,5 @@ def gradients(outputs, inputs, cotangents):
 
 
 __all__ = ["CheckFailed", "attention_suspects", "default_tolerance", "draw", "exercise", "exercise_in", "expect",
-           "expect_close", "expect_number", "expect_shape", "expect_tensor", "gradients", "number", "stand_in",
-           "storage_watch"]
+           "expect_close", "expect_number", "expect_shape", "expect_tensor", "gradients", "number", "set_weights",
+           "stand_in", "storage_watch"]

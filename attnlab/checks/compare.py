@@ -14,7 +14,7 @@ import torch
 from attnlab.checks.failure import CheckFailed
 
 __all__ = ["attention_suspects", "default_tolerance", "expect", "expect_close", "expect_number", "expect_shape",
-           "expect_tensor", "number"]
+           "expect_tensor", "number", "set_weights"]
 
 
 def _shape(t) -> tuple:
@@ -51,6 +51,18 @@ def number(got, what: str):
     if type(got) not in (int, float):
         raise CheckFailed(f"{what} is a {_kind(got)}; expected a number (an int or a float)")
     return got
+
+
+def set_weights(module, weights: dict, what: str) -> None:
+    """Give the learner's ``module`` the test's own ``weights`` ({"W_q.weight": tensor, ...}).
+
+    Expected values are computed from the test's copies, never from weights read back from the
+    module (a module whose weights are all zero would agree with itself)."""
+    result = module.load_state_dict(weights, strict=False)
+    unexpected = list(result.unexpected_keys)
+    if unexpected:
+        raise CheckFailed(f"{what} has no parameter {unexpected[0]}: the exercise names its layers W_q, W_k, W_v "
+                          "and W_o (nn.Linear, no bias)")
 
 
 def expect(condition, what: str, detail: str = "") -> None:

@@ -274,7 +274,7 @@ def _grade(root: pathlib.Path, assignment: str, notebook: pathlib.Path, how: str
 
     from attnlab.instructor import flags, grading, unprivileged
 
-    config = unprivileged.prepare(tmp, ROOT) if how == "unprivileged" else ""
+    config = unprivileged.prepare(tmp, ROOT, assignment) if how == "unprivileged" else ""
     try:
         ws = grading.workspace(tmp / "course", [assignment], config=config)
         if (ROOT / "autograde" / "gradebook.db").exists():  # setup.sh made it

@@ -126,13 +126,14 @@ def __getattr__(name):
 '''
 
 
-def sourceless() -> dict[str, bytes]:
+def sourceless(checked: bool | None = None) -> dict[str, bytes]:
     """Every module of the SOURCELESS folders, compiled: {'answers/mha': bytes of its .pyc, ...};
-    only a module that holds nothing where the checker judges the notebook (``ATTNLAB_CHECKER``)."""
+    only a module that holds nothing where the checker judges the notebook (``checked``; by default,
+    whether ``ATTNLAB_CHECKER`` names the checker of the kernel being started)."""
     import importlib.util
     import marshal
 
-    if os.environ.get("ATTNLAB_CHECKER"):
+    if checked if checked is not None else bool(os.environ.get("ATTNLAB_CHECKER")):
         code = compile(ABSENT_ANSWERS, "attnlab/answers/__init__.py", "exec", dont_inherit=True)
         return {"answers/__init__": importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code)}
     return {f"{folder}/{p.stem}": compiled(f"{folder}/{p.stem}")

@@ -44,10 +44,11 @@ def uid() -> int:
     return KERNEL_UID_BASE + os.getpid()
 
 
-def prepare(tmp: pathlib.Path, course: pathlib.Path) -> str:
-    """Set the kernel up for a grading copy under ``tmp`` (made root-only, as ``course`` is);
-    returns the lines nbgrader's config needs to use it."""
+def prepare(tmp: pathlib.Path, course: pathlib.Path, assignment: str = "") -> str:
+    """Set the kernel up for a grading copy under ``tmp`` (made root-only, as ``course`` is) of
+    ``assignment``; returns the lines nbgrader's config needs to use it."""
     from attnlab.instructor import kernel_root
+    from attnlab.verdict.grading import CHECKED
 
     package = pathlib.Path(__file__).resolve().parents[1]
     kdir = pathlib.Path(tempfile.mkdtemp(prefix="attnlab-kernel-package-"))
@@ -56,7 +57,7 @@ def prepare(tmp: pathlib.Path, course: pathlib.Path) -> str:
     shutil.copytree(package, kdir / "attnlab", ignore=lambda d, names: [
         n for n in names if n == "__pycache__" or n.endswith(".pyc")
         or os.path.basename(d) in kernel_root.SOURCELESS and n.endswith(".py")])
-    for module, data in kernel_root.sourceless().items():
+    for module, data in kernel_root.sourceless(checked=assignment in CHECKED).items():
         (kdir / "attnlab" / f"{module}.pyc").write_bytes(data)
     spec = kdir / "kernels" / KERNEL / "kernel.json"
     spec.parent.mkdir(parents=True)

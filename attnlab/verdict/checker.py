@@ -85,12 +85,16 @@ class Remote:
 class _Connection:
     """One run of a test cell: the socket to the kernel, and the objects and tensors the two sides share."""
 
+    MAX_ANSWERS = 10_000  # requests for the answer key in one test cell
+
     def __init__(self, sock: socket.socket, answers):
         self.sock, self.answers = sock, answers
         self.exercise: dict | None = None  # the test's exercise block in force, if any
         self.last_case = ""  # the case of the latest exercise block: what a failed hidden check names
         self.from_kernel: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (its number there, tensor)
         self.sent: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (the kernel copy's number, tensor)
+        self.largest = 0  # the largest size (elements, or one dimension) of a tensor this test sent
+        self.answers_asked = 0
 
     # -- values
     def _ref_of(self, value):
@@ -105,12 +109,33 @@ class _Connection:
     def _tag(self, tensor):
         number = -(len(self.sent) + 1)
         self.sent[id(tensor)] = (number, tensor)
+        self.largest = max(self.largest, tensor.numel(), *tensor.shape)
         return number
+
+    def _within_bounds(self, args) -> None:
+        """Refuse to run the answer key on inputs larger than any this test sent: the kernel chooses them, and
+        a (1, 1, N, 0) query costs nothing to send and N * N to answer."""
+        self.answers_asked += 1
+        if self.answers_asked > self.MAX_ANSWERS:
+            raise CheckFailed(f"your code asked the checker for more than {self.MAX_ANSWERS:,} answers in one test")
+        bound = 8 * max(self.largest, 64)
+        stack = [args]
+        while stack:
+            value = stack.pop()
+            if isinstance(value, (list, tuple)):
+                stack.extend(value)
+            elif isinstance(value, dict):
+                stack.extend(value.values())
+            elif isinstance(value, torch.Tensor) and (value.numel() > bound or any(n > bound for n in value.shape)):
+                raise CheckFailed(f"your code handed the course's stand-in a tensor of shape {tuple(value.shape)}, "
+                                  "larger than anything this test gave it")
 
     def _adopt(self, tensor, number):
         self.from_kernel[id(tensor)] = (number, tensor)
 
     def _resolve(self, ref):
+        if not isinstance(ref, wire.Ref):  # a name is the checker's to send, never the kernel's
+            raise wire.WireError("the kernel sent a name where a value was due")
         return Remote(self, ref, ref.type_name)
 
     def encode(self, value, buffers):
@@ -149,6 +174,9 @@ class _Connection:
                                                              "an exercise that builds on it"})
             raise CheckFailed(f"your code asked the checker for the course's {name}, which this test does not give")
         args = self.decode(header.get("value"), data)
+        if type(args) is not dict or type(args.get("args")) is not list or type(args.get("kwargs")) is not dict:
+            raise wire.WireError("a request for an answer that is not (args, kwargs)")
+        self._within_bounds(args)
         fn = getattr(self.answers, name)
         if kind == "answer":
             result = fn(*args["args"], **args["kwargs"])
@@ -189,6 +217,7 @@ class Checker:
     """Serves the test cells ``cells`` ({grade_id: source}) of one notebook at a time, on a Unix socket."""
 
     GRACE = 10.0  # seconds a record may take to arrive once the kernel has finished the cell
+    FIRST_MESSAGE = 5.0  # seconds a new connection has to ask for its cell
 
     def __init__(self, cells: dict[str, str], student: str = "", secret: bytes | None = None,
                  timeout: float = 150.0):
@@ -200,6 +229,7 @@ class Checker:
         self._lock = threading.Lock()
         self._window: str | None = None
         self._running = False
+        self._generation = 0  # which arm() a run belongs to
         self._sock = None  # the conversation in progress, if any
         self._finished = threading.Event()
         self._stop = threading.Event()
@@ -225,18 +255,19 @@ class Checker:
         with self._lock:
             self.records.pop(grade_id, None)
             self._window, self._running = grade_id, False
-            self._finished.clear()
+            self._generation += 1
+            self._finished = threading.Event()  # a run that outlives its window sets its own, not this one
 
     def verdict(self, grade_id: str) -> Verdict:
         """The cell has run in the kernel: its verdict, or a failure when the checker never judged it."""
         with self._lock:
-            running, sock = self._running, self._sock
+            running, sock, finished = self._running, self._sock, self._finished
         # The kernel is done with the cell: the checker has its record, or is about to. Where the cell ended
         # some other way (interrupted, the kernel hung or died), its connection is cut so that it ends too.
-        if running and not self._finished.wait(self.GRACE) and sock is not None:
+        if running and not finished.wait(self.GRACE) and sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            self._finished.wait(self.GRACE)
+            finished.wait(self.GRACE)
         with self._lock:
             self._window = None
             found = self.records.get(grade_id)
@@ -268,7 +299,7 @@ class Checker:
             except OSError:
                 return
             with sock:
-                sock.settimeout(self.timeout)
+                sock.settimeout(self.FIRST_MESSAGE)  # a connection that says nothing holds up no one for long
                 self._sock = sock
                 try:
                     self._conversation(sock)
@@ -279,12 +310,14 @@ class Checker:
 
     def _conversation(self, sock) -> None:
         header, _ = wire.receive(sock)
-        grade_id = str(header.get("cell", ""))
+        sock.settimeout(self.timeout)
+        grade_id = str(header.get("cell", ""))[:200]
         with self._lock:
             ok = header.get("op") == "run" and grade_id == self._window and not self._running \
                 and grade_id in self.cells
             if ok:
                 self._running = True
+            generation, finished = self._generation, self._finished
         if not ok:
             wire.send(sock, {"op": "refused", "message": f"the checker is not running {grade_id} now"})
             return
@@ -299,8 +332,9 @@ class Checker:
             raise
         finally:
             with self._lock:
-                self.records[grade_id] = verdict
-                self._finished.set()
+                if generation == self._generation:  # a run that outlived its window records nothing
+                    self.records[grade_id] = verdict
+                finished.set()
 
     def run_cell(self, grade_id: str, sock) -> Verdict:
         """Run test cell ``grade_id``'s code against the kernel on ``sock``; its verdict."""
@@ -393,7 +427,12 @@ def vocabulary(conn: _Connection, out: io.StringIO) -> dict:
             if not (isinstance(o, torch.Tensor) and id(o) in conn.from_kernel):
                 raise CheckFailed("a gradient was asked of a tensor your code did not return")
         cotangents = list(cotangents) if isinstance(cotangents, (list, tuple)) else [cotangents]
-        return conn.op("vjp", {"outputs": outputs, "inputs": list(inputs), "cotangents": cotangents})
+        inputs = list(inputs)
+        got = conn.op("vjp", {"outputs": outputs, "inputs": inputs, "cotangents": cotangents})
+        if type(got) is not list or len(got) != len(inputs) or not all(
+                g is None or (type(g) is torch.Tensor and g.shape == i.shape) for g, i in zip(got, inputs)):
+            raise CheckFailed("the gradients your kernel sent back are not one per input, each shaped like it")
+        return got
 
     return {"__name__": "__checker__", "__builtins__": builtins, "print": printer,
             "torch": torch, "nn": torch.nn, "F": torch.nn.functional, "math": math,

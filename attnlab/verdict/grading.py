@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import pathlib
+import secrets
 import shutil
 import tempfile
 
@@ -89,7 +90,10 @@ def checker(tests: dict[str, str], student: str = "", secret: bytes | None = Non
     ``ATTNLAB_CHECKER`` naming it for the kernels started meanwhile."""
     own = folder is None
     folder = tempfile.mkdtemp(prefix="attnlab-checker-") if own else folder
-    path = os.path.join(folder, f"checker-{os.getpid()}-{id(tests):x}")
+    # A name no kernel can guess: the folder of nbgrader's sockets is the kernel's to write in.
+    path = os.path.join(folder, f"checker-{secrets.token_hex(8)}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
     found = Checker(tests, student=student, secret=secret, timeout=timeout).start(path)
     saved = os.environ.get(SOCKET_ENV)
     os.environ[SOCKET_ENV] = path

@@ -130,10 +130,11 @@ def decode(data, buffers: list, resolve=None, adopt=None, depth: int = 0):
         return tuple(decode(v, buffers, resolve, adopt, depth + 1) for v in _list(data["$tuple"]))
     if "$dict" in data and type(data["$dict"]) is dict:
         return {str(k): decode(v, buffers, resolve, adopt, depth + 1) for k, v in data["$dict"].items()}
-    if "$int" in data:
-        return int(str(data["$int"]))
-    if "$float" in data:
-        return float(str(data["$float"]))
+    if "$int" in data or "$float" in data:
+        try:
+            return int(str(data["$int"])) if "$int" in data else float(str(data["$float"]))
+        except ValueError:
+            raise WireError("a number that is not one") from None
     if "$dtype" in data:
         if data["$dtype"] not in _DTYPES:
             raise WireError(f"unknown dtype {data['$dtype']!r}")
@@ -193,7 +194,7 @@ def receive(sock: socket.socket) -> tuple[dict, list]:
     budget = [MAX_MESSAGE]
     try:
         header = json.loads(_part(sock, budget))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, ValueError) as e:  # JSON that is not, or an int too long to read
         raise WireError(f"a header that is not JSON ({e})") from None
     if type(header) is not dict or type(header.get("$buffers")) is not int or not 0 <= header["$buffers"] < 10_000:
         raise WireError("a header that is not a message of this protocol")

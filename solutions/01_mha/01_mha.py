@@ -49,7 +49,7 @@ import torch.nn.functional as F
 import attnlab
 from attnlab import answers
 from attnlab.checks import (attention_suspects, draw, exercise, expect, expect_close, expect_number, expect_shape,
-                            gradients, number)
+                            gradients, number, set_weights)
 
 torch.manual_seed(0)
 device = attnlab.pick_device()
@@ -304,14 +304,16 @@ class MultiHeadAttention(nn.Module):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_mha", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-# Your module against torch.nn.MultiheadAttention holding the same weights.
+# Your module against torch.nn.MultiheadAttention, both holding the test's weights.
 # (Tests run your module with the course's attention, split_heads and
 # merge_heads, so a mistake in those costs points above, not here.)
+W = {name: torch.randn(32, 32, device=device) / 32**0.5 for name in ("W_q", "W_k", "W_v", "W_o")}
 mha = MultiHeadAttention(d_model=32, n_heads=4).to(device)
+set_weights(mha, {f"{name}.weight": w for name, w in W.items()}, "MultiHeadAttention(32, 4)")
 torch_mha = nn.MultiheadAttention(32, 4, bias=False, batch_first=True).to(device)
 with torch.no_grad():
-    torch_mha.in_proj_weight.copy_(torch.cat([mha.W_q.weight, mha.W_k.weight, mha.W_v.weight]))
-    torch_mha.out_proj.weight.copy_(mha.W_o.weight)
+    torch_mha.in_proj_weight.copy_(torch.cat([W["W_q"], W["W_k"], W["W_v"]]))
+    torch_mha.out_proj.weight.copy_(W["W_o"])
 x = torch.randn(2, 6, 32, device=device)
 future = torch.ones(6, 6, dtype=torch.bool, device=device).triu(1)  # True = may not attend
 for causal in (False, True):
@@ -321,8 +323,8 @@ for causal in (False, True):
         want, _ = torch_mha(x, x, x, attn_mask=future if causal else None, need_weights=False)
     expect_close(got, want, f"MultiHeadAttention(x, causal={causal})",
                  suspects={"W_o is not applied to the merged heads": answers.merge_heads(
-                               answers.attention(*(answers.split_heads(W(x), 4) for W in (mha.W_q, mha.W_k, mha.W_v)),
-                                                   causal=causal))})
+                               answers.attention(*(answers.split_heads(x @ W[n].T, 4) for n in ("W_q", "W_k", "W_v")),
+                                                 causal=causal))})
 print("MultiHeadAttention: correct")
 
 ### BEGIN HIDDEN TESTS
@@ -333,19 +335,22 @@ for causal, T in [(True, None), (False, None), (True, 1)]:
     B, H, T = d.int(1, 3), d.int(2, 8), T or d.int(2, 9)
     C = H * d.int(2, 5)
     hm = MultiHeadAttention(C, H).to(device).double()
-    hx = torch.randn(B, T, C, generator=d.torch, dtype=torch.float64).to(device).requires_grad_()
-    weights = [hm.W_q.weight, hm.W_k.weight, hm.W_v.weight, hm.W_o.weight]
+    own = [torch.randn(C, C, generator=d.torch, dtype=torch.float64).to(device) / C**0.5 for _ in range(4)]
+    set_weights(hm, dict(zip(["W_q.weight", "W_k.weight", "W_v.weight", "W_o.weight"], own)),
+                f"MultiHeadAttention({C}, {H})")
+    own = [w.requires_grad_() for w in own]  # the test's copies: the expected values come from these
+    weights = [hm.W_q.weight, hm.W_k.weight, hm.W_v.weight, hm.W_o.weight]  # your module's: its gradients
     case = (f"MultiHeadAttention({C}, {H}) on {B} sequence(s) of {T} token(s), float64, "
             + ("with the default causal=True" if causal else "causal=False"))
     with exercise("MultiHeadAttention", case=case):
         got = hm(hx) if causal else hm(hx, causal=False)
-    want = answers.mha_forward(hx, *weights, n_heads=H, causal=causal)
+    want = answers.mha_forward(hx, *own, n_heads=H, causal=causal)
     expect_close(got, want.detach(), case)
     expect(got.requires_grad, f"{case}: your output carries no gradient, so the module cannot be trained",
            "is it computed under torch.no_grad(), or detached?")
     with exercise("MultiHeadAttention", case=case):
         got_grads = gradients(got, [hx] + weights, 2 * got.detach())  # of sum(output ** 2)
-    want_grads = torch.autograd.grad(want.square().sum(), [hx] + weights)
+    want_grads = torch.autograd.grad(want.square().sum(), [hx] + own)
     for name, gg, wg in zip(["x", "W_q", "W_k", "W_v", "W_o"], got_grads, want_grads):
         what = f"{case}: the gradient of sum(output ** 2) with respect to {name}"
         expect(gg is not None, f"{what} is missing: no gradient reaches {name}",
@@ -568,9 +573,11 @@ def mha_step(mha, x, cache):
 
 # %% nbgrader={"grade": true, "grade_id": "test_kv_cache", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
 # Prefill 5 tokens, then decode 3 one at a time: the outputs must equal the full forward.
+weights = [torch.randn(32, 32, device=device) / 32**0.5 for _ in range(4)]
 mha = MultiHeadAttention(d_model=32, n_heads=4).to(device)
+set_weights(mha, dict(zip(["W_q.weight", "W_k.weight", "W_v.weight", "W_o.weight"], weights)),
+            "MultiHeadAttention(32, 4)")
 x = torch.randn(2, 8, 32, device=device)
-weights = [mha.W_q.weight, mha.W_k.weight, mha.W_v.weight, mha.W_o.weight]
 with torch.no_grad():
     cache = KVCache()
     with exercise("mha_step"):
@@ -594,9 +601,11 @@ for first, later in [("several", "mixed"), ("one", "one"), ("several", "several"
     sizes = {"one": [1], "several": [2, 3, 4, 7], "mixed": [1, 1, 3]}
     chunks = [d.choice(sizes[first])] + [d.choice(sizes[later]) for _ in range(d.int(2, 4))]
     hm = MultiHeadAttention(C, H).to(device).double()
+    hw = [torch.randn(C, C, generator=d.torch, dtype=torch.float64).to(device) / C**0.5 for _ in range(4)]
+    set_weights(hm, dict(zip(["W_q.weight", "W_k.weight", "W_v.weight", "W_o.weight"], hw)),
+                f"MultiHeadAttention({C}, {H})")
     T = sum(chunks)
     hx = torch.randn(B, T, C, generator=d.torch, dtype=torch.float64).to(device)
-    hw = [hm.W_q.weight, hm.W_k.weight, hm.W_v.weight, hm.W_o.weight]
     layer = f"batch {B}, {H} heads of {C // H} dims, float64"
     with torch.no_grad():
         cache, start, steps = KVCache(), 0, []
