@@ -340,6 +340,7 @@ for causal, T in [(True, None), (False, None), (True, 1)]:
                 f"MultiHeadAttention({C}, {H})")
     own = [w.requires_grad_() for w in own]  # the test's copies: the expected values come from these
     weights = [hm.W_q.weight, hm.W_k.weight, hm.W_v.weight, hm.W_o.weight]  # your module's: its gradients
+    hx = torch.randn(B, T, C, generator=d.torch, dtype=torch.float64).to(device).requires_grad_()
     case = (f"MultiHeadAttention({C}, {H}) on {B} sequence(s) of {T} token(s), float64, "
             + ("with the default causal=True" if causal else "causal=False"))
     with exercise("MultiHeadAttention", case=case):
