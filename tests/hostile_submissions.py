@@ -441,7 +441,8 @@ HOSTILE = [
             why="a test cell that never reaches the checker scores 0"),
     Hostile("class_weights_zeroed", CLASS_WEIGHTS_ZEROED, ("test_mha",),
             why="the tests give the module their own weights and compute the expected values from their copies"),
-    Hostile("class_gradients_forged", CLASS_GRADIENTS_FORGED, ("test_mha", "test_autograd_function"),
+    # (its patch comes after test_mha has run: only the Function's test meets it)
+    Hostile("class_gradients_forged", CLASS_GRADIENTS_FORGED, ("test_autograd_function",),
             flag="attnlab.verdict",
             why="the checker takes gradients only one per input, each shaped like it, and compares them"),
     Hostile("class_answer_bytecode", CLASS_ANSWER_BYTECODE, ("test_attention",), loses_unsandboxed=(),
