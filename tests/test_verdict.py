@@ -110,6 +110,9 @@ def test_a_secret_set_but_unusable_stops_grading_with_a_sentence(tmp_path, monke
 TESTS = {
     "test_add": "with exercise('attention', case='add on 2 numbers'):\n    got = attention(torch.ones(2), 1)\n"
                 "expect_close(got, torch.ones(2) + 1, 'attention(ones, 1)')\nprint('add: correct')\n",
+    "test_grad": "x = torch.ones(3, requires_grad=True)\nwith exercise('attention', case='a gradient'):\n"
+                 "    got = attention(x)\n    g = gradients(got, [x], torch.ones(3))\n"
+                 "expect_close(g[0], torch.full((3,), 2.0), 'the gradient')\n",
     "test_hidden": "x = 1\n### BEGIN HIDDEN TESTS\nwith exercise('attention', case='a hidden case'):\n"
                    "    got = attention(torch.ones(3), 2)\nexpect_close(got, torch.full((3,), 7.0), 'the hidden sum')\n"
                    "### END HIDDEN TESTS\n",
@@ -248,3 +251,25 @@ def test_a_kernel_that_stops_answering_but_keeps_its_connection_is_cut_off(check
     sock.close()
     _, verdict = _run(checker, "test_add", _reply(torch.full((2,), 2.0)))
     assert verdict.status == "pass"
+
+
+def _gradient_kernel(grads):
+    """A kernel that returns a tensor for the call, then ``grads`` for the gradient."""
+    def answer(sock, header, buffers):
+        value = torch.full((3,), 2.0) if header["op"] == "call" else grads
+        out: list = []
+        wire.send(sock, {"op": "reply", "value": wire.encode(value, out, tag=lambda t: 7)}, out)
+    return answer
+
+
+@pytest.mark.parametrize("grads,status", [
+    ([torch.full((3,), 2.0)], "pass"),
+    ([], "fail"),  # no gradient at all: a zip over it would check nothing
+    ([torch.full((3,), 2.0), torch.zeros(3)], "fail"),
+    ([torch.full((4,), 2.0)], "fail"),
+    ([None], "fail"),
+    ("not a list", "fail"),
+])
+def test_gradients_are_taken_only_one_per_input_and_shaped_like_it(checker, grads, status):
+    _, verdict = _run(checker, "test_grad", _gradient_kernel(grads))
+    assert verdict.status == status, verdict
