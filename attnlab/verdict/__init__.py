@@ -2,6 +2,8 @@
 
 - :mod:`~attnlab.verdict.checker`: the checker, in the grader's process: it
   runs a test cell's code with the answer key, and records the verdict;
+- :mod:`~attnlab.verdict.remote`: the checker's side of one conversation: the
+  learner's objects as remote references, stand-ins answered from the answer key;
 - :mod:`~attnlab.verdict.kernel`: the kernel's side: a test cell's stub, and
   the calls into the learner's notebook the checker asks for;
 - :mod:`~attnlab.verdict.wire`: what crosses between them (data, never code);

@@ -34,6 +34,7 @@ import torch
 from attnlab.checks import cases
 from attnlab.checks.failure import CheckFailed
 from attnlab.verdict import wire
+from attnlab.verdict.remote import Connection, Remote
 
 BEGIN, END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 
@@ -43,174 +44,6 @@ class Verdict:
     status: str  # pass, fail (a check failed), todo (not attempted), error (not graded)
     message: str = ""
     printed: str = ""
-
-
-class Remote:
-    """Something of the learner's notebook: a name, or an object a call returned. Using it asks the kernel."""
-
-    __slots__ = ("_conn", "_target", "remote_type")
-
-    def __init__(self, conn, target, remote_type: str):
-        object.__setattr__(self, "_conn", conn)
-        object.__setattr__(self, "_target", target)
-        object.__setattr__(self, "remote_type", remote_type)
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return self._conn.op("attr", {"target": self, "name": name})
-
-    def __call__(self, *args, **kwargs):
-        return self._conn.op("call", {"target": self, "args": list(args), "kwargs": kwargs})
-
-    def __len__(self):
-        n = self._conn.op("len", {"target": self})
-        if type(n) is not int or n < 0:
-            raise CheckFailed(f"len() of your {self.remote_type} is not a count")
-        return n
-
-    def __getitem__(self, key):
-        return self._conn.op("item", {"target": self, "key": key})
-
-    def __iter__(self):
-        return (self[i] for i in range(len(self)))
-
-    def __bool__(self):
-        return True
-
-    def __repr__(self):
-        return f"<your {self.remote_type}>"
-
-
-class _Connection:
-    """One run of a test cell: the socket to the kernel, and the objects and tensors the two sides share."""
-
-    MAX_ANSWERS = 10_000  # requests for the answer key in one test cell
-
-    def __init__(self, sock: socket.socket, answers):
-        self.sock, self.answers = sock, answers
-        self.exercise: dict | None = None  # the test's exercise block in force, if any
-        self.last_case = ""  # the case of the latest exercise block: what a failed hidden check names
-        self.from_kernel: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (its number there, tensor)
-        self.sent: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (the kernel copy's number, tensor)
-        self.largest = 0  # the largest size (elements, or one dimension) of a tensor this test sent
-        self.answers_asked = 0
-
-    # -- values
-    def _ref_of(self, value):
-        if isinstance(value, Remote):
-            return value._target
-        if isinstance(value, torch.Tensor):
-            for table in (self.from_kernel, self.sent):
-                if id(value) in table and table[id(value)][1] is value:
-                    return wire.Ref(table[id(value)][0], "Tensor")
-        return value
-
-    def _tag(self, tensor):
-        number = -(len(self.sent) + 1)
-        self.sent[id(tensor)] = (number, tensor)
-        self.largest = max(self.largest, tensor.numel(), *tensor.shape)
-        return number
-
-    def _within_bounds(self, args) -> None:
-        """Refuse to run the answer key on inputs larger than any this test sent: the kernel chooses them, and
-        a (1, 1, N, 0) query costs nothing to send and N * N to answer."""
-        self.answers_asked += 1
-        if self.answers_asked > self.MAX_ANSWERS:
-            raise CheckFailed(f"your code asked the checker for more than {self.MAX_ANSWERS:,} answers in one test")
-        bound = 8 * max(self.largest, 64)
-        stack = [args]
-        while stack:
-            value = stack.pop()
-            if isinstance(value, (list, tuple)):
-                stack.extend(value)
-            elif isinstance(value, dict):
-                stack.extend(value.values())
-            elif isinstance(value, torch.Tensor) and (value.numel() > bound or any(n > bound for n in value.shape)):
-                raise CheckFailed(f"your code handed the course's stand-in a tensor of shape {tuple(value.shape)}, "
-                                  "larger than anything this test gave it")
-
-    def _adopt(self, tensor, number):
-        self.from_kernel[id(tensor)] = (number, tensor)
-
-    def _resolve(self, ref):
-        if not isinstance(ref, wire.Ref):  # a name is the checker's to send, never the kernel's
-            raise wire.WireError("the kernel sent a name where a value was due")
-        return Remote(self, ref, ref.type_name)
-
-    def encode(self, value, buffers):
-        return wire.encode(value, buffers, self._ref_of, self._tag)
-
-    def decode(self, data, buffers):
-        return wire.decode(data, buffers, self._resolve, self._adopt)
-
-    # -- requests
-    def op(self, op: str, value, exercise: dict | None = None):
-        exercise = exercise if exercise is not None else self.exercise
-        buffers: list = []
-        header = {"op": op, "value": self.encode(value, buffers), "grad": torch.is_grad_enabled(),
-                  "exercise": {"names": exercise["names"]} if exercise else None}
-        wire.send(self.sock, header, buffers)
-        while True:
-            reply, data = wire.receive(self.sock)
-            kind = reply.get("op")
-            if kind == "reply":
-                return self.decode(reply.get("value"), data)
-            if kind == "error":
-                raise _learner_error(reply, exercise)
-            if kind in ("answer", "answer_vjp"):
-                self._answer(kind, reply, data, exercise)
-                continue
-            raise wire.WireError(f"the kernel sent {kind!r} where a reply was due")
-
-    def _answer(self, kind, header, data, exercise):
-        """A stand-in in the kernel asks for an earlier exercise's answer: given only to the exercise that uses it."""
-        from attnlab.checks import exercises
-
-        name = str(header.get("name"))
-        uses = exercises.lookup(*exercise["names"]).uses if exercise else ()
-        if name not in uses:
-            wire.send(self.sock, {"op": "refused", "message": f"the answer key gives {name} only to the test of "
-                                                             "an exercise that builds on it"})
-            raise CheckFailed(f"your code asked the checker for the course's {name}, which this test does not give")
-        args = self.decode(header.get("value"), data)
-        if type(args) is not dict or type(args.get("args")) is not list or type(args.get("kwargs")) is not dict:
-            raise wire.WireError("a request for an answer that is not (args, kwargs)")
-        self._within_bounds(args)
-        fn = getattr(self.answers, name)
-        if kind == "answer":
-            result = fn(*args["args"], **args["kwargs"])
-        else:
-            inputs = [a.detach().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                      for a in args["args"]]
-            tensors = [a for a in inputs if isinstance(a, torch.Tensor)]
-            with torch.enable_grad():
-                out = fn(*inputs, **args["kwargs"])
-                outs = [out] if isinstance(out, torch.Tensor) else list(out)
-                cots = args["cotangents"]
-                pairs = [(o, c) for o, c in zip(outs, cots) if c is not None and o.requires_grad]
-                grads = torch.autograd.grad([o for o, _ in pairs], [t for t in tensors if t.requires_grad],
-                                            [c for _, c in pairs], allow_unused=True) if pairs else ()
-            it = iter(grads)
-            result = [next(it, None) if t.requires_grad else None for t in tensors]
-            result = [torch.zeros_like(t) if g is None and t.requires_grad else g for t, g in zip(tensors, result)]
-        buffers: list = []
-        wire.send(self.sock, {"op": "reply", "value": wire.encode(result, buffers)}, buffers)
-
-
-def _learner_error(reply: dict, exercise: dict | None) -> BaseException:
-    kind, message = str(reply.get("type", "Error"))[:80], str(reply.get("message", ""))[:1000]
-    if kind == "NotImplementedError":
-        names = " and ".join((exercise or {}).get("names") or ["the exercise"])
-        return NotImplementedError(message or f"{names}: not written yet")
-    if kind == "CheckFailed":  # the kernel's own second line (a replaced checker); its words, for the learner
-        return CheckFailed(message)
-    case = (exercise or {}).get("case") or ""
-    where = "\n".join(str(w)[:300] for w in (reply.get("where") or [])[:8] if isinstance(w, str))
-    error = CheckFailed(f"{case + ': ' if case else ''}your code raised {kind}: {message}",
-                        brief=f"{case + ': ' if case else ''}your code raised {kind}")
-    error.where = where
-    return error
 
 
 class Checker:
@@ -339,7 +172,7 @@ class Checker:
     def run_cell(self, grade_id: str, sock) -> Verdict:
         """Run test cell ``grade_id``'s code against the kernel on ``sock``; its verdict."""
         source = self.cells[grade_id]
-        conn = _Connection(sock, self.answers)
+        conn = Connection(sock, self.answers)
         out = io.StringIO()
         scope = vocabulary(conn, out)
         tree = ast.parse(source)
@@ -387,7 +220,7 @@ def _failing_line(error: BaseException, filename: str) -> int:
     return line
 
 
-def _message(error: BaseException, hidden: bool, conn: _Connection) -> str:
+def _message(error: BaseException, hidden: bool, conn: Connection) -> str:
     """What the learner reads: the whole message for a visible check, words without values for a hidden one."""
     if hidden:
         brief = getattr(error, "brief", None)
@@ -400,7 +233,7 @@ def _message(error: BaseException, hidden: bool, conn: _Connection) -> str:
     return f"{text}\n{where}".strip()
 
 
-def vocabulary(conn: _Connection, out: io.StringIO) -> dict:
+def vocabulary(conn: Connection, out: io.StringIO) -> dict:
     """What a test cell's code finds on the checker's side: torch, the answer key, the checks."""
     from attnlab.checks import compare
 
