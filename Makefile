@@ -36,6 +36,9 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt -c constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@# jsonschema's optional IRI check (pulled in by jupyter-events) builds a grammar on every
+	@# import of nbformat: 2.6 of nbformat's 2.9 s, in every grading process. Nothing here checks IRIs.
+	$(BIN)/python -m pip uninstall --quiet --disable-pip-version-check -y rfc3987-syntax
 	@# Build matplotlib's font cache now: the first import otherwise warns on stderr inside a notebook.
 	MPLBACKEND=Agg $(BIN)/python -c "import matplotlib.pyplot"
 	touch $(STAMP)

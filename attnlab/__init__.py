@@ -24,14 +24,18 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __version__ = "0.1.0"
 
 
 def pick_device() -> torch.device:
     """CUDA when there is a GPU, else the CPU."""
+    import torch  # here, not above: the instructor's tools import attnlab and need no torch (2 s)
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -80,9 +80,8 @@ from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
 from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput,  # noqa: E402
                                     SaveAutoGrades)
 
-from attnlab.verdict.grading import CheckedExecute  # noqa: E402
-
-c.Autograde.autograde_preprocessors = [CheckedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
+# By name: nbgrader imports it (and with it torch) only when it grades, not whenever this file is read.
+c.Autograde.autograde_preprocessors = ["attnlab.verdict.grading.CheckedExecute", IgnorePattern, ClearMetadataPreprocessor, LimitOutput,
                                        SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
 c.CheckedExecute.source = os.path.join(ROOT, "solutions")
 os.environ.setdefault("ATTNLAB_KERNEL_MEMORY", "6G")

@@ -20,6 +20,7 @@ import pathlib
 import secrets
 import shutil
 import tempfile
+from typing import TYPE_CHECKING
 
 import nbformat
 from jupyter_core.utils import run_sync
@@ -27,8 +28,8 @@ from nbgrader.preprocessors import Execute
 from traitlets import Unicode
 
 from attnlab import cells
-from attnlab.verdict.checker import Checker, Verdict
-from attnlab.verdict.kernel import SOCKET_ENV
+if TYPE_CHECKING:  # the checker brings torch (2 s): imported where a checker starts, not by make grade's console
+    from attnlab.verdict.checker import Checker, Verdict
 
 # The workbooks whose test cells the checker runs; the others still test inside the kernel.
 CHECKED = ("01_mha",)
@@ -94,6 +95,9 @@ def checker(tests: dict[str, str], student: str = "", secret: bytes | None = Non
     path = os.path.join(folder, f"checker-{secrets.token_hex(8)}")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+    from attnlab.verdict.checker import Checker
+    from attnlab.verdict.kernel import SOCKET_ENV
+
     found = Checker(tests, student=student, secret=secret, timeout=timeout).start(path)
     saved = os.environ.get(SOCKET_ENV)
     os.environ[SOCKET_ENV] = path
