@@ -103,4 +103,4 @@ gradescope: $(STAMP)
 	@$(BIN)/python -m attnlab.instructor.gradescope build
 
 clean-grading:
-	rm -rf autograde/submitted autograde/autograded autograde/feedback autograde/gradebook.db autograde/grades.csv autograde/summary.csv autograde/skipped.json autograde/unsandboxed.json
+	rm -rf autograde/submitted autograde/autograded autograde/feedback autograde/gradebook.db autograde/grades.csv autograde/summary.csv autograde/skipped.json autograde/unsandboxed.json autograde/graded.json autograde/grading.log autograde/.grading.lock autograde/.feedback-staging

@@ -13,7 +13,7 @@ import zipfile
 import nbformat
 import pytest
 
-from attnlab.instructor import collect, course, grading, summary
+from attnlab.instructor import batch, collect, course, grading, summary
 from conftest import ROOT
 
 A = "01_mha"
@@ -149,11 +149,11 @@ def test_the_summary_names_every_bad_input_and_what_ran_unsandboxed(graded):
 
 
 def test_a_later_sandboxed_grading_clears_the_flag(tmp_path):
-    grading._record_sandbox(tmp_path, [{"assignment": A, "student": "alice", "sandbox": False},
+    batch._record_sandbox(tmp_path, [{"assignment": A, "student": "alice", "sandbox": False},
                                        {"assignment": A, "student": "bob", "sandbox": False}])
-    grading._record_sandbox(tmp_path, [{"assignment": A, "student": "bob", "sandbox": True}])
+    batch._record_sandbox(tmp_path, [{"assignment": A, "student": "bob", "sandbox": True}])
     assert json.loads((tmp_path / course.UNSANDBOXED).read_text()) == [[A, "alice"]]
-    grading._record_sandbox(tmp_path, [{"assignment": A, "student": "alice", "sandbox": True}])
+    batch._record_sandbox(tmp_path, [{"assignment": A, "student": "alice", "sandbox": True}])
     assert not (tmp_path / course.UNSANDBOXED).exists()
 
 

@@ -3,7 +3,7 @@
 A grading "workspace" is a copy of the course (solutions/, course/ and the
 nbgrader config) in a folder of its own, with its own gradebook, so that the
 test suite never touches the instructor's autograde/ folder. ``make grade``
-(:func:`grade_course`) grades the instructor's own course on every core.
+(:func:`attnlab.instructor.batch.grade_course`) grades the instructor's own course on every core.
 
 The instructor's command line, as the Makefile calls it::
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import os
 import pathlib
-import re
 import shutil
 import sys
 import warnings
@@ -26,6 +25,7 @@ import nbformat
 from attnlab import cells
 
 from attnlab.instructor import course
+from attnlab.instructor.batch import GradingRefused, grade_course
 from attnlab.instructor.collect import collect
 from attnlab.instructor.summary import export_grades, print_summary, shown
 
@@ -185,118 +185,6 @@ def grade_in_parallel(workdir: pathlib.Path, assignment: str, submissions: dict,
     return out
 
 
-# ------------------------------------------------------------------ make grade: the whole class, on every core
-
-def _newest_mtime(folder: pathlib.Path) -> float:
-    return max((p.stat().st_mtime for p in folder.rglob("*") if p.is_file()), default=0.0)
-
-
-def pending(root: pathlib.Path = ROOT, student: str | None = None, force: bool = False) -> list[tuple[str, str]]:
-    """(assignment, student) pairs under autograde/submitted that need grading:
-    all of them with ``force``; otherwise those not graded yet or submitted again since."""
-    root = pathlib.Path(root)
-    submitted, autograded = root / "autograde" / "submitted", root / "autograde" / "autograded"
-    assignments = course.workbooks(root)
-    pairs = []
-    for s in sorted(p.name for p in submitted.iterdir() if p.is_dir()) if submitted.is_dir() else []:
-        if student and s != student:
-            continue
-        for a in assignments:
-            src, out = submitted / s / a, autograded / s / a
-            if src.is_dir() and (force or not out.is_dir() or _newest_mtime(src) > _newest_mtime(out)):
-                pairs.append((a, s))
-    return pairs
-
-
-def _grade_pairs(root: str, pairs: list) -> list[dict]:
-    """Autograde and write feedback for each (assignment, student) pair, one after another."""
-    import time
-
-    nbgrader_api = api(pathlib.Path(root))
-    out = []
-    for a, s in pairs:
-        t = time.perf_counter()
-        result = nbgrader_api.autograde(a, s, force=True)
-        if result["success"]:
-            nbgrader_api.generate_feedback(a, s, force=True)
-        # The exception's own line says why ("NotJSONError: ...", "DeadKernelError: Kernel died").
-        causes = re.findall(r"^\s*([\w.]+(?:Error|Exception): .*)$", result.get("log") or "", re.M)
-        out.append({"assignment": a, "student": s, "success": bool(result["success"]),
-                    "seconds": time.perf_counter() - t, "error": causes[-1][:200] if causes else "",
-                    "sandbox": not sandbox_off()})
-    return out
-
-
-def sandbox_off() -> bool:
-    """Whether the instructor asked to grade without the sandbox (ATTNLAB_SANDBOX=off);
-    the grading kernel refuses to run unsandboxed otherwise."""
-    return os.environ.get("ATTNLAB_SANDBOX", "").strip().lower() == "off"
-
-
-def _record_sandbox(root: pathlib.Path, results: list[dict]) -> None:
-    """Keep autograde/unsandboxed.json: the (workbook, student) pairs whose latest
-    grading ran without the sandbox, for the summary to flag."""
-    pairs = {tuple(p) for p in course.load_record(root, course.UNSANDBOXED)}
-    for r in results:
-        (pairs.discard if r["sandbox"] else pairs.add)((r["assignment"], r["student"]))
-    course.save_record(root, course.UNSANDBOXED, sorted(list(p) for p in pairs))
-
-
-def grade_course(root: pathlib.Path = ROOT, jobs: int | None = None, student: str | None = None,
-                 force: bool = False, progress=print) -> list[dict]:
-    """Autograde everything :func:`pending` in ``jobs`` processes (default: one per core), then feedback.
-
-    The processes share the course's gradebook: SQLite serialises their short
-    write transactions (the config's ``?timeout=`` makes a writer wait for the
-    lock instead of failing), and each (assignment, student) pair is graded by
-    exactly one process, so the gradebook is the one serial grading writes
-    (tests/test_hostile.py compares the two). Each kernel runs torch on one
-    thread. A submission that cannot be graded (corrupt file, dead kernel) is
-    reported and the batch goes on."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    import multiprocessing
-
-    root = pathlib.Path(root)
-    pairs = pending(root, student, force)
-    if not pairs:
-        progress("nothing to grade: every submission is graded (make grade FORCE=1 grades all again)")
-        return []
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(pairs)))
-    # Create the gradebook and its tables once, before the workers race to.
-    with course.gradebook(root) as gb:
-        known = {a.name for a in gb.assignments}
-    # nbgrader grades only assignments its gradebook knows, which `make release` records.
-    for a in sorted({a for a, _ in pairs} - known):
-        progress(f"{a} is not in the gradebook yet: releasing it first (nbgrader generate_assignment)")
-        if not api(root).generate_assignment(a)["success"]:
-            raise RuntimeError(f"nbgrader generate_assignment {a} failed")
-    results = []
-    try:
-        if jobs == 1:
-            _one_thread_per_kernel()
-            for p in pairs:
-                for r in _grade_pairs(str(root), [p]):
-                    results.append(r)
-                    progress(_progress_line(len(results), len(pairs), r))
-            return results
-        # Small chunks, handed out as workers free up: one slow notebook does not hold up the rest.
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_one_thread_per_kernel) as pool:
-            futures = [pool.submit(_grade_pairs, str(root), [p]) for p in pairs]
-            for f in as_completed(futures):
-                for r in f.result():
-                    results.append(r)
-                    progress(_progress_line(len(results), len(pairs), r))
-        return results
-    finally:
-        _record_sandbox(root, results)  # also for what was graded before an interruption
-
-
-def _progress_line(i: int, n: int, r: dict) -> str:
-    status = "graded" if r["success"] else "NOT GRADED: " + (r["error"] or "see nbgrader's log")
-    return f"[{i}/{n}] {r['student']} {r['assignment']}: {status} ({r['seconds']:.1f} s)"
-
-
 # ------------------------------------------------------------------ the command line
 
 def _main(argv=None) -> int:
@@ -341,7 +229,11 @@ def _main(argv=None) -> int:
               + ("cases drawn per student from the class secret" if secret else
                  "the public source's cases (no class secret: set ATTNLAB_CLASS_SECRET or write "
                  "autograde/class_secret to draw each student's own)"))
-        results = grade_course(root, jobs=args.jobs, student=args.student, force=args.force)
+        try:
+            results = grade_course(root, jobs=args.jobs, student=args.student, force=args.force)
+        except GradingRefused as e:
+            print(f"not grading: {e}")
+            return 2
         bad = [r for r in results if not r["success"]]
         if results:
             print(f"graded {len(results) - len(bad)} of {len(results)} submitted notebooks"

@@ -338,6 +338,11 @@ def main(argv: list[str]) -> None:
         cap = f"import attnlab.instructor.grading_kernel as _k; _k.setup({lim['output']}); del _k"
         cmd = [sys.executable, "-m", "ipykernel_launcher", *argv, f"--IPKernelApp.exec_lines={cap}"]
     linux = sys.platform.startswith("linux")
+    if linux and not probe:
+        # The grading process that started this launcher dies (make grade killed): the launcher
+        # goes too, and with it the kernel (it dies with the launcher, see _drop, or is this
+        # process after the exec below). No kernel outlives the batch that wanted it.
+        kernel_root.check(kernel_root.libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PDEATHSIG)")
     if mode == "off" or not linux:
         why = "ATTNLAB_SANDBOX=off" if mode == "off" else "namespaces are Linux's"
         refused = _set_limits(lim, processes=False)
