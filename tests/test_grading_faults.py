@@ -133,6 +133,8 @@ def resumed(tmp_path_factory):
     _read_until(first, lines, lambda ln: len(_progress(ln)) >= 12)
     survivors = _kill_and_wait(first)
     after_kill = course.load_record(ws, batch.RECORD)
+    pages_after_kill = {str(p.relative_to(ws)): p.read_text().rstrip().endswith("</html>")
+                        for p in (ws / "autograde" / "feedback").rglob("*.html")}
 
     # The formgrader (nbgrader's gradebook API, as its handlers use it) marks a graded notebook down
     # while the second make grade runs.
@@ -158,7 +160,7 @@ def resumed(tmp_path_factory):
     for a in WORKBOOKS:
         grading.submit(serial, "s00", a, _release(a))
     serial_results = batch.grade_course(serial, jobs=1, progress=lambda line: None)
-    return {"ws": ws, "first": lines, "second": second, "survivors": survivors, "after_kill": after_kill,
+    return {"ws": ws, "first": lines, "second": second, "survivors": survivors, "after_kill": after_kill, "pages_after_kill": pages_after_kill,
             "again": (again.returncode, lines2, err), "after_second": after_second, "full_disk_pages": full_disk_pages,
             "third": third, "edited": (edited_student, edited_workbook, edited_name,
                                                                   edited_max),
@@ -220,6 +222,9 @@ def test_feedback_is_whole_for_every_graded_notebook_and_no_half_written_page_is
             assert page.is_file() == ((s, a) != CORRUPT), page
             if page.is_file():
                 assert page.read_text().rstrip().endswith("</html>"), page
+    # Killed in the middle: every page that was in place was whole, and only what was recorded had one.
+    after_kill = resumed["pages_after_kill"]
+    assert all(after_kill.values()) and 0 <= len(after_kill) - len(resumed["after_kill"]) <= 2, after_kill
     assert not (ws / batch.STAGING).exists() or not any((ws / batch.STAGING).rglob("*.html"))
     assert not list((ws / "autograde" / "feedback").rglob(".*old-*"))
 

@@ -192,8 +192,7 @@ def _note(root: pathlib.Path, r: dict) -> None:
         record = course.load_record(root, RECORD) or {}
         record[f"{r['student']}/{r['assignment']}"] = {"digest": r["digest"], "graded": r["graded"]}
         _write_json(pathlib.Path(root) / RECORD, record)
-    if r["success"]:
-        _record_sandbox(root, [r])
+    _record_sandbox(root, [r])
 
 
 def sandbox_off() -> bool:
@@ -256,6 +255,14 @@ def _put_in_place(staged: pathlib.Path, dest: pathlib.Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _tidy(root: pathlib.Path) -> None:
+    """Remove what a killed make grade left half-done: staged feedback, feedback swapped out."""
+    shutil.rmtree(root / STAGING, ignore_errors=True)
+    feedback = root / "autograde" / "feedback"
+    for old in feedback.glob("*/.*.old-*") if feedback.is_dir() else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def grade_one(root: str, assignment: str, student: str) -> dict:
     """Autograde one notebook and write its feedback (staged, then moved into place)."""
     from attnlab.instructor.grading import api
@@ -316,7 +323,7 @@ def grade_course(root: pathlib.Path = course.ROOT, jobs: int | None = None, stud
     root = pathlib.Path(root)
     with exclusive(root):
         check_gradebook(root)
-        shutil.rmtree(root / STAGING, ignore_errors=True)  # what a killed make grade left half-done
+        _tidy(root)
         pairs = pending(root, student, force)
         if not pairs:
             progress("nothing to grade: every submission is graded (make grade FORCE=1 grades all again)")

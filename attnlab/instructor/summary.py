@@ -57,7 +57,7 @@ def summary(root: pathlib.Path = ROOT) -> list[dict]:
                     sub = None
                 if sub is None or not graded.exists():
                     row[a] = "not graded"
-                    found.append(f"{a}: could not be graded (see make grade's output)")
+                    found.append(f"{a}: could not be graded (see make grade's output and autograde/grading.log)")
                     continue
                 row[a] = f"{sub.score:g}/{sub.max_score:g}"
                 total += sub.score
