@@ -263,7 +263,7 @@ def test_a_full_disk_while_feedback_is_written_is_one_line_and_the_batch_goes_on
     assert len(full) == len(WORKBOOKS), lines
     for ln in full:
         assert ": graded, but its feedback was not written: OSError: [Errno 27] File too large" in ln, ln
-        assert "(the disk is full, or a file-size limit was reached); make grade writes it next time" in ln
+        assert "(the disk is full, or a file-size limit was reached); the next make grade grades it again" in ln
     assert resumed["full_disk_pages"] == []  # no page, rather than half of one
     third = _progress(resumed["third"].stdout.splitlines())  # room again: graded with feedback
     assert sum(ln.split(": ", 1)[1].startswith("graded (") for ln in third) == len(WORKBOOKS), third

@@ -299,7 +299,7 @@ def grade_one(root: str, assignment: str, student: str) -> dict:
 
 
 def _log_failure(root: pathlib.Path, r: dict, log: str | None) -> None:
-    with open(pathlib.Path(root) / LOG, "a") as f:
+    with contextlib.suppress(OSError), open(pathlib.Path(root) / LOG, "a") as f:  # a full disk: the line still says why
         f.write(f"\n=== {r['student']} {r['assignment']}: {r['error']} "
                 f"({datetime.datetime.now():%Y-%m-%d %H:%M:%S}, grading process {os.getpid()})\n{log or ''}\n")
 
@@ -350,7 +350,10 @@ def grade_course(root: pathlib.Path = course.ROOT, jobs: int | None = None, stud
                     r = {"assignment": a, "student": s, "success": False, "feedback": False, "seconds": 0.0,
                          "error": f"its grading process died ({type(e).__name__})", "sandbox": not sandbox_off()}
                     _log_failure(root, r, repr(e))
-                _note(root, r)
+                try:
+                    _note(root, r)
+                except OSError as e:  # a full disk: the next make grade grades it again
+                    r["feedback"], r["error"] = False, f"make grade could not write down that it is graded ({e})"
                 results.append(r)
                 progress(_progress_line(len(results), len(pairs), r, shown))
         return results
@@ -360,7 +363,7 @@ def _progress_line(i: int, n: int, r: dict, log: str) -> str:
     if r["success"] and r["feedback"]:
         status = "graded"
     elif r["success"]:
-        status = f"graded, but {r['error']}; make grade writes it next time (details: {log})"
+        status = f"graded, but {r['error']}; the next make grade grades it again (details: {log})"
     else:
         status = f"NOT GRADED: {r['error']} (details: {log})"
     return f"[{i}/{n}] {r['student']} {r['assignment']}: {status} ({r['seconds']:.1f} s)"

@@ -46,9 +46,20 @@ def workbooks(root: pathlib.Path = ROOT) -> list[str]:
     return sorted(nbgrader_api(root).get_source_assignments())
 
 
+def nbgrader_on_path() -> None:
+    """nbgrader runs alembic as a command (to open or make a gradebook): it must be found beside this Python."""
+    import sys
+
+    bindir = str(pathlib.Path(sys.executable).parent)
+    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
+
+
 def gradebook(root: pathlib.Path = ROOT):
     """nbgrader's gradebook of the course at ``root``, at the URL its config gives, to use in a ``with``."""
     from nbgrader.api import Gradebook
+
+    nbgrader_on_path()
 
     return Gradebook(nbgrader_api(root).coursedir.db_url, course_id=COURSE_ID)
 

@@ -49,13 +49,6 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", category=MissingIDFieldWarning)
 
 
-def _nbgrader_on_path() -> None:
-    # nbgrader runs alembic as a command: it must be found beside this Python.
-    bindir = str(pathlib.Path(sys.executable).parent)
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-
-
 def workspace(dest: pathlib.Path, assignments=None, config: str = "") -> pathlib.Path:
     """Copy the course into ``dest`` (solutions/, course/, autograde config);
     ``config`` is appended to the copy's nbgrader_config.py (e.g. a shorter timeout)."""
@@ -74,7 +67,7 @@ def workspace(dest: pathlib.Path, assignments=None, config: str = "") -> pathlib
 
 def api(root: pathlib.Path):
     """An NbGraderAPI on the course copy at ``root``, configured by its own config file."""
-    _nbgrader_on_path()
+    course.nbgrader_on_path()
     quiet()
     return course.nbgrader_api(root, for_grading=True)
 
