@@ -34,6 +34,10 @@ c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedb
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 # A cell that runs longer than this is interrupted and the next one runs.
 c.Execute.timeout = 120
+# A graded notebook's kernel has nothing left to save: stopping it at once instead of asking it
+# to shut down saves about 1.1 s per notebook (measured: graceful shutdown of the sandboxed
+# kernel, 1.12 s). The kernel dies with its launcher (attnlab/instructor/sandbox.py).
+c.Execute.shutdown_kernel = "immediate"
 # A test cell a student deleted is put back (and graded) instead of silently
 # dropping its points from the total.
 c.OverwriteCells.add_missing_cells = True
