@@ -160,10 +160,10 @@ def resumed(tmp_path_factory):
     for a in WORKBOOKS:
         grading.submit(serial, "s00", a, _release(a))
     serial_results = batch.grade_course(serial, jobs=1, progress=lambda line: None)
-    return {"ws": ws, "first": lines, "second": second, "survivors": survivors, "after_kill": after_kill, "pages_after_kill": pages_after_kill,
-            "again": (again.returncode, lines2, err), "after_second": after_second, "full_disk_pages": full_disk_pages,
-            "third": third, "edited": (edited_student, edited_workbook, edited_name,
-                                                                  edited_max),
+    return {"ws": ws, "first": lines, "second": second, "survivors": survivors, "after_kill": after_kill,
+            "pages_after_kill": pages_after_kill, "again": (again.returncode, lines2, err),
+            "after_second": after_second, "full_disk_pages": full_disk_pages, "third": third,
+            "edited": (edited_student, edited_workbook, edited_name, edited_max),
             "serial": serial, "serial_results": serial_results}
 
 
