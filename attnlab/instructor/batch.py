@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import json
 import os
 import pathlib
 import re
@@ -179,19 +178,12 @@ def pending(root: pathlib.Path = course.ROOT, student: str | None = None, force:
     return pairs
 
 
-def _write_json(path: pathlib.Path, data) -> None:
-    """Replace ``path`` whole: a kill leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def _note(root: pathlib.Path, r: dict) -> None:
     """Write down, as each notebook finishes, what is graded and what ran without the sandbox."""
     if r["success"] and r["feedback"]:
         record = course.load_record(root, RECORD) or {}
         record[f"{r['student']}/{r['assignment']}"] = {"digest": r["digest"], "graded": r["graded"]}
-        _write_json(pathlib.Path(root) / RECORD, record)
+        course.save_record(root, RECORD, record)
     _record_sandbox(root, [r])
 
 
@@ -212,25 +204,24 @@ def _record_sandbox(root: pathlib.Path, results: list[dict]) -> None:
 
 # ------------------------------------------------------------------ a grading process
 
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when the one that started it dies."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+def one_thread_per_kernel() -> None:
+    """Kernels inherit these: with one grading process per core, torch's own thread pool in
+    every kernel would oversubscribe the cores (measured on two cores: 121 s for workbook
+    01's 21 submissions, 61 s with one thread)."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
 
 
 def _worker(log: str, parent: int) -> None:
     """Set up a grading process: die with make grade, run torch on one thread in each kernel,
     and send everything it or its kernels print to the log instead of the console."""
-    _die_with_parent()
+    if sys.platform.startswith("linux"):
+        from attnlab.instructor import kernel_root
+
+        kernel_root.libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with make grade
     if os.getppid() != parent:  # make grade died before the line above took effect
         os._exit(1)
-    # Kernels inherit these: with one grading process per core, torch's own thread pool in
-    # every kernel would oversubscribe the cores (measured on two cores: 121 s for workbook
-    # 01's 21 submissions, 61 s with one thread).
-    os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["MKL_NUM_THREADS"] = "1"
+    one_thread_per_kernel()
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -272,7 +263,7 @@ def grade_one(root: str, assignment: str, student: str) -> dict:
     src = root / "autograde" / "submitted" / student / assignment
     out = {"assignment": assignment, "student": student, "success": False, "feedback": False, "error": "",
            "digest": digest(src), "graded": datetime.datetime.now().isoformat(timespec="seconds"),
-           "sandbox": not sandbox_off(), "pid": os.getpid()}
+           "sandbox": not sandbox_off()}
     nbgrader_api = api(root)
     result = nbgrader_api.autograde(assignment, student, force=True)
     out["success"] = bool(result["success"])

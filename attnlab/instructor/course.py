@@ -70,11 +70,14 @@ def load_record(root: pathlib.Path, record: pathlib.Path) -> list:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def save_record(root: pathlib.Path, record: pathlib.Path, entries: list) -> None:
-    """Write ``record``'s entries; with none, remove the file."""
+def save_record(root: pathlib.Path, record: pathlib.Path, entries) -> None:
+    """Write ``record``'s entries (a list or a dict) whole: a kill leaves the old file or the
+    new one, never half of one. With none, remove the file."""
     path = pathlib.Path(root) / record
     if entries:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(entries, indent=1) + "\n")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
     elif path.exists():
         path.unlink()

@@ -25,7 +25,7 @@ import nbformat
 from attnlab import cells
 
 from attnlab.instructor import course
-from attnlab.instructor.batch import GradingRefused, grade_course
+from attnlab.instructor.batch import GradingRefused, grade_course, one_thread_per_kernel
 from attnlab.instructor.collect import collect
 from attnlab.instructor.summary import export_grades, print_summary, shown
 
@@ -148,14 +148,6 @@ def grade_submissions(root: pathlib.Path, assignment: str, submissions: dict) ->
     return out
 
 
-def _one_thread_per_kernel():
-    # Kernels inherit this: with one grading process per core, torch's own
-    # thread pool in every kernel would oversubscribe the cores (measured on
-    # two cores: 121 s for workbook 01's 21 submissions, 61 s with one thread).
-    os.environ["OMP_NUM_THREADS"] = "1"
-    os.environ["MKL_NUM_THREADS"] = "1"
-
-
 def grade_in_parallel(workdir: pathlib.Path, assignment: str, submissions: dict, jobs: int | None = None) -> dict:
     """:func:`grade_submissions` split over ``jobs`` processes (default: the CPU count), merged;
     each kernel then runs torch on one thread."""
@@ -172,7 +164,7 @@ def grade_in_parallel(workdir: pathlib.Path, assignment: str, submissions: dict,
 
     # spawn, not fork: the parent has torch (and its thread pools) loaded.
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_one_thread_per_kernel) as pool:
+                             initializer=one_thread_per_kernel) as pool:
         for part in pool.map(grade_submissions, roots, [assignment] * jobs, chunks):
             out.update(part)
     return out
