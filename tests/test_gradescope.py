@@ -329,7 +329,7 @@ def test_the_unprivileged_fallback_prepares_a_kernel_without_the_answer_key(tmp_
 
     course, tmp = tmp_path / "course", tmp_path / "grading"
     course.mkdir(), tmp.mkdir()
-    config = unprivileged.prepare(tmp, course, "02_gqa")
+    config = unprivileged.prepare(tmp, course, "03_rope")
     try:
         kdir = pathlib.Path(config.split("os.environ['JUPYTER_PATH'] = ", 1)[1].split("'")[1])
         assert not (kdir / "attnlab" / "answers" / "mha.py").exists() and (kdir / "attnlab" / "answers" / "mha.pyc").exists()
@@ -341,6 +341,8 @@ def test_the_unprivileged_fallback_prepares_a_kernel_without_the_answer_key(tmp_
         kdir = pathlib.Path(config.split("os.environ['JUPYTER_PATH'] = ", 1)[1].split("'")[1])
         answers = kdir / "attnlab" / "answers"
         assert sorted(p.name for p in answers.iterdir()) == ["__init__.pyc"], sorted(answers.iterdir())
+        lesson = kdir / "attnlab" / "lesson"  # the modules that copy answers: bytecode without them
+        assert not (lesson / "cache.py").exists() and (lesson / "cache.pyc").exists() and (lesson / "pages.py").exists()
         spec = json.loads((kdir / "kernels" / unprivileged.KERNEL / "kernel.json").read_text())
         assert spec["argv"][2].endswith("attnlab/instructor/unprivileged.py") and spec["argv"][3] == str(unprivileged.uid())
         assert os.stat(spec["argv"][4]).st_uid == unprivileged.uid()

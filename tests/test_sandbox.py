@@ -237,6 +237,36 @@ for module in topics:
 
 
 @needs_namespaces
+def test_a_checked_kernel_holds_no_answer_and_no_copy_of_one(tmp_path, monkeypatch):
+    """Where the checker judges the notebook: no answer key at all, and the modules that copy answers
+    (attnlab.lesson.cache's formulas) without those answers and without their source."""
+    monkeypatch.setenv("ATTNLAB_CHECKER", str(tmp_path / "no-checker-here"))
+    k = Kernel(tmp_path)
+    try:
+        facts = k.facts("""
+import inspect, os, attnlab.answers as answers
+from attnlab.lesson import cache, pages
+def attempt(fn):
+    try:
+        return fn()
+    except Exception as e:
+        return type(e).__name__ + ": " + str(e)
+facts = {"answers": sorted(os.listdir(os.path.dirname(answers.__file__))),
+         "lesson": sorted(n for n in os.listdir(os.path.dirname(cache.__file__)) if n.startswith(("cache", "pages"))),
+         "formula": attempt(lambda: cache.gqa_elements_per_token(32, 8, 128)),
+         "helper": cache.format_bytes(3 * 2**30), "source": attempt(lambda: inspect.getsource(cache)),
+         "pages": len(inspect.getsource(pages)) > 100}
+""")
+    finally:
+        k.stop()
+    assert facts["answers"] == ["__init__.pyc"], facts
+    assert facts["lesson"] == ["cache.pyc", "pages.py"], facts
+    assert facts["formula"].startswith("AttributeError") and "switched off" in facts["formula"], facts
+    assert facts["helper"] == "3.00 GiB" and facts["source"].startswith(("OSError", "TypeError")), facts
+    assert facts["pages"], facts
+
+
+@needs_namespaces
 def test_the_submission_file_is_not_in_the_kernels_folder(kernel, folder):
     facts = kernel.facts("""
 import os

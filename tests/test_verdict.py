@@ -8,6 +8,7 @@ and a checker driven by a kernel that misbehaves.
 from __future__ import annotations
 
 import json
+import pathlib
 import socket
 import struct
 
@@ -173,7 +174,7 @@ def test_a_wrong_answer_fails_and_a_hidden_failure_shows_no_expected_value(check
                                   [b"\0"]), "not graded"),
     (lambda sock, h, b: wire.send(sock, {"op": "error", "type": "ZeroDivisionError", "message": "boom"}),
      "add on 2 numbers: your code raised ZeroDivisionError: boom"),
-    (lambda sock, h, b: wire.send(sock, {"op": "answer", "name": "attention", "value": None}), "does not give"),
+    (lambda sock, h, b: wire.send(sock, {"op": "answer", "name": "attention", "value": None}), "switched off"),
 ])
 def test_a_kernel_that_sends_what_is_not_an_answer_fails_its_cell_and_the_checker_goes_on(checker, answer, says):
     _, verdict = _run(checker, "test_add", answer)
@@ -273,3 +274,152 @@ def _gradient_kernel(grads):
 def test_gradients_are_taken_only_one_per_input_and_shaped_like_it(checker, grads, status):
     _, verdict = _run(checker, "test_grad", _gradient_kernel(grads))
     assert verdict.status == status, verdict
+
+
+# ------------------------------------------------------------------ the building blocks a workbook is given
+
+@pytest.fixture
+def given(tmp_path, monkeypatch):
+    """kernel.given(name) as a cell of workbook 02 (not a test) would call it, against a checker for 02."""
+    from attnlab.verdict import kernel
+
+    def start(workbook="02_gqa"):
+        found = grading.checker({}, folder=str(tmp_path), timeout=10, workbook=workbook)
+        checker = found.__enter__()
+        started.append(found)
+        monkeypatch.setenv(kernel.SOCKET_ENV, checker.path)
+        return kernel.given
+
+    started = []
+    yield start
+    for found in started:
+        found.__exit__(None, None, None)
+
+
+def test_a_given_function_is_answered_by_the_checker_and_gradients_flow_through_it(given):
+    from attnlab import answers
+
+    attention = given()("attention")
+    q, k, v = (torch.randn(2, 3, 4, 5, dtype=torch.float64) for _ in range(3))
+    assert torch.equal(attention(q, k, v, causal=True), answers.attention(q, k, v, causal=True))
+    q.requires_grad_()
+    attention(q, k, v).square().sum().backward()
+    qq = q.detach().requires_grad_()
+    answers.attention(qq, k, v).square().sum().backward()
+    torch.testing.assert_close(q.grad, qq.grad)
+
+
+def test_a_given_class_keeps_its_state_in_the_kernel_and_runs_its_methods_in_the_checker(given):
+    KVCache = given()("KVCache")
+    cache = KVCache()
+    assert len(cache) == 0 and cache.k is None
+    k1, v1 = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 5)
+    k2, v2 = torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 5)
+    cache.update(k1, v1)
+    k, v = cache.update(k2, v2)
+    assert len(cache) == 4 and torch.equal(k, torch.cat([k1, k2], 2)) and torch.equal(cache.v, torch.cat([v1, v2], 2))
+    with pytest.raises(RuntimeError, match="carries no gradients"):
+        cache.update(k2.requires_grad_(), v2)
+
+
+def test_only_what_the_workbook_is_given_is_answered(given):
+    ask = given("02_gqa")
+    assert callable(ask("gqa_forward"))  # given to two exercises: an ungraded cell may call it too
+    for name in ("repeat_kv", "gqa_attention", "rope_tables", "_check_qkv", "KVCache.update", "nothing"):
+        with pytest.raises(AttributeError, match="only to the test of an exercise that builds on it"):
+            ask(name)
+
+
+def test_workbook_01_is_given_nothing(given):
+    with pytest.raises(AttributeError):
+        given("01_mha")("attention")
+
+
+def test_an_error_of_the_answer_key_is_the_callers_and_the_checker_goes_on(given):
+    attention = given()("attention")
+    with pytest.raises(ValueError, match="q"):
+        attention(torch.randn(3, 4), torch.randn(3, 4), torch.randn(3, 4))
+    with pytest.raises(ValueError, match="larger than it takes while a notebook is graded"):
+        attention(*(torch.zeros(1, 1, 1 << 15, 1),) * 3)
+    x = torch.randn(1, 1, 2, 3)
+    assert attention(x, x, x).shape == (1, 1, 2, 3)
+
+
+def test_a_test_sees_only_what_its_kernel_allocated_in_a_storage_watch(tmp_path):
+    tests = {"test_watch": "with storage_watch() as w:\n    got = make(3)\nprint(w.largest)\n"
+                           "expect(w.largest == 96, 'the largest storage')\n"}
+    with grading.checker(tests, folder=str(tmp_path), timeout=10) as checker:
+        def answer(sock, header, buffers):
+            assert header.get("watch") is True
+            out: list = []
+            wire.send(sock, {"op": "reply", "value": wire.encode(torch.zeros(3), out), "largest": 96}, out)
+        _, verdict = _run(checker, "test_watch", answer)
+        assert verdict.status == "pass", verdict.message
+        _, verdict = _run(checker, "test_watch", _reply(torch.zeros(3)))  # a kernel that says nothing of it
+        assert verdict.status == "error" and "cannot read" in verdict.message
+
+
+# ------------------------------------------------------------------ a real test cell against the kernel's code
+
+# A grading kernel in a process of its own, without Jupyter: attnlab.answers is what a checked kernel gets
+# (no answer key; stand-ins for what the workbook is given), the notebook's cells run in a namespace, and
+# the kernel's side of the checker (attnlab.verdict.kernel) serves test cell argv[1].
+_KERNEL = """
+import sys, types
+from attnlab.instructor import kernel_root
+absent = types.ModuleType("attnlab.answers")
+absent.__path__ = []
+sys.modules["attnlab.answers"] = absent
+exec(compile(kernel_root.ABSENT_ANSWERS, "attnlab/answers/__init__.py", "exec"), absent.__dict__)
+import attnlab
+attnlab.answers = absent
+import os, socket
+from attnlab.verdict import kernel, wire
+ns = {}
+exec(sys.stdin.read(), ns)
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.connect(os.environ[kernel.SOCKET_ENV])
+session = kernel._Session(sock, ns)
+wire.send(sock, {"op": "run", "cell": sys.argv[1]})
+kernel._current = session
+try:
+    session.serve()
+except ConnectionError:
+    pass  # the checker hung up on a test that failed: its verdict is recorded
+"""
+
+
+@pytest.mark.parametrize("forward,status,says", [
+    (None, "pass", ""),
+    # The layer as a call of the course's gqa_forward: given to the conversion exercises, not to this one.
+    ("        return answers.gqa_forward(x, self.W_q.weight, self.W_k.weight, self.W_v.weight, self.W_o.weight,\n"
+     "                                   n_heads=self.n_heads, n_kv_heads=self.n_kv_heads)\n",
+     "fail", "is switched off while this exercise is graded"),
+    ("        return answers.mha_forward(x, self.W_q.weight, self.W_k.weight, self.W_v.weight, self.W_o.weight,\n"
+     "                                   n_heads=self.n_heads)\n",
+     "fail", "is switched off while this exercise is graded"),
+])
+def test_a_checked_exercise_gets_only_the_building_blocks_it_is_given(tmp_path, forward, status, says):
+    """Workbook 02's test of GroupedQueryAttention, run by the checker against a kernel that holds no answer
+    key: the model answer passes; a layer that asks the checker for the course's layer scores nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from attnlab import cells
+    from attnlab.verdict import kernel
+
+    source = cells.read(pathlib.Path(__file__).resolve().parents[1] / "solutions" / "02_gqa" / "02_gqa.ipynb")
+    code = {cells.grade_id(c): c.source for c in source.cells if cells.grade_id(c)}
+    module = code["module"]
+    if forward:
+        module = module[:module.index("        ### BEGIN SOLUTION")] + forward
+    notebook = "\n".join([code["setup"].split("torch.manual_seed")[0], code["expand"], code["grouped"], module])
+    with grading.checker(grading.test_sources(source), folder=str(tmp_path), timeout=30,
+                         workbook="02_gqa") as checker:
+        checker.arm("test_module")
+        subprocess.run([sys.executable, "-c", _KERNEL, "test_module"], input=notebook, text=True, timeout=120,
+                       env={**os.environ, kernel.SOCKET_ENV: checker.path, "MPLBACKEND": "Agg"}, check=True)
+        verdict = checker.verdict("test_module")
+    assert verdict.status == status, verdict.message
+    assert says in verdict.message

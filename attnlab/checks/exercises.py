@@ -83,6 +83,15 @@ EXERCISES: dict[str, Exercise] = {
     for workbook, (given, exercises) in _WORKBOOKS.items() for name, spec in exercises.items()}
 
 
+def given_of(workbook: str, everywhere: bool = False) -> tuple[str, ...]:
+    """The building blocks workbook ``workbook`` hands its learners (``KVCache.update``, ``attention``): those
+    of every exercise; with ``everywhere``, also those that only some exercises are given (outside a test,
+    an ungraded cell may call them)."""
+    given, exercises = _WORKBOOKS[workbook]
+    extra = (g for spec in exercises.values() for g in spec.get("given", ())) if everywhere else ()
+    return tuple(dict.fromkeys((*given, *extra)))
+
+
 def lookup(*names: str) -> Exercise:
     """One check of one or more exercises (of one workbook): what they use and are given together."""
     unknown = [n for n in names if n not in EXERCISES]

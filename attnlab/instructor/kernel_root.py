@@ -116,28 +116,82 @@ def compiled(module: str) -> bytes:
 
 
 # Where the course's checker judges the notebook (ATTNLAB_CHECKER names its socket), the kernel gets no
-# answer key at all, not even as bytecode: `from attnlab import answers` finds this, and nothing in it.
-ABSENT_ANSWERS = '''"""The answer key is not in the grading kernel: the course's checker holds it."""
+# answer key at all, not even as bytecode: `from attnlab import answers` finds this. The building blocks a
+# workbook hands its learners (workbook 01's attention in workbook 02) are stand-ins that ask the checker.
+ABSENT_ANSWERS = '''"""The answer key is not in the grading kernel: the course's checker holds it.
+
+What this workbook is given of it (an earlier workbook's attention, its KVCache) is a stand-in that asks
+the checker, which answers the exercise under test only with what that exercise is given."""
 
 
 def __getattr__(name):
-    raise AttributeError(f"attnlab.answers.{name} is switched off while a notebook is graded: the grading "
-                         "kernel holds no answer key (the course's checker, outside it, does)")
+    if name.startswith("__"):
+        raise AttributeError(name)
+    from attnlab.verdict import kernel
+
+    try:
+        found = kernel.given(name)
+    except AttributeError:
+        raise AttributeError(f"attnlab.answers.{name} is switched off while a notebook is graded: the grading "
+                             "kernel holds no answer key (the course's checker, outside it, does)") from None
+    globals()[name] = found
+    return found
+'''
+# Modules outside the answer key that hold copies of answers (the cache arithmetic answers workbooks 01, 02
+# and 04's last exercises; the benchmark's layers and the character model attend, normalise and rotate):
+# a checked kernel gets each without its guarded functions and methods (the answers), as bytecode, and
+# without its source.
+ANSWER_COPIES = ("lesson/cache", "lesson/bench", "lesson/bench_layers", "lesson/charlm")
+_SWITCHED_OFF = '''
+def __getattr__(name):
+    if name in _ANSWERS:
+        raise AttributeError(f"{__name__}.{name} is switched off while a notebook is graded: it answers an exercise")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 '''
 
 
-def sourceless(checked: bool | None = None) -> dict[str, bytes]:
-    """Every module of the SOURCELESS folders, compiled: {'answers/mha': bytes of its .pyc, ...};
-    only a module that holds nothing where the checker judges the notebook (``checked``; by default,
-    whether ``ATTNLAB_CHECKER`` names the checker of the kernel being started)."""
+def without_answers(module: str) -> bytes:
+    """``attnlab/<module>.py`` compiled without the functions it guards (:func:`attnlab.guard.guarded`)."""
+    import ast
+
+    path = PACKAGE / f"{module}.py"
+    tree = ast.parse(path.read_text())
+    guarded = lambda node: any(getattr(d, "id", getattr(d, "attr", None)) == "guarded"  # noqa: E731
+                               for d in getattr(node, "decorator_list", ()))
+    answers = [n.name for n in tree.body if guarded(n)]
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        answers += [f"{cls.name}.{n.name}" for n in cls.body if guarded(n)]
+        cls.body = [n for n in cls.body if not guarded(n)] or [ast.Pass()]
+    tree.body = [n for n in tree.body if not guarded(n)] + ast.parse(
+        f"_ANSWERS = {tuple(answers)!r}\n" + _SWITCHED_OFF).body
+    return _pyc(tree, f"attnlab/{module}.py")
+
+
+def _pyc(source, filename: str) -> bytes:
+    """``source`` (text or a parsed tree) as a sourceless .pyc."""
     import importlib.util
     import marshal
 
+    code = compile(source, filename, "exec", dont_inherit=True)
+    return importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code)
+
+
+def sourceless(checked: bool | None = None) -> dict[str, bytes]:
+    """Every module of the SOURCELESS folders, compiled: {'answers/mha': bytes of its .pyc, ...}; where the
+    checker judges the notebook (``checked``; by default, whether ``ATTNLAB_CHECKER`` names the checker of
+    the kernel being started), only modules that hold nothing: the answer key's, and those of
+    :data:`ANSWER_COPIES`, whose sources the kernel then does not see either (:func:`hidden_sources`)."""
     if checked if checked is not None else bool(os.environ.get("ATTNLAB_CHECKER")):
-        code = compile(ABSENT_ANSWERS, "attnlab/answers/__init__.py", "exec", dont_inherit=True)
-        return {"answers/__init__": importlib.util.MAGIC_NUMBER + bytes(12) + marshal.dumps(code)}
+        out = {"answers/__init__": _pyc(ABSENT_ANSWERS, "attnlab/answers/__init__.py")}
+        out.update({module: without_answers(module) for module in ANSWER_COPIES})
+        return out
     return {f"{folder}/{p.stem}": compiled(f"{folder}/{p.stem}")
             for folder in SOURCELESS for p in sorted((PACKAGE / folder).glob("*.py"))}
+
+
+def hidden_sources(sources: dict[str, bytes]) -> set[str]:
+    """The modules outside the SOURCELESS folders that ``sources`` replaces: their .py must not be seen."""
+    return {m for m in sources if m.split("/")[0] not in SOURCELESS}
 
 
 # ------------------------------------------------------------------ the system calls
@@ -280,14 +334,24 @@ def _build(ops: list[tuple], new: str, old: str, rw: str, owner: tuple[int, int]
 
 
 def _package(target: str, source: str, sources: dict) -> None:
-    """The course package, with the SOURCELESS folders as bytecode only."""
+    """The course package, with the SOURCELESS folders as bytecode only, and the modules that ``sources``
+    replaces elsewhere (:func:`hidden_sources`) without their sources."""
     _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, "size=8m,mode=755")
+    hidden = hidden_sources(sources)
+    folders = {m.split("/")[0] for m in hidden}
     for entry in os.listdir(source):
         if entry.endswith(".pyc"):
             continue
         src, t = f"{source}/{entry}", f"{target}/{entry}"
         os.mkdir(t) if os.path.isdir(src) else open(t, "a").close()
-        if entry not in SOURCELESS:
+        if entry in folders:  # file by file, but the hidden sources and the __pycache__
+            for name in os.listdir(src):
+                if name == "__pycache__" or name.endswith(".pyc") or f"{entry}/{name[:-3]}" in hidden:
+                    continue
+                inner = f"{t}/{name}"
+                os.mkdir(inner) if os.path.isdir(f"{src}/{name}") else open(inner, "a").close()
+                _mount(f"{src}/{name}", inner, None, MS_BIND | MS_REC)
+        elif entry not in SOURCELESS:
             _mount(src, t, None, MS_BIND | MS_REC)
     for module, data in sources.items():  # neither the sources nor their __pycache__
         pathlib.Path(f"{target}/{module}.pyc").write_bytes(data)

@@ -57,7 +57,10 @@ def prepare(tmp: pathlib.Path, course: pathlib.Path, assignment: str = "") -> st
     shutil.copytree(package, kdir / "attnlab", ignore=lambda d, names: [
         n for n in names if n == "__pycache__" or n.endswith(".pyc")
         or os.path.basename(d) in kernel_root.SOURCELESS and n.endswith(".py")])
-    for module, data in kernel_root.sourceless(checked=assignment in CHECKED).items():
+    sources = kernel_root.sourceless(checked=assignment in CHECKED)
+    for module in kernel_root.hidden_sources(sources):  # a source beside its .pyc would be imported instead
+        (kdir / "attnlab" / f"{module}.py").unlink()
+    for module, data in sources.items():
         (kdir / "attnlab" / f"{module}.pyc").write_bytes(data)
     spec = kdir / "kernels" / KERNEL / "kernel.json"
     spec.parent.mkdir(parents=True)

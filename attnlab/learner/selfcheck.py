@@ -161,7 +161,8 @@ def results(path: pathlib.Path, timeout: int = 300, released: dict | None = None
             km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(pathlib.Path(tmp) / "kernel"))
             # The workbooks the course's checker judges: their visible tests run there, as in grading.
             tests = _checked_tests(workbook)
-            with checker(tests, folder=tmp, timeout=timeout + 30) if tests else contextlib.nullcontext() as found:
+            with checker(tests, folder=tmp, timeout=timeout + 30, workbook=workbook or "") if tests else \
+                    contextlib.nullcontext() as found:
                 client = CheckedClient(nb, km=km, timeout=timeout, allow_errors=True, interrupt_on_timeout=True,
                                        resources={"metadata": {"path": tmp}})
                 client.checker = found

@@ -48,9 +48,12 @@ class CacheGrowth(widgets.VBox):
     Controls: ``preset``, ``n_layers``, ``n_heads``, ``d_head``, ``batch``,
     ``dtype`` and ``context`` (log scale, 1K to 1M tokens). Read
     ``bytes_per_token`` and ``total_bytes`` for the numbers shown.
+    ``elements_per_token(n_layers, n_heads, d_head)``: the formula it draws
+    (workbook 01 hands it the learner's own; by default, the course's).
     """
 
-    def __init__(self, preset: str = "Llama-2-7B"):
+    def __init__(self, preset: str = "Llama-2-7B", elements_per_token=None):
+        self.elements_per_token = elements_per_token or cache.mha_elements_per_token
         if preset not in MHA_MODELS:
             raise ValueError(f"preset must be one of the MHA models {sorted(MHA_MODELS)}, got {preset!r}")
         style = {"description_width": "8em"}
@@ -79,7 +82,7 @@ class CacheGrowth(widgets.VBox):
     # -- the numbers ---------------------------------------------------------
     @property
     def bytes_per_token(self) -> int:
-        elements = cache.mha_elements_per_token(self.n_layers.value, self.n_heads.value, self.d_head.value)
+        elements = int(self.elements_per_token(self.n_layers.value, self.n_heads.value, self.d_head.value))
         return elements * cache.dtype_bytes(self.dtype.value)
 
     @property

@@ -34,7 +34,7 @@ import torch
 from attnlab.checks import cases
 from attnlab.checks.failure import CheckFailed
 from attnlab.verdict import wire
-from attnlab.verdict.remote import Connection, Remote
+from attnlab.verdict.remote import ANSWERS, Connection, Remote, Watch
 
 BEGIN, END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 
@@ -52,11 +52,15 @@ class Checker:
     GRACE = 10.0  # seconds a record may take to arrive once the kernel has finished the cell
     FIRST_MESSAGE = 5.0  # seconds a new connection has to ask for its cell
 
+    MAX_GIVEN = 100_000  # requests from cells that are not tests, in one notebook
+
     def __init__(self, cells: dict[str, str], student: str = "", secret: bytes | None = None,
-                 timeout: float = 150.0):
+                 timeout: float = 150.0, workbook: str = ""):
         from attnlab import answers
 
         self.cells, self.student, self.secret, self.timeout = dict(cells), student, secret, timeout
+        self.workbook = workbook  # whose building blocks the kernel's cells may ask for
+        self.given_asked = 0
         self.answers = answers
         self.records: dict[str, Verdict] = {}
         self._lock = threading.Lock()
@@ -142,8 +146,16 @@ class Checker:
                     self._sock = None
 
     def _conversation(self, sock) -> None:
-        header, _ = wire.receive(sock)
+        header, data = wire.receive(sock)
         sock.settimeout(self.timeout)
+        if header.get("op") in ANSWERS:  # a building block called from a cell that is not a test: one request
+            self.given_asked += 1
+            if self.given_asked > self.MAX_GIVEN:
+                wire.send(sock, {"op": "refused", "message": f"the notebook asked the course's building blocks "
+                                                             f"more than {self.MAX_GIVEN:,} times"})
+                return
+            Connection(sock, self.answers, self.workbook, test=False).answer(header["op"], header, data)
+            return
         grade_id = str(header.get("cell", ""))[:200]
         with self._lock:
             ok = header.get("op") == "run" and grade_id == self._window and not self._running \
@@ -172,7 +184,7 @@ class Checker:
     def run_cell(self, grade_id: str, sock) -> Verdict:
         """Run test cell ``grade_id``'s code against the kernel on ``sock``; its verdict."""
         source = self.cells[grade_id]
-        conn = Connection(sock, self.answers)
+        conn = Connection(sock, self.answers, self.workbook)
         out = io.StringIO()
         scope = vocabulary(conn, out)
         tree = ast.parse(source)
@@ -253,6 +265,15 @@ def vocabulary(conn: Connection, out: io.StringIO) -> dict:
         finally:
             conn.exercise = saved
 
+    @contextlib.contextmanager
+    def storage_watch():
+        """``with storage_watch() as w:`` the kernel watches what the learner's calls allocate; ``w.largest``."""
+        saved, conn.watch = conn.watch, Watch()
+        try:
+            yield conn.watch
+        finally:
+            conn.watch = saved
+
     def gradients(outputs, inputs, cotangents):
         """The kernel's gradients of ``outputs`` (which its code computed) with respect to ``inputs``."""
         outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
@@ -270,5 +291,6 @@ def vocabulary(conn: Connection, out: io.StringIO) -> dict:
     return {"__name__": "__checker__", "__builtins__": builtins, "print": printer,
             "torch": torch, "nn": torch.nn, "F": torch.nn.functional, "math": math,
             "device": torch.device("cpu"), "answers": conn.answers, "exercise": exercise, "gradients": gradients,
+            "storage_watch": storage_watch,
             "draw": cases.draw, "CheckFailed": CheckFailed,
             **{n: getattr(compare, n) for n in compare.__all__}}

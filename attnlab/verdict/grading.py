@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the checker brings torch (2 s): imported where a checker st
     from attnlab.verdict.checker import Checker, Verdict
 
 # The workbooks whose test cells the checker runs; the others still test inside the kernel.
-CHECKED = ("01_mha",)
+CHECKED = ("01_mha", "02_gqa")
 SECRET_ENV = "ATTNLAB_CLASS_SECRET"
 SECRET_FILE = "class_secret"  # autograde/class_secret, git-ignored: make grade reads it when the variable is unset
 
@@ -86,7 +86,7 @@ def outputs(verdict: Verdict) -> list:
 
 @contextlib.contextmanager
 def checker(tests: dict[str, str], student: str = "", secret: bytes | None = None, folder: str | None = None,
-            timeout: float = 150.0):
+            timeout: float = 150.0, workbook: str = ""):
     """A running :class:`Checker` for ``tests``, its socket in ``folder`` (default: a private one), and
     ``ATTNLAB_CHECKER`` naming it for the kernels started meanwhile."""
     own = folder is None
@@ -98,7 +98,7 @@ def checker(tests: dict[str, str], student: str = "", secret: bytes | None = Non
     from attnlab.verdict.checker import Checker
     from attnlab.verdict.kernel import SOCKET_ENV
 
-    found = Checker(tests, student=student, secret=secret, timeout=timeout).start(path)
+    found = Checker(tests, student=student, secret=secret, timeout=timeout, workbook=workbook).start(path)
     saved = os.environ.get(SOCKET_ENV)
     os.environ[SOCKET_ENV] = path
     try:
@@ -159,7 +159,7 @@ class CheckedExecute(CheckedCells, Execute):
         ip = self.config.get("KernelManager", {}).get("ip", "")
         folder = os.path.dirname(ip) if isinstance(ip, str) and ip.startswith("/") else None
         with checker(tests, student=str(info.get("student", "")), secret=secret, folder=folder,
-                     timeout=(self.timeout or 120) + 30) as self.checker:
+                     timeout=(self.timeout or 120) + 30, workbook=assignment) as self.checker:
             try:
                 return super().preprocess(nb, resources, km)
             finally:

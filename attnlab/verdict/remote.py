@@ -49,14 +49,25 @@ class Remote:
         return f"<your {self.remote_type}>"
 
 
+class Watch:
+    """What a test's ``storage_watch`` block saw the kernel allocate: ``largest``, in bytes."""
+
+    def __init__(self):
+        self.largest = 0
+
+
 class Connection:
-    """One run of a test cell: the socket to the kernel, and the objects and tensors the two sides share."""
+    """One run of a test cell (or one request from a cell that is not a test: ``test=False``): the socket to
+    the kernel, and the objects and tensors the two sides share."""
 
     MAX_ANSWERS = 10_000  # requests for the answer key in one test cell
+    # Outside a test nothing bounds the inputs by what a test sent: these do (a building block's inputs).
+    LARGEST_ELEMENTS, LARGEST_DIMENSION = 1 << 22, 1 << 14
 
-    def __init__(self, sock: socket.socket, answers):
-        self.sock, self.answers = sock, answers
+    def __init__(self, sock: socket.socket, answers, workbook: str = "", test: bool = True):
+        self.sock, self.answers, self.workbook, self.test = sock, answers, workbook, test
         self.exercise: dict | None = None  # the test's exercise block in force, if any
+        self.watch: Watch | None = None  # the test's storage_watch block in force, if any
         self.last_case = ""  # the case of the latest exercise block: what a failed hidden check names
         self.from_kernel: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (its number there, tensor)
         self.sent: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (the kernel copy's number, tensor)
@@ -85,7 +96,8 @@ class Connection:
         self.answers_asked += 1
         if self.answers_asked > self.MAX_ANSWERS:
             raise CheckFailed(f"your code asked the checker for more than {self.MAX_ANSWERS:,} answers in one test")
-        bound = 8 * max(self.largest, 64)
+        elements, dimension = (8 * max(self.largest, 64),) * 2 if self.test else (
+            self.LARGEST_ELEMENTS, self.LARGEST_DIMENSION)
         stack = [args]
         while stack:
             value = stack.pop()
@@ -93,9 +105,12 @@ class Connection:
                 stack.extend(value)
             elif isinstance(value, dict):
                 stack.extend(value.values())
-            elif isinstance(value, torch.Tensor) and (value.numel() > bound or any(n > bound for n in value.shape)):
+            elif isinstance(value, torch.Tensor) and (value.numel() > elements
+                                                      or any(n > dimension for n in value.shape)):
                 raise CheckFailed(f"your code handed the course's stand-in a tensor of shape {tuple(value.shape)}, "
-                                  "larger than anything this test gave it")
+                                  + ("larger than anything this test gave it" if self.test else
+                                     f"larger than it takes while a notebook is graded ({elements:,} values, "
+                                     f"{dimension:,} along any axis)"))
 
     def _adopt(self, tensor, number):
         self.from_kernel[id(tensor)] = (number, tensor)
@@ -117,33 +132,103 @@ class Connection:
         buffers: list = []
         header = {"op": op, "value": self.encode(value, buffers), "grad": torch.is_grad_enabled(),
                   "exercise": {"names": exercise["names"]} if exercise else None}
+        watch = self.watch
+        if watch is not None:
+            header["watch"] = True
         wire.send(self.sock, header, buffers)
         while True:
             reply, data = wire.receive(self.sock)
             kind = reply.get("op")
             if kind == "reply":
+                if watch is not None:
+                    largest = reply.get("largest")
+                    if type(largest) is not int or largest < 0:
+                        raise wire.WireError("the kernel did not say what the watched call allocated")
+                    watch.largest = max(watch.largest, largest)
                 return self.decode(reply.get("value"), data)
             if kind == "error":
                 raise _learner_error(reply, exercise)
-            if kind in ("answer", "answer_vjp"):
-                self._answer(kind, reply, data, exercise)
+            if kind in ANSWERS:
+                self.answer(kind, reply, data, exercise)
                 continue
             raise wire.WireError(f"the kernel sent {kind!r} where a reply was due")
 
-    def _answer(self, kind, header, data, exercise):
-        """A stand-in in the kernel asks for an earlier exercise's answer: given only to the exercise that uses it."""
+    def given(self, exercise) -> tuple[str, ...]:
+        """What the kernel may ask the answer key for now: inside an exercise block, the earlier exercises it
+        uses and what it is given; in a test, outside one, the workbook's building blocks; in a cell that is
+        not a test, also those only some exercises are given."""
         from attnlab.checks import exercises
 
-        name = str(header.get("name"))
-        uses = exercises.lookup(*exercise["names"]).uses if exercise else ()
-        if name not in uses:
+        if exercise:
+            spec = exercises.lookup(*exercise["names"])
+            return (*spec.uses, *spec.given)
+        return exercises.given_of(self.workbook, everywhere=not self.test) if self.workbook else ()
+
+    def answer(self, kind, header, data, exercise=None):
+        """A stand-in in the kernel asks the answer key: given only what the exercise in force builds on or is
+        given (:meth:`given`); an error of the answer key (a building block called with the wrong shapes) goes
+        back to the learner's code, which raised it."""
+        name = str(header.get("name"))[:200]
+        allowed = self.given(exercise)
+        classes = {g.split(".")[0] for g in allowed if "." in g}
+        owner = name.split(".")[0]
+        if kind == "describe":  # a name the workbook hands out: a function, or a class with a method given
+            ok = "." not in name and (name in allowed or name in classes)
+        elif kind == "method":  # a method of a class handed out
+            ok = "." in name and owner in classes
+        else:  # a function handed out
+            ok = "." not in name and name in allowed
+        if not ok or name.startswith("_") or not hasattr(self.answers, owner):
             wire.send(self.sock, {"op": "refused", "message": f"the answer key gives {name} only to the test of "
                                                              "an exercise that builds on it"})
-            raise CheckFailed(f"your code asked the checker for the course's {name}, which this test does not give")
+            if self.test:
+                raise CheckFailed(f"your code called the course's {name}, which is switched off while this "
+                                  "exercise is graded: write this part yourself instead of calling the course's "
+                                  "answer")
+            return
         args = self.decode(header.get("value"), data)
+        try:
+            result = self._compute(kind, name, args)
+        except wire.WireError:
+            raise
+        except CheckFailed as e:  # too large, too many: the test's failure; outside a test, the call's
+            if self.test:
+                raise
+            wire.send(self.sock, {"op": "failed", "type": "ValueError", "message": str(e)[:2000]})
+            return
+        except Exception as e:  # noqa: BLE001  (the learner's arguments, refused by the answer key)
+            wire.send(self.sock, {"op": "failed", "type": type(e).__name__, "message": str(e)[:2000]})
+            return
+        buffers: list = []
+        wire.send(self.sock, {"op": "reply", "value": wire.encode(result, buffers)}, buffers)
+
+    @staticmethod
+    def _methods(cls) -> list[str]:
+        return [m for m, v in vars(cls).items() if callable(v) and (not m.startswith("_") or m == "__len__")]
+
+    def _compute(self, kind, name, args):
+        owner, _, method = name.partition(".")
+        found = getattr(self.answers, owner)
+        if kind == "describe":
+            return {"kind": "class", "methods": self._methods(found)} if isinstance(found, type) else {
+                "kind": "function"}
         if type(args) is not dict or type(args.get("args")) is not list or type(args.get("kwargs")) is not dict:
             raise wire.WireError("a request for an answer that is not (args, kwargs)")
+        if (kind == "method") != isinstance(found, type) or (
+                kind == "method" and method not in ("__init__", *self._methods(found))):
+            raise wire.WireError(f"a request for {name} that is not one of its functions or methods")
         self._within_bounds(args)
+        if kind == "method":
+            cls, state = found, args.get("state")
+            if method == "__init__":
+                obj, result = cls(*args["args"], **args["kwargs"]), None
+            else:
+                if type(state) is not dict or not all(type(k) is str for k in state):
+                    raise wire.WireError("an object's state that is not a dict of names")
+                obj = cls.__new__(cls)
+                vars(obj).update(state)
+                result = getattr(obj, method)(*args["args"], **args["kwargs"])
+            return [result, dict(vars(obj))]
         fn = getattr(self.answers, name)
         if kind == "answer":
             result = fn(*args["args"], **args["kwargs"])
@@ -161,8 +246,10 @@ class Connection:
             it = iter(grads)
             result = [next(it, None) if t.requires_grad else None for t in tensors]
             result = [torch.zeros_like(t) if g is None and t.requires_grad else g for t, g in zip(tensors, result)]
-        buffers: list = []
-        wire.send(self.sock, {"op": "reply", "value": wire.encode(result, buffers)}, buffers)
+        return result
+
+
+ANSWERS = ("answer", "answer_vjp", "describe", "method")  # what a stand-in in the kernel asks the answer key
 
 
 def _learner_error(reply: dict, exercise: dict | None) -> BaseException:

@@ -727,8 +727,8 @@ print(f"elements stored: {stored:,}; formula: {formula:,}; "
       f"bytes: {stored * cache.k.element_size():,} in {cache.k.dtype}")
 
 # %% [markdown]
-# **Play with it.** The widget below computes the same formula for any model.
-# Pick a preset, move the sliders, and watch how the cache grows with the
+# **Play with it.** The widget below draws your `kv_cache_elements_per_token`
+# for any model. Pick a preset, move the sliders, and watch how the cache grows with the
 # context: it is a straight line, one copy of every head's key and value per
 # token and layer. At which context does Llama-2-7B's cache outgrow its own
 # 12.6 GiB of weights? And a batch of 8 sequences?
@@ -736,7 +736,7 @@ print(f"elements stored: {stored:,}; formula: {formula:,}; "
 # %%
 from attnlab.lesson.widgets import CacheGrowth
 
-CacheGrowth()
+CacheGrowth(elements_per_token=kv_cache_elements_per_token)
 
 # %% [markdown]
 # ## Recap

@@ -47,8 +47,8 @@ import torch.nn as nn
 
 import attnlab
 from attnlab import answers
-from attnlab.checks import exercise, expect_close, expect_shape, number, storage_watch
-from attnlab.lesson import cache as cache_math
+from attnlab.checks import (draw, exercise, expect, expect_close, expect_number, expect_shape, gradients, number,
+                            set_weights, storage_watch)
 from attnlab.models import GPUS, MODELS
 # Workbook 01's answers, as building blocks for this one.
 from attnlab.answers import KVCache, attention, attention_backward, merge_heads, split_heads
@@ -116,16 +116,20 @@ for causal in (False, True):
 print("repeat_kv and gqa_attention_expanded: correct")
 
 ### BEGIN HIDDEN TESTS
-g = torch.Generator().manual_seed(211)
-for B, G, n_rep, Tq, Tk, D, causal in [(3, 3, 2, 4, 9, 6, True), (1, 1, 5, 2, 2, 3, False), (2, 4, 1, 1, 7, 5, True)]:
-    hx = torch.randn(B, G, Tk, D, generator=g, dtype=torch.float64).to(device)
+# Several K/V heads shared by groups, one K/V head for all (MQA), one query head per K/V head (MHA); fewer
+# queries than keys, causal and not; values wider than the keys; batches above 1; float64.
+d = draw(211)
+for G, n_rep, causal in [(d.int(2, 4), d.int(2, 5), True), (1, d.int(2, 6), False), (d.int(2, 5), 1, True)]:
+    B, D, Tk = d.int(1, 3), d.int(2, 8), d.int(3, 10)
+    Tq = d.int(1, Tk - 1)
+    hx = torch.randn(B, G, Tk, D, generator=d.torch, dtype=torch.float64).to(device)
     case = f"repeat_kv of a ({B}, {G}, {Tk}, {D}) float64 tensor with n_rep={n_rep}"
     with exercise("repeat_kv", case=case):
         got = repeat_kv(hx, n_rep)
     expect_close(got, answers.repeat_kv(hx, n_rep), case,
                  hint="Query head h reads K/V head h // n_rep, for any batch, size and dtype.")
-    hq = torch.randn(B, G * n_rep, Tq, D, generator=g, dtype=torch.float64).to(device)
-    hv = torch.randn(B, G, Tk, D + 1, generator=g, dtype=torch.float64).to(device)  # values wider than keys
+    hq = torch.randn(B, G * n_rep, Tq, D, generator=d.torch, dtype=torch.float64).to(device)
+    hv = torch.randn(B, G, Tk, D + 1, generator=d.torch, dtype=torch.float64).to(device)  # values wider than keys
     case = (f"gqa_attention_expanded with {G * n_rep} query heads and {G} K/V heads, {Tq} queries against {Tk} "
             f"keys, values {D + 1} wide (keys {D}), batch {B}, float64{', causal' if causal else ''}")
     with exercise("gqa_attention_expanded", case=case):
@@ -201,12 +205,19 @@ expect_close(got, answers.gqa_attention(q, k, v, True), "gqa_attention with 3 qu
 print("gqa_attention: correct, and no repeated K/V")
 
 ### BEGIN HIDDEN TESTS
-g = torch.Generator().manual_seed(222)
-for B, G, n_rep, Tq, Tk, D, Dv, causal in [(3, 2, 3, 4, 11, 8, 5, True), (1, 4, 2, 1, 40, 16, 16, True),
-                                            (2, 1, 6, 5, 5, 4, 4, False), (2, 3, 1, 2, 6, 3, 2, True)]:
-    hq = torch.randn(B, G * n_rep, Tq, D, generator=g, dtype=torch.float64).to(device)
-    hk = torch.randn(B, G, Tk, D, generator=g, dtype=torch.float64).to(device)
-    hv = torch.randn(B, G, Tk, Dv, generator=g, dtype=torch.float64).to(device)
+# Values narrower and wider than the keys; a decode step against a long cache (where a copy of the keys for
+# every query head would show); as many queries as keys, not causal; one query head per K/V head;
+# batches above 1; float64.
+d = draw(222)
+for G, n_rep, Tq, Tk, causal in [(d.int(2, 3), d.int(2, 4), d.int(2, 5), d.int(6, 12), True),
+                                 (d.int(2, 4), d.int(2, 4), 1, d.int(33, 48), True),
+                                 (1, d.int(3, 6), None, None, False), (d.int(2, 3), 1, d.int(1, 3), d.int(4, 8), True)]:
+    if Tq is None:
+        Tq = Tk = d.int(2, 6)
+    B, D, Dv = d.int(1, 3), d.int(3, 9), d.int(2, 9)
+    hq = torch.randn(B, G * n_rep, Tq, D, generator=d.torch, dtype=torch.float64).to(device)
+    hk = torch.randn(B, G, Tk, D, generator=d.torch, dtype=torch.float64).to(device)
+    hv = torch.randn(B, G, Tk, Dv, generator=d.torch, dtype=torch.float64).to(device)
     case = (f"gqa_attention with {G * n_rep} query heads and {G} K/V heads, {Tq} queries against {Tk} keys, "
             f"values {Dv} wide (keys {D}), batch {B}, float64{', causal' if causal else ''}")
     with exercise("gqa_attention", case=case), storage_watch() as watch:
@@ -215,9 +226,9 @@ for B, G, n_rep, Tq, Tk, D, Dv, causal in [(3, 2, 3, 4, 11, 8, 5, True), (1, 4, 
                  hint="The output is (B, H, Tq, Dv): its width is the values' width, not the keys'.")
     if n_rep > 1 and Tk > 8 * Tq:
         repeated = n_rep * hk.untyped_storage().nbytes()
-        assert watch.largest < repeated, (
-            f"{case}: your code created a tensor of {watch.largest:,} bytes, as large as the keys repeated for "
-            f"every query head ({repeated:,} bytes); compute group by group instead of repeating K and V.")
+        expect(watch.largest < repeated, f"{case}: your code created a tensor as large as the keys repeated for "
+               "every query head; compute group by group instead of repeating K and V",
+               f"{watch.largest:,} bytes, the repeated keys {repeated:,}")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -262,33 +273,47 @@ class GroupedQueryAttention(nn.Module):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_module", "locked": true, "points": 3, "schema_version": 3, "solution": false, "task": false}
-from attnlab.checks.suspects import weights_of
+# Your module holds the test's weights; the expected values come from the test's own copies.
 # (Your module runs with the course's gqa_attention and repeat_kv here, so that a
 # mistake in sections 1-2 costs points there, not again here.)
+def gqa_weights(C, H, G, dtype=torch.float32, generator=None):
+    """The test's W_q, W_k, W_v, W_o for GroupedQueryAttention(C, H, G)."""
+    D = C // H
+    return [torch.randn(rows, C, generator=generator, dtype=dtype).to(device) / C**0.5
+            for rows in (H * D, G * D, G * D, C)]
+
+
+def holding(module, W, what):
+    set_weights(module, dict(zip(["W_q.weight", "W_k.weight", "W_v.weight", "W_o.weight"], W)), what)
+    return module
+
+
 x = torch.randn(2, 7, 32, device=device)
 with torch.no_grad():
     for n_kv in (4, 2, 8, 1):
-        gqa = GroupedQueryAttention(32, 8, n_kv).to(device)
+        W = gqa_weights(32, 8, n_kv)
+        gqa = holding(GroupedQueryAttention(32, 8, n_kv).to(device), W, f"GroupedQueryAttention(32, 8, {n_kv})")
         with exercise("GroupedQueryAttention"):
             got = gqa(x)
-        want = answers.gqa_forward(x, *weights_of(gqa), n_heads=8, n_kv_heads=n_kv)
+        want = answers.gqa_forward(x, *W, n_heads=8, n_kv_heads=n_kv)
         expect_close(got, want, f"GroupedQueryAttention(32, 8, {n_kv})(x)",
                      hint="Are K and V split into n_kv_heads heads? Is the mask causal?")
         if n_kv == 8:  # as many K/V heads as query heads: this is workbook 01's MHA
-            expect_close(got, answers.mha_forward(x, *weights_of(gqa), n_heads=8), "GQA with n_kv_heads = n_heads vs MHA")
+            expect_close(got, answers.mha_forward(x, *W, n_heads=8), "GQA with n_kv_heads = n_heads vs MHA")
         if n_kv == 1:  # one K/V head for all: MQA, every query head attends to the same keys
-            q = split_heads(gqa.W_q(x), 8)
-            k, v = gqa.W_k(x)[:, None], gqa.W_v(x)[:, None]  # (B, 1, T, D): broadcast over the heads
-            mqa = gqa.W_o(merge_heads(torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(4)).masked_fill(
-                ~answers.causal_mask(7, 7, device), float("-inf")), -1) @ v))
+            q = answers.split_heads(x @ W[0].T, 8)
+            k, v = (x @ W[1].T)[:, None], (x @ W[2].T)[:, None]  # (B, 1, T, D): broadcast over the heads
+            mqa = answers.merge_heads(torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(4)).masked_fill(
+                ~answers.causal_mask(7, 7, device), float("-inf")), -1) @ v) @ W[3].T
             expect_close(got, mqa, "GQA with n_kv_heads = 1 vs MQA")
 
     # Prefill 4 tokens, then decode 3 one at a time, with a cache of 2 K/V heads.
-    gqa = GroupedQueryAttention(32, 8, 2).to(device)
+    W = gqa_weights(32, 8, 2)
+    gqa = holding(GroupedQueryAttention(32, 8, 2).to(device), W, "GroupedQueryAttention(32, 8, 2)")
     kv = KVCache()
     with exercise("GroupedQueryAttention"):
         steps = [gqa(x[:, :4], cache=kv)] + [gqa(x[:, t:t + 1], cache=kv) for t in range(4, 7)]
-    want = answers.gqa_forward(x, *weights_of(gqa), n_heads=8, n_kv_heads=2)
+    want = answers.gqa_forward(x, *W, n_heads=8, n_kv_heads=2)
     expect_shape(kv.k, (2, 2, 7, 4), "the cache's keys after 7 tokens",
                  hint="The cache holds n_kv_heads heads. (An empty KVCache has length 0, so `if cache:` is "
                       "False: test `if cache is not None:`.)")
@@ -299,11 +324,19 @@ with torch.no_grad():
 print("GroupedQueryAttention: correct; it is MHA with n_kv_heads = n_heads and MQA with n_kv_heads = 1")
 
 ### BEGIN HIDDEN TESTS
-g = torch.Generator().manual_seed(233)
-for B, C, H, G, chunks in [(3, 24, 6, 3, [5, 1, 2, 1]), (1, 40, 10, 5, [1, 1, 1]), (2, 18, 3, 1, [4, 3])]:
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
-    hm = GroupedQueryAttention(C, H, G).to(device).double()
-    hx = torch.randn(B, sum(chunks), C, generator=g, dtype=torch.float64).to(device).requires_grad_()
+# Groups of several query heads, one K/V head (MQA) and as many as query heads (MHA); a prompt of several
+# tokens then single tokens, single tokens from the start, steps of several tokens after a filled cache;
+# the gradients, which training this layer needs; batches above 1; float64.
+d = draw(233)
+for G, H, sizes in [(d.int(2, 3), None, ([2, 3, 5], [1])), (1, d.int(2, 5), ([1], [1])),
+                    (None, d.int(2, 4), ([2, 4], [2, 3]))]:
+    G = G or H
+    H = H or G * d.int(2, 3)
+    B, C = d.int(1, 3), H * d.int(2, 4)
+    chunks = [d.choice(sizes[0])] + [d.choice(sizes[1]) for _ in range(d.int(2, 3))]
+    hW = gqa_weights(C, H, G, torch.float64, d.torch)
+    hm = holding(GroupedQueryAttention(C, H, G).to(device).double(), hW, f"GroupedQueryAttention({C}, {H}, {G})")
+    hx = torch.randn(B, sum(chunks), C, generator=d.torch, dtype=torch.float64).to(device).requires_grad_()
     layer = f"GroupedQueryAttention({C}, {H}, {G}) on a batch of {B} sequences of {sum(chunks)} tokens, float64"
     # The same layer with a KV cache, fed the tokens in steps of `chunks` tokens.
     steps, kv, start = [], KVCache(), 0
@@ -316,12 +349,20 @@ for B, C, H, G, chunks in [(3, 24, 6, 3, [5, 1, 2, 1]), (1, 40, 10, 5, [1, 1, 1]
             start += n
     with exercise("GroupedQueryAttention", case=layer):
         got = hm(hx)
-    got_grads = torch.autograd.grad(got.square().sum(), [hx] + weights_of(hm))
-    want = answers.gqa_forward(hx, *weights_of(hm), n_heads=H, n_kv_heads=G)
-    want_grads = torch.autograd.grad(want.square().sum(), [hx] + weights_of(hm))
+    own = [w.requires_grad_() for w in hW]  # the test's copies: the expected values come from these
+    want = answers.gqa_forward(hx, *own, n_heads=H, n_kv_heads=G)
     expect_close(got, want.detach(), layer)
+    expect(got.requires_grad, f"{layer}: your output carries no gradient, so the layer cannot be trained",
+           "is it computed under torch.no_grad(), or detached?")
+    weights = [hm.W_q.weight, hm.W_k.weight, hm.W_v.weight, hm.W_o.weight]  # your module's: its gradients
+    with exercise("GroupedQueryAttention", case=layer):
+        got_grads = gradients(got, [hx] + weights, 2 * got.detach())  # of sum(output ** 2)
+    want_grads = torch.autograd.grad(want.square().sum(), [hx] + own)
     for name, gg, wg in zip(["x", "W_q", "W_k", "W_v", "W_o"], got_grads, want_grads):
-        expect_close(gg, wg, f"the gradient of {name} through {layer}")
+        what = f"the gradient of sum(output ** 2) with respect to {name} through {layer}"
+        expect(gg is not None, f"{what} is missing: no gradient reaches {name}",
+               ".data, .detach() or torch.no_grad() cuts it off")
+        expect_close(gg, wg, what)
     for case, start, n, step in steps:
         expect_close(step, want[:, start:start + n].detach(), case,
                      hint="Every step of several new tokens needs the causal mask, aligned bottom-right, "
@@ -377,23 +418,28 @@ for causal in (False, True):
 print("gqa_attention_backward: correct")
 
 ### BEGIN HIDDEN TESTS
-g = torch.Generator().manual_seed(244)
-for B, G, n_rep, Tq, Tk, D, Dv, causal in [(3, 2, 4, 3, 5, 6, 4, True), (1, 3, 2, 4, 4, 5, 5, False),
-                                            (2, 1, 3, 1, 6, 4, 7, True)]:
-    hq = torch.randn(B, G * n_rep, Tq, D, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    hk = torch.randn(B, G, Tk, D, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    hv = torch.randn(B, G, Tk, Dv, generator=g, dtype=torch.float64).to(device).requires_grad_()
-    hd = torch.randn(B, G * n_rep, Tq, Dv, generator=g, dtype=torch.float64).to(device)
+# Fewer queries than keys (causal, bottom-right), as many and not causal, one query against one K/V head
+# (MQA); values narrower and wider than the keys; batches above 1; float64.
+d = draw(244)
+for G, n_rep, Tq, Tk, causal in [(d.int(2, 3), d.int(2, 4), d.int(2, 3), d.int(4, 7), True),
+                                 (d.int(2, 3), d.int(2, 3), None, None, False), (1, d.int(2, 4), 1, d.int(3, 7), True)]:
+    if Tq is None:
+        Tq = Tk = d.int(2, 5)
+    B, D, Dv = d.int(1, 3), d.int(3, 7), d.choice([d.int(2, 4), d.int(6, 9)])
+    hq = torch.randn(B, G * n_rep, Tq, D, generator=d.torch, dtype=torch.float64).to(device).requires_grad_()
+    hk = torch.randn(B, G, Tk, D, generator=d.torch, dtype=torch.float64).to(device).requires_grad_()
+    hv = torch.randn(B, G, Tk, Dv, generator=d.torch, dtype=torch.float64).to(device).requires_grad_()
+    hd = torch.randn(B, G * n_rep, Tq, Dv, generator=d.torch, dtype=torch.float64).to(device)
     case = (f"gqa_attention_backward with {G * n_rep} query heads and {G} K/V heads, {Tq} queries against {Tk} "
             f"keys, values {Dv} wide (keys {D}), batch {B}, float64{', causal' if causal else ''}")
     with exercise("gqa_attention_backward", case=case):
         got = gqa_attention_backward(hq.detach(), hk.detach(), hv.detach(), hd, causal=causal)
     want = torch.autograd.grad(answers.gqa_attention(hq, hk, hv, causal), (hq, hk, hv), hd)
-    assert isinstance(got, (tuple, list)) and len(got) == 3, f"{case}: your code must return (dq, dk, dv)"
+    expect(isinstance(got, (tuple, list)) and len(got) == 3, f"{case}: your code must return (dq, dk, dv)")
     for name, g_, w_ in zip(["dq", "dk", "dv"], got, want):
         expect_close(g_, w_, f"{name} of {case}", hint="dq has the shape of q, dk of k, dv of v: take each "
                      "shape from its own tensor (Tq and Tk, and the key and value widths, can differ).")
-    hh = torch.randn(B, G * n_rep, Tk, Dv, generator=g, dtype=torch.float64).to(device)
+    hh = torch.randn(B, G * n_rep, Tk, Dv, generator=d.torch, dtype=torch.float64).to(device)
     case = f"sum_over_groups of a ({B}, {G * n_rep}, {Tk}, {Dv}) float64 gradient into {G} K/V heads"
     with exercise("sum_over_groups", case=case):
         got = sum_over_groups(hh, G)
@@ -467,18 +513,22 @@ assert abs(errors[2] - expected) < 1e-4, f"conversion_error(..., 8, 2, x) = {err
 print("mean_pool_heads and conversion_error: correct")
 
 ### BEGIN HIDDEN TESTS
-g = torch.Generator().manual_seed(255)
-for H, G, D, C in [(6, 3, 4, 5), (4, 1, 3, 12), (10, 5, 2, 7)]:
-    hW = torch.randn(H * D, C, generator=g, dtype=torch.float64).to(device)
+# Groups of several heads, one group of all heads (MQA), heads pooled in pairs; widths other than the heads'.
+d = draw(255)
+for G, n_rep in [(d.int(2, 4), d.int(2, 3)), (1, d.int(3, 6)), (d.int(3, 6), 2)]:
+    H, D, C = G * n_rep, d.int(2, 5), d.int(3, 12)
+    hW = torch.randn(H * D, C, generator=d.torch, dtype=torch.float64).to(device)
     case = f"mean_pool_heads of a ({H * D}, {C}) float64 projection, {H} heads of {D} rows into {G} K/V heads"
     with exercise("mean_pool_heads", case=case):
         got = mean_pool_heads(hW, H, G)
     expect_close(got, answers.mean_pool_heads(hW, H, G), case)
 # conversion_error again and again, with other weights and inputs each time (the first with the shapes of
 # the visible check): nothing may carry over from one call to the next.
-for B, T, H, G, D in [(2, 10, 8, 2, 4), (2, 10, 8, 2, 4), (3, 6, 6, 3, 4), (1, 5, 4, 1, 3), (2, 6, 10, 5, 2)]:
-    hWs = [torch.randn(H * D, H * D, generator=g, dtype=torch.float64).to(device) / (H * D) ** 0.5 for _ in range(4)]
-    hx = torch.randn(B, T, H * D, generator=g, dtype=torch.float64).to(device)
+for B, T, H, G, D in [(2, 10, 8, 2, 4), (2, 10, 8, 2, 4)] + [(d.int(1, 3), d.int(3, 9), *d.choice(
+        [(6, 3), (4, 1), (10, 5), (8, 4), (9, 3)]), d.int(2, 4)) for _ in range(3)]:
+    hWs = [torch.randn(H * D, H * D, generator=d.torch, dtype=torch.float64).to(device) / (H * D) ** 0.5
+           for _ in range(4)]
+    hx = torch.randn(B, T, H * D, generator=d.torch, dtype=torch.float64).to(device)
     case = (f"conversion_error called again with new weights and inputs ({H} heads of {D} dims pooled into {G} "
             f"K/V heads, x of shape ({B}, {T}, {H * D}), float64)")
     with exercise("conversion_error", case=case):
@@ -486,9 +536,9 @@ for B, T, H, G, D in [(2, 10, 8, 2, 4), (2, 10, 8, 2, 4), (3, 6, 6, 3, 4), (1, 5
     y = answers.mha_forward(hx, *hWs, H)
     pooled = [answers.mean_pool_heads(w, H, G) for w in hWs[1:3]]
     want = ((answers.gqa_forward(hx, hWs[0], *pooled, hWs[3], H, G) - y).norm() / y.norm()).item()
-    assert abs(got - want) < 1e-8, (
-        f"{case}: your code returns {got:.6g}; expected {want:.6g}. Does it keep something from an earlier call "
-        "(a stored output, say)? Compute everything from the arguments of this call.")
+    expect(abs(got - want) < 1e-8, f"{case}: your code's error is wrong. Does it keep something from an earlier "
+           "call (a stored output, say)? Compute everything from the arguments of this call",
+           f"you have {got:.6g}; expected {want:.6g}")
 ### END HIDDEN TESTS
 
 # %% [markdown]
@@ -577,33 +627,37 @@ assert abs(fraction - 0.25) < 1e-12, f"8 K/V heads for 32 query heads keep a qua
 print("GQA cache sizes: correct")
 
 ### BEGIN HIDDEN TESTS
-# Other models than the visible Llamas: every argument takes other values.
-for l, n_kv, d, n_h in [(61, 1, 64, 128), (27, 16, 192, 16), (5, 3, 7, 12), (80, 8, 96, 56), (1, 2, 1, 2)]:
+# Other models than the visible Llamas: every argument takes other values; one K/V head (MQA), as many
+# as the query heads (MHA), head widths other than 128, a single layer.
+dr = draw(266)
+for l, n_kv, d, n_h in [(dr.int(2, 96), 1, dr.choice([64, 96, 192]), dr.choice([16, 64, 128])),
+                        (dr.int(2, 96), (k := dr.int(2, 32)), dr.int(1, 256), k),
+                        (dr.int(2, 96), (k := dr.int(2, 16)), dr.int(1, 256), k * dr.int(2, 8)),
+                        (1, (k := dr.int(1, 8)), dr.int(1, 16), k * dr.int(1, 4))]:
     model = f"a model with {l} layers and {n_kv} K/V heads of {d} dims"
     with exercise("gqa_cache_elements_per_token", case=model):
         got = number(gqa_cache_elements_per_token(l, n_kv, d), "gqa_cache_elements_per_token")
     with exercise("cache_fraction_of_mha", case=f"cache_fraction_of_mha({n_h}, {n_kv})"):
         frac = number(cache_fraction_of_mha(n_h, n_kv), "cache_fraction_of_mha")
     want = 2 * n_kv * d * l
-    assert got == want, (
-        f"{model} caches 2 * {n_kv} * {d} * {l} = {want:,} elements per token; your gqa_cache_elements_per_token "
-        f"gives {got:,}." + (" Use the d_head it is given, not Llama's 128." if got == 2 * n_kv * 128 * l else ""))
-    assert abs(frac - n_kv / n_h) < 1e-12, (
-        f"{n_kv} K/V heads for {n_h} query heads keep {n_kv}/{n_h} = {n_kv / n_h:.6g} of the MHA cache; "
-        f"your cache_fraction_of_mha({n_h}, {n_kv}) gives {frac:.6g}.")
+    llamas = " (use the d_head it is given, not Llama's 128)" if got == 2 * n_kv * 128 * l != want else ""
+    expect_number(got, want, f"gqa_cache_elements_per_token for {model}{llamas}")
+    expect(abs(frac - n_kv / n_h) < 1e-12, f"cache_fraction_of_mha({n_h}, {n_kv}) is wrong: {n_kv} K/V heads for "
+           f"{n_h} query heads keep {n_kv}/{n_h} of the MHA cache", f"you have {frac:.6g}")
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# **See it.** Llama-3-8B with every possible number of K/V heads, from MQA (1)
-# to MHA (32): the cache of one 131,072-token sequence, and the memory a
-# decode of 8 sequences of 32,768 tokens needs, weights (bf16) included.
+# **See it.** Your `gqa_cache_elements_per_token` for Llama-3-8B with every
+# possible number of K/V heads, from MQA (1) to MHA (32): the cache of one
+# 131,072-token sequence, and the memory a decode of 8 sequences of 32,768
+# tokens needs, weights (bf16) included.
 
 # %%
 llama = MODELS["Llama-3-8B"]
 kv_heads = [1, 2, 4, 8, 16, 32]
-per_token = [cache_math.gqa_elements_per_token(llama.n_layers, g, llama.d_head) for g in kv_heads]
-one_long = [cache_math.cache_bytes(e, 131_072, 1, "bf16") / 2**30 for e in per_token]
-batch_of_8 = [cache_math.cache_bytes(e, 32_768, 8, "bf16") / 2**30 for e in per_token]
+per_token = [gqa_cache_elements_per_token(llama.n_layers, g, llama.d_head) for g in kv_heads]
+one_long = [e * 131_072 * 2 / 2**30 for e in per_token]  # GiB: 2 bytes per bf16 element
+batch_of_8 = [e * 32_768 * 8 * 2 / 2**30 for e in per_token]
 weights = llama.n_params * 2 / 2**30
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
