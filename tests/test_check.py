@@ -45,7 +45,7 @@ def test_check_scores_attempted_unattempted_and_tampered_cells(tmp_path, capsys)
     assert f"{GQA}.ipynb: 5 of 14 visible-test points" in lines  # test_module 3 + test_mean_pool 2
     assert "  pass    test_module (3)" in lines and "  pass    test_mean_pool (2)" in lines
     assert any(ln.startswith("  FAIL    test_cache_size (2): ") and "quarter of the MHA cache" in ln for ln in lines)
-    assert "  todo    test_backward (2): not attempted yet (NotImplementedError)" in lines
+    assert any(ln.startswith("  todo    test_backward (2): not attempted yet (NotImplementedError") for ln in lines)
     assert f"  EDITED  test_expand (2): test cell test_expand was edited: its result does not count " \
            f"(restore it from course/{GQA}/{GQA}.ipynb)" in lines
     assert f"  DELETED test_grouped (3): test cell test_grouped was deleted: it scores nothing " \

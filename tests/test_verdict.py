@@ -423,3 +423,27 @@ def test_a_checked_exercise_gets_only_the_building_blocks_it_is_given(tmp_path, 
         verdict = checker.verdict("test_module")
     assert verdict.status == status, verdict.message
     assert says in verdict.message
+
+
+def test_a_function_the_test_hands_the_learners_code_is_called_back_in_the_checker(tmp_path):
+    """A test may hand the learner's code functions of its own (is_relative's encodings, median_time's fake
+    GPU): the kernel gets references, and each call runs in the checker; what it raises reaches the caller."""
+    import os
+    import subprocess
+    import sys
+
+    from attnlab.verdict import kernel
+
+    tests = {"test_twice": "calls = []\ndef double(x):\n    calls.append(x)\n    return 2 * x\n"
+                           "expect_close(twice(double, torch.ones(2)), torch.full((2,), 4.0), 'twice')\n"
+                           "expect(len(calls) == 2, 'double ran here, twice')\n"
+                           "def refuse(x):\n    raise ValueError('not that one')\n"
+                           "expect(caught(refuse) == 'ValueError: not that one', 'the error came back')\n"}
+    notebook = ("def twice(f, x):\n    return f(f(x))\n"
+                "def caught(f):\n    try:\n        f(1)\n    except ValueError as e:\n        return f'ValueError: {e}'\n")
+    with grading.checker(tests, folder=str(tmp_path), timeout=30) as checker:
+        checker.arm("test_twice")
+        subprocess.run([sys.executable, "-c", _KERNEL, "test_twice"], input=notebook, text=True, timeout=120,
+                       env={**os.environ, kernel.SOCKET_ENV: checker.path}, check=True)
+        verdict = checker.verdict("test_twice")
+    assert verdict.status == "pass", verdict.message

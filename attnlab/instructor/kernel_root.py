@@ -5,7 +5,9 @@ namespaces, where :func:`enter` builds it a root of its own from
 :func:`plan`: read-only binds of the allow-list (:func:`readable_paths`: the
 system's programs and libraries, the Python environment, what
 ``ATTNLAB_SANDBOX_ALLOW`` adds), the course package with the answer key
-(:data:`SOURCELESS`) as bytecode only (:func:`sourceless`), empty folders over
+(:data:`SOURCELESS`) as bytecode only (:func:`sourceless`; where the checker
+judges the notebook, no answer key at all, and the modules of
+:data:`ANSWER_COPIES` without the answers they copy), empty folders over
 what must stay hidden (:func:`secret_paths`), a fresh ``/proc``, a few
 devices, the kernel's folder without the submitted notebook, and one private
 ``tmpfs`` for all that the kernel writes. The module docstring of

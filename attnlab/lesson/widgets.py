@@ -148,10 +148,13 @@ class RopeRotation(widgets.VBox):
 
     Controls: ``position``, ``d`` (head width), ``base``. ``angles`` holds the
     rotation angle (radians, modulo 2 pi) of each pair drawn.
+    ``frequencies(d, base)``: the frequencies it draws (workbook 03 hands it the
+    learner's ``rope_frequencies``; by default, the course's).
     """
 
-    def __init__(self, d: int = 64, base: float = 10000.0):
+    def __init__(self, d: int = 64, base: float = 10000.0, frequencies=None):
         arguments.int_in_range("d", d, 8, 256, step=8)
+        self.frequencies = frequencies
         style = {"description_width": "6em"}
         self.position = widgets.IntSlider(value=1, min=0, max=256, description="position m", style=style)
         self.d = widgets.IntSlider(value=d, min=8, max=256, step=8, description="head dim d", style=style)
@@ -171,7 +174,7 @@ class RopeRotation(widgets.VBox):
     def _redraw(self):
         from attnlab import answers
 
-        theta = answers.rope_frequencies(self.d.value, self.base.value).double()
+        theta = (self.frequencies or answers.rope_frequencies)(self.d.value, self.base.value).double()
         m = self.position.value
         self.angles = {i: float((m * theta[i]) % (2 * np.pi)) for i in self.pairs()}
         fig = Figure(figsize=(4, 4))
@@ -196,10 +199,13 @@ class RopeScores(widgets.VBox):
     """q · k for one query and one key placed at every pair of positions (m, n).
 
     With RoPE the score depends on m - n alone, so the heat map is constant
-    along its diagonals. ``scores`` holds the (T, T) matrix drawn.
+    along its diagonals. ``scores`` holds the (T, T) matrix drawn. ``tables`` and
+    ``rotate``: the RoPE it draws, as ``rope_tables`` and ``rope_interleaved``
+    (workbook 03 hands it the learner's; by default, the course's).
     """
 
-    def __init__(self, d: int = 64, length: int = 64, seed: int = 0):
+    def __init__(self, d: int = 64, length: int = 64, seed: int = 0, tables=None, rotate=None):
+        self.tables, self.rotate = tables, rotate
         arguments.int_in_range("d", d, 8, 256, step=8)
         arguments.int_in_range("length", length, 8, 256, step=8)
         style = {"description_width": "6em"}
@@ -224,9 +230,11 @@ class RopeScores(widgets.VBox):
         gen = torch.Generator().manual_seed(self._seed)
         q = torch.randn(d, generator=gen, dtype=torch.float64)
         k = q.clone() if self.similar.value else torch.randn(d, generator=gen, dtype=torch.float64)
-        cos, sin = answers.rope_tables(torch.arange(T), d, self.base.value)
-        rq = answers.rope_interleaved(q.expand(T, d), cos, sin)  # (T, d): q at every position
-        rk = answers.rope_interleaved(k.expand(T, d), cos, sin)  # (T, d): k at every position
+        tables, rotate = self.tables or answers.rope_tables, self.rotate or answers.rope_interleaved
+        cos, sin = tables(torch.arange(T), d, self.base.value)
+        cos, sin = cos.double(), sin.double()
+        rq = rotate(q.expand(T, d), cos, sin)  # (T, d): q at every position
+        rk = rotate(k.expand(T, d), cos, sin)  # (T, d): k at every position
         self.scores = (rq @ rk.T / np.sqrt(d)).numpy()  # (T, T): [m, n]
         fig = Figure(figsize=(4.4, 3.6))
         ax = fig.subplots()

@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # the checker brings torch (2 s): imported where a checker st
     from attnlab.verdict.checker import Checker, Verdict
 
 # The workbooks whose test cells the checker runs; the others still test inside the kernel.
-CHECKED = ("01_mha", "02_gqa")
+CHECKED = ("01_mha", "02_gqa", "03_rope")
 SECRET_ENV = "ATTNLAB_CLASS_SECRET"
 SECRET_FILE = "class_secret"  # autograde/class_secret, git-ignored: make grade reads it when the variable is unset
 

@@ -5,6 +5,7 @@ than the test sent) and turns what the kernel's code raised into the test's fail
 from __future__ import annotations
 
 import socket
+import types
 
 import torch
 
@@ -73,11 +74,16 @@ class Connection:
         self.sent: dict[int, tuple[int, torch.Tensor]] = {}  # id(tensor) -> (the kernel copy's number, tensor)
         self.largest = 0  # the largest size (elements, or one dimension) of a tensor this test sent
         self.answers_asked = 0
+        self.callbacks: dict[int, object] = {}  # the test's functions handed to the kernel, by number
 
     # -- values
     def _ref_of(self, value):
         if isinstance(value, Remote):
             return value._target
+        if isinstance(value, (types.FunctionType, types.MethodType, types.BuiltinFunctionType)):
+            number = len(self.callbacks) + 1  # a function of the test's: the kernel may call it back
+            self.callbacks[number] = value
+            return wire.Ref(number, wire.CALLBACK)
         if isinstance(value, torch.Tensor):
             for table in (self.from_kernel, self.sent):
                 if id(value) in table and table[id(value)][1] is value:
@@ -151,7 +157,27 @@ class Connection:
             if kind in ANSWERS:
                 self.answer(kind, reply, data, exercise)
                 continue
+            if kind == "callback":
+                self.call_back(reply, data)
+                continue
             raise wire.WireError(f"the kernel sent {kind!r} where a reply was due")
+
+    def call_back(self, header, data) -> None:
+        """The learner's code calls a function the test handed it: run it here, on what the kernel sent; what
+        it raises goes back to the learner's code."""
+        fn = self.callbacks.get(header.get("id")) if type(header.get("id")) is int else None
+        if fn is None:
+            raise wire.WireError("the kernel called back a function the test never handed it")
+        args = self.decode(header.get("value"), data)
+        if type(args) is not dict or type(args.get("args")) is not list or type(args.get("kwargs")) is not dict:
+            raise wire.WireError("a call that is not (args, kwargs)")
+        try:
+            result = fn(*args["args"], **args["kwargs"])
+        except Exception as e:  # noqa: BLE001  (the test's function refused the learner's arguments)
+            wire.send(self.sock, {"op": "failed", "type": type(e).__name__, "message": str(e)[:2000]})
+            return
+        buffers: list = []
+        wire.send(self.sock, {"op": "reply", "value": self.encode(result, buffers)}, buffers)
 
     def given(self, exercise) -> tuple[str, ...]:
         """What the kernel may ask the answer key for now: inside an exercise block, the earlier exercises it

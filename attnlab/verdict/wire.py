@@ -33,6 +33,11 @@ class Name:
         self.name = str(name)
 
 
+# The type name of a Ref to a function of the checker's that a test hands the learner's code (the
+# encodings is_relative checks, the fake GPU's clock): the kernel calls it back, never runs it.
+CALLBACK = "<the checker's function>"
+
+
 class Ref:
     """An object that lives on the other side, by its number there (and its type's name, for messages)."""
 

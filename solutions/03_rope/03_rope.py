@@ -44,7 +44,7 @@ import torch
 
 import attnlab
 from attnlab import answers
-from attnlab.checks import exercise, expect_close, expect_shape, number
+from attnlab.checks import draw, exercise, expect, expect_close, expect_shape, number
 # Workbooks 01 and 02's answers, as building blocks for this one.
 from attnlab.answers import KVCache, gqa_attention, merge_heads, split_heads
 
@@ -109,10 +109,16 @@ expect_close(sin.cpu(), angles.sin(), "sin of rope_tables(torch.arange(5, 8), 8)
 print("rope_frequencies and rope_tables: correct")
 
 ### BEGIN HIDDEN TESTS
-# Other widths and bases, and positions of long contexts (100,000 and beyond), where float32 angles drift.
-for d, base, positions in [(16, 10000.0, torch.arange(100, 107)), (6, 500000.0, torch.tensor([0, 3, 511])),
-                           (32, 100.0, torch.arange(0, 40)), (16, 10000.0, torch.arange(99_998, 100_003)),
-                           (128, 500000.0, torch.tensor([131_071, 524_287, 1_000_000]))]:
+# Other widths and bases; positions that are not consecutive; positions of long contexts (100,000 and
+# beyond), where float32 angles drift.
+dr = draw(301)
+start = dr.int(1, 600)
+for d, base, positions in [(dr.choice([6, 16, 32]), dr.choice([100.0, 10000.0, 500000.0]),
+                            torch.arange(start, start + dr.int(3, 40))),
+                           (dr.choice([6, 8, 32]), dr.choice([10000.0, 500000.0]),
+                            torch.tensor(sorted(dr.shuffle(range(0, 700, 7))[:5]))),
+                           (dr.choice([16, 64]), 10000.0, torch.arange(start + 99_500, start + 99_505)),
+                           (128, 500000.0, torch.tensor(sorted(dr.int(131_000, 1_100_000) for _ in range(3))))]:
     call = f"rope_frequencies({d}, base={base:,g})"
     with exercise("rope_frequencies", case=call):
         got_theta = rope_frequencies(d, base)
@@ -127,21 +133,21 @@ for d, base, positions in [(16, 10000.0, torch.arange(100, 107)), (6, 500000.0, 
         expect_shape(got_t, want_t.shape, f"the {name} table of {case}")
         off = (got_t.detach().cpu().double() - want_t.double()).abs().amax(dim=1)  # (T,): the worst pair per position
         worst = int(off.argmax())
-        assert not off[worst] > 1e-4, (
-            f"{case}: at position {int(positions[worst]):,} your {name} table is off by {off[worst]:.1g}."
-            + (" Far from the start float32 angles drift: form theta and m * theta in float64, then convert "
-               "the tables to float32." if positions[worst] >= 10_000 else ""))
+        expect(not off[worst] > 1e-4, f"{case}: at position {int(positions[worst]):,} your {name} table is off"
+               + ("; far from the start float32 angles drift: form theta and m * theta in float64, then convert "
+                  "the tables to float32" if positions[worst] >= 10_000 else ""), f"by {off[worst]:.1g}")
         expect_close(got_t.cpu(), want_t, f"the {name} table of {case}", atol=1e-4)
 ### END HIDDEN TESTS
 
 # %% [markdown]
 # **See it.** Move the position: each arrow is one pair of coordinates of the
-# same vector, rotated by RoPE. The fast pair spins; the slow pairs barely move.
+# same vector, rotated by RoPE at your `rope_frequencies`. The fast pair spins;
+# the slow pairs barely move.
 
 # %%
 from attnlab.lesson.widgets import RopeRotation
 
-RopeRotation(d=64)
+RopeRotation(d=64, frequencies=rope_frequencies)
 
 # %% [markdown]
 # ## 2 · Two layouts of the same idea
@@ -209,10 +215,13 @@ expect_close(got_h, answers.rope_half(q, cos, sin), "rope_half on a (2, 4, 6, 16
 print("rope_interleaved and rope_half: correct")
 
 ### BEGIN HIDDEN TESTS
-g = torch.Generator().manual_seed(311)
-for shape, offset in [((3, 2, 5, 8), 7), ((4, 6), 1000), ((1, 3, 1, 2), 0), ((2, 1, 9, 32), 123),
-                      ((2, 3, 4, 16), 100_000)]:
-    hx = torch.randn(shape, generator=g, dtype=torch.float64).to(device)
+# Batches and heads in front, no leading axes at all, one token of one pair, positions far from the start;
+# float64.
+d = draw(311)
+for shape, offset in [((d.int(2, 4), d.int(1, 3), d.int(2, 9), 2 * d.int(2, 16)), d.int(1, 1000)),
+                      ((d.int(2, 9), 2 * d.int(1, 8)), d.int(0, 2000)), ((1, d.int(1, 4), 1, 2), 0),
+                      ((d.int(1, 3), d.int(1, 3), d.int(2, 6), 2 * d.int(4, 16)), d.int(99_000, 101_000))]:
+    hx = torch.randn(shape, generator=d.torch, dtype=torch.float64).to(device)
     hc, hs = answers.rope_tables(torch.arange(offset, offset + shape[-2], device=device), shape[-1])
     for name, fn in [("rope_interleaved", rope_interleaved), ("rope_half", rope_half)]:
         case = f"{name} of a {shape} float64 tensor at positions {offset:,}..{offset + shape[-2] - 1:,}"
@@ -272,7 +281,7 @@ with exercise("permute_for_rotate_half"):
 
 
 def scores(rope, Wq, Wk):
-    q, k = (rope(split_heads(x @ W.T, H), cos, sin) for W in (Wq, Wk))  # (1, H, T, D)
+    q, k = (rope(answers.split_heads(x @ W.T, H), cos, sin) for W in (Wq, Wk))  # (1, H, T, D)
     return q @ k.transpose(-2, -1)
 
 
@@ -281,9 +290,10 @@ expect_close(scores(answers.rope_half, W_q2, W_k2), scores(answers.rope_interlea
 print("permute_for_rotate_half: correct; both layouts give the same scores")
 
 ### BEGIN HIDDEN TESTS
-g = torch.Generator().manual_seed(322)
-for H, D, C in [(3, 4, 5), (1, 16, 2), (6, 2, 7)]:
-    hW = torch.randn(H * D, C, generator=g, dtype=torch.float64).to(device)
+# Several heads, one head, heads of one pair; float64.
+d = draw(322)
+for H, D, C in [(d.int(2, 6), 2 * d.int(2, 6), d.int(1, 9)), (1, 2 * d.int(2, 12), d.int(1, 9)), (d.int(2, 8), 2, d.int(1, 9))]:
+    hW = torch.randn(H * D, C, generator=d.torch, dtype=torch.float64).to(device)
     case = f"permute_for_rotate_half of a ({H * D}, {C}) float64 projection with {H} heads of {D} rows"
     with exercise("permute_for_rotate_half", case=case):
         got = permute_for_rotate_half(hW, H)
@@ -333,23 +343,23 @@ def is_relative(rope_fn, d):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_relative", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-# The encodings below run while your check does, with the course's rope_tables, rope_interleaved and
-# rope_half standing in for yours (so that a mistake in those costs points there, not here).
+# The encodings your check is handed are the test's own, with the course's RoPE (so that a mistake in
+# sections 1-2 costs points there, not here).
 def interleaved_rope(x, positions):  # float64 tables, so that RoPE is relative to float64 precision
-    return rope_interleaved(x, *rope_tables(positions, x.shape[-1], dtype=x.dtype))
+    return answers.rope_interleaved(x, *answers.rope_tables(positions, x.shape[-1], dtype=x.dtype))
 
 
 def half_rope(x, positions):
-    return rope_half(x, *rope_tables(positions, x.shape[-1], dtype=x.dtype))
+    return answers.rope_half(x, *answers.rope_tables(positions, x.shape[-1], dtype=x.dtype))
 
 
 def absolute_sinusoid(x, positions):  # the original Transformer's encoding, added instead of rotated
-    cos, sin = rope_tables(positions, x.shape[-1])
+    cos, sin = answers.rope_tables(positions, x.shape[-1])
     return x + torch.cat([sin, cos], dim=-1).to(x.dtype)
 
 
 def squared_angles(x, positions):  # rotations by m^2 * theta: position-dependent, not relative
-    return rope_interleaved(x, *rope_tables(positions**2, x.shape[-1]))
+    return answers.rope_interleaved(x, *answers.rope_tables(positions**2, x.shape[-1]))
 
 
 cases = {"interleaved RoPE": interleaved_rope, "rotate-half RoPE": half_rope,
@@ -362,12 +372,11 @@ for name, fn in cases.items():
 relative = {"interleaved RoPE": True, "rotate-half RoPE": True,
             "an added sinusoidal (absolute) encoding": False, "a rotation by m^2 * theta": False}
 for name, verdict in verdicts.items():
-    assert verdict in (True, False), f"is_relative must return True or False, not {verdict!r}"
-    assert bool(verdict) == relative[name], (
-        f"is_relative says {bool(verdict)} for {name}; it should say {relative[name]}."
-        + (" Does your check compare scores at (m, n) with scores at (m + s, n + s) for some s != 0?"
-           if not relative[name] else
-           " Are you comparing in float64 with a tolerance, rather than with ==?"))
+    expect(verdict in (True, False), f"is_relative must return True or False, not {verdict!r}")
+    expect(bool(verdict) == relative[name], f"is_relative says {bool(verdict)} for {name}; it should say "
+           f"{relative[name]}. " + ("Does your check compare scores at (m, n) with scores at (m + s, n + s) for "
+                                    "some s != 0?" if not relative[name] else
+                                    "Are you comparing in float64 with a tolerance, rather than with ==?"))
 print("is_relative tells relative encodings from absolute ones")
 
 ### BEGIN HIDDEN TESTS
@@ -379,39 +388,40 @@ def log_angles(x, positions):  # rotations by log(1 + m) * theta
 
 
 def rope_base_500k(x, positions):
-    return rope_half(x, *rope_tables(positions, x.shape[-1], 500000.0, dtype=x.dtype))
+    return answers.rope_half(x, *answers.rope_tables(positions, x.shape[-1], 500000.0, dtype=x.dtype))
 
 
 def rope_short_table(x, positions):  # a table built for 128 positions: later positions reuse its last row
-    return rope_interleaved(x, *rope_tables(positions.clamp(max=127), x.shape[-1], dtype=x.dtype))
+    return answers.rope_interleaved(x, *answers.rope_tables(positions.clamp(max=127), x.shape[-1], dtype=x.dtype))
 
 
 encodings = {"rotations by log(1 + m) * theta": log_angles, "rotate-half RoPE with base 500,000": rope_base_500k,
              "an added sinusoidal (absolute) encoding": absolute_sinusoid,
              "a RoPE whose table stops at position 127 (later positions reuse its last row)": rope_short_table}
 verdicts = {}
-for d in (6, 32):
+dr = draw(377)
+for d in (dr.choice([4, 6, 8]), dr.choice([16, 32, 64])):  # a narrow and a wide head
     for name, fn in encodings.items():
         with exercise("is_relative", case=f"is_relative on {name}, d={d}"):
             verdicts[name, d] = is_relative(fn, d)
 relative = {"rotate-half RoPE with base 500,000": True}  # the others are not relative
 for (name, d), verdict in verdicts.items():
     want = relative.get(name, False)
-    assert verdict in (True, False) and bool(verdict) == want, (
-        f"is_relative says {verdict!r} for {name}, d={d}; it should say {want}."
-        + (" An encoding can be relative near the start and not far from it: shift by hundreds of positions too."
-           if "table stops" in name else ""))
+    expect(verdict in (True, False) and bool(verdict) == want, f"is_relative is wrong for {name}, d={d}"
+           + (": an encoding can be relative near the start and not far from it; shift by hundreds of positions "
+              "too" if "table stops" in name else ""))
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# **See it.** One query and one key, placed at every pair of positions: the
+# **See it.** One query and one key, placed at every pair of positions and
+# rotated by your `rope_tables` and `rope_interleaved`: the
 # score is constant along each diagonal ($m - n$ fixed). Untick the box to use
 # an unrelated key: still constant along the diagonals.
 
 # %%
 from attnlab.lesson.widgets import RopeScores
 
-RopeScores(d=64, length=64)
+RopeScores(d=64, length=64, tables=rope_tables, rotate=rope_interleaved)
 
 # %% [markdown]
 # ## 5 · RoPE with a KV cache
@@ -458,8 +468,8 @@ kv, got = KVCache(), []
 with exercise("rope_gqa_step"):
     for t0, t1 in [(0, 5), (5, 6), (6, 7), (7, 8)]:
         got.append(rope_gqa_step(x[:, t0:t1], *Ws, H, G, kv))
-want = answers.rope_gqa_step(x, *Ws, H, G, KVCache())  # (2, 8, C): all 8 tokens at once
-at_zero, zero_cache = [], KVCache()  # what the position-0 bug produces
+want = answers.rope_gqa_step(x, *Ws, H, G, answers.KVCache())  # (2, 8, C): all 8 tokens at once
+at_zero, zero_cache = [], answers.KVCache()  # what the position-0 bug produces
 for t0, t1 in [(0, 5), (5, 6), (6, 7), (7, 8)]:
     at_zero.append(answers.rope_gqa_step(x[:, t0:t1], *Ws, H, G, zero_cache, start=0))
 expect_shape(kv.k, (2, G, 8, C // H), "the cache's keys after 8 tokens")
@@ -470,12 +480,18 @@ for (t0, t1), step, bug in zip([(0, 5), (5, 6), (6, 7), (7, 8)], got, at_zero):
 print("RoPE with a KV cache: every step at its true position")
 
 ### BEGIN HIDDEN TESTS
-g = torch.Generator().manual_seed(333)
-for B, C, H, G, chunks, base in [(3, 24, 6, 3, [4, 1, 2, 1], 10000.0), (1, 16, 4, 1, [1, 1, 1, 1], 500000.0),
-                                 (2, 36, 3, 3, [6, 3], 100.0)]:
-    D = C // H
-    hW = [torch.randn(n, C, generator=g, dtype=torch.float64).to(device) / C**0.5 for n in (C, G * D, G * D, C)]
-    hx = torch.randn(B, sum(chunks), C, generator=g, dtype=torch.float64).to(device)
+# Groups of query heads, one K/V head (MQA) and as many as query heads (MHA); a prompt then single tokens,
+# single tokens from the start, steps of several tokens after a filled cache; other bases than 10,000
+# (500,000 as Llama 3's); batches above 1; float64.
+d = draw(333)
+for G, n_rep, chunks, base in [(d.int(2, 3), d.int(2, 3), [d.int(2, 6)] + [1] * d.int(2, 3), 10000.0),
+                               (1, d.int(2, 5), [1] * d.int(3, 5), 500000.0),
+                               (d.int(2, 4), 1, [d.int(2, 6), d.int(2, 4)], d.choice([100.0, 50000.0]))]:
+    H = G * n_rep
+    B, D = d.int(1, 3), 2 * d.int(1, 4)
+    C = H * D
+    hW = [torch.randn(n, C, generator=d.torch, dtype=torch.float64).to(device) / C**0.5 for n in (C, G * D, G * D, C)]
+    hx = torch.randn(B, sum(chunks), C, generator=d.torch, dtype=torch.float64).to(device)
     layer = f"rope_gqa_step with base={base:,g}, {H} query heads and {G} K/V heads of {D} dims, batch {B}, float64"
     steps, kv, start = [], KVCache(), 0
     for n in chunks:
@@ -483,22 +499,22 @@ for B, C, H, G, chunks, base in [(3, 24, 6, 3, [4, 1, 2, 1], 10000.0), (1, 16, 4
         with exercise("rope_gqa_step", case=case):
             steps.append((case, start, n, rope_gqa_step(hx[:, start:start + n], *hW, H, G, kv, base=base)))
         start += n
-    want = answers.rope_gqa_step(hx, *hW, H, G, KVCache(), base=base)
+    want = answers.rope_gqa_step(hx, *hW, H, G, answers.KVCache(), base=base)
     for case, start, n, got in steps:
         expect_close(got, want[:, start:start + n], case,
                      hint="" if base == 10000.0 else f"Are your tables built with the base you are given ({base:,g})?")
-# A decode step far into a long context: 100,000 tokens already cached.
-B, C, H, G, T0 = 1, 16, 4, 1, 100_000
+# A decode step far into a long context: about 100,000 tokens already cached.
+B, C, H, G, T0 = 1, 16, 4, 1, d.int(99_000, 101_000)
 D = C // H
-hW = [torch.randn(n, C, generator=g, dtype=torch.float64).to(device) / C**0.5 for n in (C, G * D, G * D, C)]
-hx = torch.randn(B, 2, C, generator=g, dtype=torch.float64).to(device)
-cached = [torch.randn(B, G, T0, D, generator=g, dtype=torch.float64).to(device) for _ in range(2)]  # rotated K, V
+hW = [torch.randn(n, C, generator=d.torch, dtype=torch.float64).to(device) / C**0.5 for n in (C, G * D, G * D, C)]
+hx = torch.randn(B, 2, C, generator=d.torch, dtype=torch.float64).to(device)
+cached = [torch.randn(B, G, T0, D, generator=d.torch, dtype=torch.float64).to(device) for _ in range(2)]  # rotated K, V
 kv = KVCache()
-kv.k, kv.v = (t.clone() for t in cached)  # a copy: what your code does to it cannot change the expected result
+kv.update(*cached)  # your cache holds copies: what your code does to them cannot change the expected result
 case = f"rope_gqa_step with base=500,000 for 2 new tokens after {T0:,} cached ones (positions {T0:,}..{T0 + 1:,})"
 with exercise("rope_gqa_step", case=case):
     got = rope_gqa_step(hx, *hW, H, G, kv, base=500000.0)
-ref_cache = KVCache()
+ref_cache = answers.KVCache()
 ref_cache.k, ref_cache.v = cached
 expect_close(got, answers.rope_gqa_step(hx, *hW, H, G, ref_cache, base=500000.0), case)
 ### END HIDDEN TESTS
@@ -559,14 +575,17 @@ expect_close(W_abs, W_q.T @ W_uk, "absorb(W_q, W_uk)", atol=1e-4)
 print("absorb and absorbed_scores: correct (without RoPE)")
 
 ### BEGIN HIDDEN TESTS
-g = torch.Generator().manual_seed(344)
-# Other weights than the notebook's (the first with the visible shapes and dtype), then Tq != Tk and float64.
-for hD, hC, hdc, Tq, Tk, dtype in [(16, 32, 8, 10, 10, torch.float32), (4, 6, 3, 2, 5, torch.float64),
-                                   (8, 3, 10, 1, 7, torch.float64)]:
-    hWq = torch.randn(hD, hC, generator=g, dtype=dtype).to(device)
-    hWuk = torch.randn(hD, hdc, generator=g, dtype=dtype).to(device)
-    hh = torch.randn(Tq, hC, generator=g, dtype=dtype).to(device)
-    hc = torch.randn(Tk, hdc, generator=g, dtype=dtype).to(device)
+# Other weights than the visible test's (the first with its shapes and dtype), then fewer queries than
+# latents, one query, a latent wider than the model (d_c > C); float64.
+d = draw(344)
+for hD, hC, hdc, Tq, Tk, dtype in [(16, 32, 8, 10, 10, torch.float32),
+                                   (d.int(2, 8), d.int(3, 9), d.int(2, 6), (t := d.int(2, 5)), t + d.int(1, 4),
+                                    torch.float64),
+                                   (d.int(2, 8), d.int(2, 4), d.int(6, 12), 1, d.int(2, 9), torch.float64)]:
+    hWq = torch.randn(hD, hC, generator=d.torch, dtype=dtype).to(device)
+    hWuk = torch.randn(hD, hdc, generator=d.torch, dtype=dtype).to(device)
+    hh = torch.randn(Tq, hC, generator=d.torch, dtype=dtype).to(device)
+    hc = torch.randn(Tk, hdc, generator=d.torch, dtype=dtype).to(device)
     weights = f"W_q ({hD}, {hC}) and W_uk ({hD}, {hdc}), {str(dtype).removeprefix('torch.')}"
     with exercise("absorb", case=f"absorb of new weights {weights}"):
         got_W = absorb(hWq, hWuk)
@@ -589,11 +608,11 @@ for hD, hC, hdc, Tq, Tk, dtype in [(16, 32, 8, 10, 10, torch.float32), (4, 6, 3,
 # apart in 32 positions).
 
 # %%
-T = 32
+D, C, d_c, T = 16, 32, 8, 32  # one head of 16 dims, a model 32 wide, a latent of 8, 32 positions
 gen = torch.Generator().manual_seed(1)
 W_q, W_uk = torch.randn(D, C, generator=gen, dtype=torch.float64), torch.randn(D, d_c, generator=gen, dtype=torch.float64)
 h, c = torch.randn(T, C, generator=gen, dtype=torch.float64), torch.randn(T, d_c, generator=gen, dtype=torch.float64)
-cos, sin = answers.rope_tables(torch.arange(T), D)
+cos, sin = rope_tables(torch.arange(T), D)
 plain = (h @ W_q.T) @ (c @ W_uk.T).T  # (T, T)
 roped = rope_interleaved(h @ W_q.T, cos, sin) @ rope_interleaved(c @ W_uk.T, cos, sin).T  # (T, T)
 absorbed = absorbed_scores(h, c, absorb(W_q, W_uk))  # (T, T)
@@ -697,10 +716,15 @@ print("yarn_frequencies: correct; pairs kept:", int((got == theta).sum()), "of 3
 # Other widths, bases, factors and contexts; beta_fast equal to beta_slow (Kimi K2's config); a context so short
 # that low and high meet (the ramp becomes a step); a base so small that the slow pairs reach past d/2; and
 # factor 1, which changes nothing.
-for d, base, s, L, fast, slow in [(128, 500000.0, 8.0, 8192, 32.0, 1.0), (64, 50000.0, 64.0, 4096, 1.0, 1.0),
-                                  (16, 100.0, 4.0, 1024, 32.0, 1.0), (32, 10000.0, 1.0, 4096, 32.0, 1.0),
-                                  (64, 10000.0, 40.0, 4096, 16.0, 2.0), (8, 10000.0, 2.0, 64, 4.0, 1.0),
-                                  (8, 10000.0, 4.0, 4, 1.0, 1.0)]:
+dr = draw(355)
+for d, base, s, L, fast, slow in [(dr.choice([64, 128]), dr.choice([50000.0, 500000.0]), dr.choice([4.0, 8.0, 16.0]),
+                                   dr.choice([2048, 8192]), 32.0, 1.0),
+                                  (dr.choice([32, 64]), dr.choice([10000.0, 50000.0]), dr.choice([32.0, 64.0]),
+                                   4096, (b := dr.choice([1.0, 2.0])), b),
+                                  (16, 100.0, dr.choice([2.0, 4.0]), 1024, 32.0, 1.0),
+                                  (dr.choice([16, 32]), 10000.0, 1.0, 4096, 32.0, 1.0),
+                                  (dr.choice([32, 64]), 10000.0, dr.choice([20.0, 40.0]), 4096, 16.0, 2.0),
+                                  (8, 10000.0, dr.choice([2.0, 3.0]), 64, 4.0, 1.0), (8, 10000.0, 4.0, 4, 1.0, 1.0)]:
     case = f"yarn_frequencies({d}, base={base:g}, factor={s:g}, original_len={L}, beta_fast={fast:g}, beta_slow={slow:g})"
     with exercise("yarn_frequencies", case=case):
         got = yarn_frequencies(d, base, s, L, fast, slow)
@@ -721,16 +745,20 @@ print(f"yarn_softmax_scale: correct; DeepSeek-V3 runs at {got:.4f}, {got / 192 *
 
 ### BEGIN HIDDEN TESTS
 # DeepSeek-V2's mscale of 0.707, Kimi K2's factor of 64, factor 1 (no extension) and other widths.
-for d_qk, s, mscale in [(192, 40.0, 0.707), (192, 64.0, 1.0), (128, 1.0, 1.0), (64, 8.0, 1.0), (96, 4.0, 0.5)]:
+dr = draw(366)
+for d_qk, s, mscale in [(192, 40.0, 0.707), (192, 64.0, 1.0), (dr.choice([64, 128]), 1.0, 1.0),
+                        (dr.choice([64, 96, 128]), dr.choice([4.0, 8.0, 16.0]), 1.0),
+                        (dr.choice([96, 192]), dr.choice([2.0, 4.0]), dr.choice([0.5, 0.8]))]:
     case = f"yarn_softmax_scale({d_qk}, {s:g}, mscale={mscale:g})"
     with exercise("yarn_softmax_scale", case=case):
         got = number(yarn_softmax_scale(d_qk, s, mscale), case)
     want = answers.yarn_softmax_scale(d_qk, s, mscale)
-    assert abs(got - want) < 1e-9 * want, f"{case} is {got:.6g}; expected {want:.6g}"
+    expect(abs(got - want) < 1e-9 * want, f"{case} is wrong", f"you have {got:.6g}; expected {want:.6g}")
 ### END HIDDEN TESTS
 
 # %% [markdown]
-# **See it.** DeepSeek-V3's 32 RoPE pairs before and after YaRN, and how many
+# **See it.** DeepSeek-V3's 32 RoPE pairs before and after YaRN (your
+# `rope_frequencies` and `yarn_frequencies`), and how many
 # turns each makes over the 4K pre-training context: the pairs that turn more
 # than 32 times keep their frequency, those that never finish a turn are slowed
 # 40×, and the ramp between is what YaRN adds to position interpolation.
@@ -740,8 +768,8 @@ from attnlab.models import MODELS
 
 v3 = MODELS["DeepSeek-V3"]
 y = v3.yarn
-plain = answers.rope_frequencies(v3.d_rope, v3.rope_theta)
-extended = answers.yarn_frequencies(v3.d_rope, v3.rope_theta, y.factor, y.original_len, y.beta_fast, y.beta_slow)
+plain = rope_frequencies(v3.d_rope, v3.rope_theta)
+extended = yarn_frequencies(v3.d_rope, v3.rope_theta, y.factor, y.original_len, y.beta_fast, y.beta_slow)
 turns = y.original_len * plain / (2 * math.pi)
 fig, ax = plt.subplots(figsize=(6.5, 3.2))
 ax.semilogy(plain, "o-", ms=3, label=r"$\theta_i$ (trained)")
@@ -755,7 +783,8 @@ ax.set(xlabel="pair i", ylabel="radians per position", title="DeepSeek-V3's RoPE
 ax.legend(fontsize=8, loc="lower left")
 fig.tight_layout()
 plt.show()
-print(f"DeepSeek-V3's softmax scale: {v3.softmax_scale:.4f} (plain 1/sqrt(192): {192 ** -0.5:.4f})")
+scale = yarn_softmax_scale(v3.d_head + v3.d_rope, y.factor, y.mscale_all_dim)  # queries and keys 128 + 64 wide
+print(f"DeepSeek-V3's softmax scale (your yarn_softmax_scale): {scale:.4f} (plain 1/sqrt(192): {192 ** -0.5:.4f})")
 
 # %% [markdown]
 # ## Recap
