@@ -417,6 +417,9 @@ def test_a_checked_exercise_gets_only_the_building_blocks_it_is_given(tmp_path, 
     notebook = "\n".join([code["setup"].split("torch.manual_seed")[0], code["expand"], code["grouped"], module])
     with grading.checker(grading.test_sources(source), folder=str(tmp_path), timeout=30,
                          workbook="02_gqa") as checker:
+        for earlier in ("test_expand", "test_grouped"):  # the cells before it, as the grader passes them
+            checker.arm(earlier)
+            checker.verdict(earlier)
         checker.arm("test_module")
         subprocess.run([sys.executable, "-c", _KERNEL, "test_module"], input=notebook, text=True, timeout=120,
                        env={**os.environ, kernel.SOCKET_ENV: checker.path, "MPLBACKEND": "Agg"}, check=True)
@@ -447,3 +450,74 @@ def test_a_function_the_test_hands_the_learners_code_is_called_back_in_the_check
                        env={**os.environ, kernel.SOCKET_ENV: checker.path}, check=True)
         verdict = checker.verdict("test_twice")
     assert verdict.status == "pass", verdict.message
+
+
+def test_an_earlier_exercise_is_handed_in_only_once_its_own_test_has_run(tmp_path):
+    """A notebook whose test cells were moved (nbgrader keeps the submitted order) could collect the answers
+    of an exercise through a later exercise's test before that exercise is tested: refused."""
+    import os
+    import subprocess
+    import sys
+
+    from attnlab import cells
+    from attnlab.verdict import kernel
+
+    source = cells.read(pathlib.Path(__file__).resolve().parents[1] / "solutions" / "02_gqa" / "02_gqa.ipynb")
+    code = {cells.grade_id(c): c.source for c in source.cells if cells.grade_id(c)}
+    notebook = "\n".join([code["setup"].split("torch.manual_seed")[0], code["expand"], code["grouped"], code["module"]])
+    with grading.checker(grading.test_sources(source), folder=str(tmp_path), timeout=30,
+                         workbook="02_gqa") as checker:
+        checker.arm("test_module")  # before test_grouped, whose gqa_attention it hands in
+        subprocess.run([sys.executable, "-c", _KERNEL, "test_module"], input=notebook, text=True, timeout=120,
+                       env={**os.environ, kernel.SOCKET_ENV: checker.path, "MPLBACKEND": "Agg"}, check=True)
+        verdict = checker.verdict("test_module")
+    assert verdict.status == "fail" and "whose own test has not run yet" in verdict.message, verdict
+
+
+def test_within_a_test_cell_an_exercise_is_checked_before_those_that_use_it():
+    """The rule above, inside one cell: every block of an exercise comes before the blocks of the exercises
+    that use it (the checker hands those in; earlier, their answers could be collected for the later blocks)."""
+    import ast
+
+    from attnlab import cells
+    from attnlab.checks import exercises
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "solutions"
+    for workbook in grading.CHECKED:
+        for grade_id, source in grading.test_sources(cells.read(root / workbook / f"{workbook}.ipynb")).items():
+            blocks = [(node.lineno, [a.value for a in node.args if isinstance(a, ast.Constant)])
+                      for node in ast.walk(ast.parse(source))
+                      if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "exercise"]
+            last = {}
+            for line, names in blocks:
+                for name in names:
+                    last[name] = max(last.get(name, 0), line)
+            for line, names in blocks:
+                for used in exercises.lookup(*names).uses:
+                    assert last.get(used, 0) < line, \
+                        f"{workbook} {grade_id}: line {line} hands in {used}, which this cell checks again at " \
+                        f"line {last[used]}"
+
+
+def test_what_the_checker_computes_for_the_kernel_is_bounded_before_it_is_allocated(given):
+    attention = given()("attention")
+    q, k, v = torch.zeros(1, 16, 4096, 0), torch.zeros(1, 1, 4096, 0), torch.zeros(1, 1, 4096, 1)  # 1 GiB of scores
+    with pytest.raises(ValueError, match="GiB"):
+        attention(q, k, v)
+    x = torch.randn(1, 2, 3, 4)
+    assert attention(x, x, x).shape == (1, 2, 3, 4)  # and the checker goes on
+
+
+def test_no_gradient_through_the_course_is_given_where_gradients_are_written_by_hand(tmp_path):
+    """In gqa_attention_backward (by hand: autograd is off in the kernel) a request for a gradient through the
+    course's repeat_kv (which is sum_over_groups, tested later in the cell) is refused."""
+    tests = {"test_backward": "with exercise('gqa_attention_backward'):\n    got = gqa_attention_backward(1)\n"}
+    with grading.checker(tests, folder=str(tmp_path), timeout=10, workbook="02_gqa") as checker:
+        def answer(sock, header, buffers):
+            out: list = []
+            value = {"args": [torch.ones(1, 1, 2, 3)], "kwargs": {}, "cotangents": [torch.ones(1, 2, 2, 3)]}
+            wire.send(sock, {"op": "answer_vjp", "name": "repeat_kv", "value": wire.encode(value, out)}, out)
+            reply, _ = wire.receive(sock)
+            assert reply["op"] == "refused"
+        _, verdict = _run(checker, "test_backward", answer)
+    assert verdict.status == "fail" and "written by hand" in verdict.message, verdict

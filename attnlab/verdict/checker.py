@@ -61,6 +61,11 @@ class Checker:
         self.cells, self.student, self.secret, self.timeout = dict(cells), student, secret, timeout
         self.workbook = workbook  # whose building blocks the kernel's cells may ask for
         self.given_asked = 0
+        # Which cells test each exercise, and which cells the grader is done with: an earlier exercise is
+        # answered for a later one only once its own tests have run (a notebook whose test cells were moved
+        # could otherwise collect the answers of an exercise before that exercise is tested).
+        self.tested_in = tested_in(self.cells)
+        self.finished: set[str] = set()
         self.answers = answers
         self.records: dict[str, Verdict] = {}
         self._lock = threading.Lock()
@@ -107,6 +112,7 @@ class Checker:
             finished.wait(self.GRACE)
         with self._lock:
             self._window = None
+            self.finished.add(grade_id)
             found = self.records.get(grade_id)
             if found:
                 return found
@@ -125,6 +131,15 @@ class Checker:
             self._server.close()
         if self.path and os.path.exists(self.path):
             os.unlink(self.path)
+
+    def _untested(self, grade_id: str):
+        """For the run of ``grade_id``: of the exercises ``names``, those whose tests in other cells have not
+        run yet (within the cell, its blocks of an exercise come before the blocks of those that use it)."""
+        def untested(names) -> list[str]:
+            with self._lock:
+                return [n for n in names if any(g != grade_id and g not in self.finished
+                                                for g in self.tested_in.get(n, ()))]
+        return untested
 
     # -- the kernel's side
     def _serve(self) -> None:
@@ -184,7 +199,7 @@ class Checker:
     def run_cell(self, grade_id: str, sock) -> Verdict:
         """Run test cell ``grade_id``'s code against the kernel on ``sock``; its verdict."""
         source = self.cells[grade_id]
-        conn = Connection(sock, self.answers, self.workbook)
+        conn = Connection(sock, self.answers, self.workbook, untested=self._untested(grade_id))
         out = io.StringIO()
         scope = vocabulary(conn, out)
         tree = ast.parse(source)
@@ -208,6 +223,24 @@ class Checker:
                 line = _failing_line(e, filename)
                 return Verdict("fail", _message(e, line in hidden, conn), out.getvalue())
         return Verdict("pass", "", out.getvalue())
+
+
+def tested_in(cells: dict[str, str]) -> dict[str, list[str]]:
+    """exercise -> the test cells (grade ids) whose code checks it in an ``exercise(...)`` block."""
+    out: dict[str, list[str]] = {}
+    for grade_id, source in cells.items():
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "exercise":
+                for arg in node.args:
+                    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                        out.setdefault(arg.value, [])
+                        if grade_id not in out[arg.value]:
+                            out[arg.value].append(grade_id)
+    return out
 
 
 def hidden_lines(source: str) -> set[int]:

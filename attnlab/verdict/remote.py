@@ -8,6 +8,8 @@ import socket
 import types
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map_only
 
 from attnlab.checks.failure import CheckFailed
 from attnlab.verdict import wire
@@ -65,8 +67,9 @@ class Connection:
     # Outside a test nothing bounds the inputs by what a test sent: these do (a building block's inputs).
     LARGEST_ELEMENTS, LARGEST_DIMENSION = 1 << 22, 1 << 14
 
-    def __init__(self, sock: socket.socket, answers, workbook: str = "", test: bool = True):
+    def __init__(self, sock: socket.socket, answers, workbook: str = "", test: bool = True, untested=None):
         self.sock, self.answers, self.workbook, self.test = sock, answers, workbook, test
+        self.untested = untested or (lambda names: [])  # of these exercises, those whose tests have not run
         self.exercise: dict | None = None  # the test's exercise block in force, if any
         self.watch: Watch | None = None  # the test's storage_watch block in force, if any
         self.last_case = ""  # the case of the latest exercise block: what a failed hidden check names
@@ -90,10 +93,11 @@ class Connection:
                     return wire.Ref(table[id(value)][0], "Tensor")
         return value
 
-    def _tag(self, tensor):
+    def _tag(self, tensor, grow: bool = True):
         number = -(len(self.sent) + 1)
         self.sent[id(tensor)] = (number, tensor)
-        self.largest = max(self.largest, tensor.numel(), *tensor.shape)
+        if grow:  # what the test sends bounds what the kernel may ask of the answer key
+            self.largest = max(self.largest, tensor.numel(), *tensor.shape)
         return number
 
     def _within_bounds(self, args) -> None:
@@ -171,13 +175,30 @@ class Connection:
         args = self.decode(header.get("value"), data)
         if type(args) is not dict or type(args.get("args")) is not list or type(args.get("kwargs")) is not dict:
             raise wire.WireError("a call that is not (args, kwargs)")
+        self._within_bounds(args)  # bounded like the answer key, and counted with it
         try:
-            result = fn(*args["args"], **args["kwargs"])
+            with budget():
+                result = fn(*args["args"], **args["kwargs"])
+        except CheckFailed:
+            raise
         except Exception as e:  # noqa: BLE001  (the test's function refused the learner's arguments)
             wire.send(self.sock, {"op": "failed", "type": type(e).__name__, "message": str(e)[:2000]})
             return
-        buffers: list = []
-        wire.send(self.sock, {"op": "reply", "value": self.encode(result, buffers)}, buffers)
+        buffers: list = []  # what comes back raises no bound: the kernel chose the arguments
+        wire.send(self.sock, {"op": "reply", "value": wire.encode(result, buffers, self._ref_of,
+                                                                   lambda t: self._tag(t, grow=False))}, buffers)
+
+    @staticmethod
+    def _uses(exercise) -> tuple[str, ...]:
+        from attnlab.checks import exercises
+
+        return exercises.lookup(*exercise["names"]).uses
+
+    @staticmethod
+    def _by_hand(exercise) -> bool:
+        from attnlab.checks import exercises
+
+        return exercises.lookup(*exercise["names"]).by_hand
 
     def given(self, exercise) -> tuple[str, ...]:
         """What the kernel may ask the answer key for now: inside an exercise block, the earlier exercises it
@@ -212,6 +233,14 @@ class Connection:
                                   "exercise is graded: write this part yourself instead of calling the course's "
                                   "answer")
             return
+        if kind == "answer_vjp" and exercise and self._by_hand(exercise):
+            wire.send(self.sock, {"op": "refused", "message": "no gradients of the course's while autograd is off"})
+            raise CheckFailed(f"your code asked the checker for a gradient through the course's {owner} in an "
+                              "exercise whose gradients are written by hand")
+        if exercise and owner in self._uses(exercise) and self.untested([owner]):
+            wire.send(self.sock, {"op": "refused", "message": f"{owner} is tested later in this notebook"})
+            raise CheckFailed(f"this test hands your code the course's {owner}, whose own test has not run yet: "
+                              "the notebook's test cells were moved or removed; restore their order")
         args = self.decode(header.get("value"), data)
         try:
             result = self._compute(kind, name, args)
@@ -244,6 +273,10 @@ class Connection:
                 kind == "method" and method not in ("__init__", *self._methods(found))):
             raise wire.WireError(f"a request for {name} that is not one of its functions or methods")
         self._within_bounds(args)
+        with budget():
+            return self._run(kind, name, method, found, args)
+
+    def _run(self, kind, name, method, found, args):
         if kind == "method":
             cls, state = found, args.get("state")
             if method == "__init__":
@@ -276,6 +309,30 @@ class Connection:
 
 
 ANSWERS = ("answer", "answer_vjp", "describe", "method")  # what a stand-in in the kernel asks the answer key
+
+
+class budget(TorchDispatchMode):
+    """While the checker computes for the kernel (the answer key, a test's function on the kernel's
+    arguments), every operation is first run on meta tensors, which cost nothing: one whose result would
+    be larger than LARGEST bytes is refused before it allocates (a (1, 16, 4096, 0) query against 4,096
+    keys is small to send and 1 GiB of scores to answer)."""
+
+    LARGEST = 1 << 28
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        meta = lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")  # noqa: E731
+        on_meta = {**tree_map_only(torch.Tensor, meta, kwargs), **({"device": torch.device("meta")}
+                                                                    if "device" in kwargs else {})}
+        try:
+            shapes = func(*tree_map_only(torch.Tensor, meta, args), **on_meta)
+        except Exception:  # noqa: BLE001  (an operation without a meta form: nothing to foresee)
+            shapes = None
+        size = sum(t.numel() * t.element_size() for t in tree_flatten(shapes)[0] if isinstance(t, torch.Tensor))
+        if size > self.LARGEST:
+            raise CheckFailed(f"your code asked the checker for a result of {size / 2**30:.1f} GiB "
+                              f"({func.__name__}); it answers up to {self.LARGEST / 2**30:.2f} GiB at a time")
+        return func(*args, **kwargs)
 
 
 def _learner_error(reply: dict, exercise: dict | None) -> BaseException:

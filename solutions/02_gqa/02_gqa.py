@@ -500,6 +500,18 @@ expect_close(pooled, W.view(2, 4, 2, 3).mean(1).reshape(4, 3), "mean_pool_heads(
              suspects={"each group keeps its first head instead of the mean": W.view(2, 4, 2, 3)[:, 0].reshape(4, 3),
                        "the groups take every n_kv_heads-th head instead of consecutive heads":
                        W.view(4, 2, 2, 3).mean(0).reshape(4, 3)})
+### BEGIN HIDDEN TESTS
+# Groups of several heads, one group of all heads (MQA), heads pooled in pairs; widths other than the heads'.
+d = draw(255)
+for G, n_rep in [(d.int(2, 4), d.int(2, 3)), (1, d.int(3, 6)), (d.int(3, 6), 2)]:
+    H, D, C = G * n_rep, d.int(2, 5), d.int(3, 12)
+    hW = torch.randn(H * D, C, generator=d.torch, dtype=torch.float64).to(device)
+    case = f"mean_pool_heads of a ({H * D}, {C}) float64 projection, {H} heads of {D} rows into {G} K/V heads"
+    with exercise("mean_pool_heads", case=case):
+        got = mean_pool_heads(hW, H, G)
+    expect_close(got, answers.mean_pool_heads(hW, H, G), case)
+### END HIDDEN TESTS
+
 Ws = [torch.randn(32, 32, device=device) / 32**0.5 for _ in range(4)]
 x = torch.randn(2, 10, 32, device=device)
 with exercise("conversion_error"):
@@ -513,15 +525,7 @@ assert abs(errors[2] - expected) < 1e-4, f"conversion_error(..., 8, 2, x) = {err
 print("mean_pool_heads and conversion_error: correct")
 
 ### BEGIN HIDDEN TESTS
-# Groups of several heads, one group of all heads (MQA), heads pooled in pairs; widths other than the heads'.
-d = draw(255)
-for G, n_rep in [(d.int(2, 4), d.int(2, 3)), (1, d.int(3, 6)), (d.int(3, 6), 2)]:
-    H, D, C = G * n_rep, d.int(2, 5), d.int(3, 12)
-    hW = torch.randn(H * D, C, generator=d.torch, dtype=torch.float64).to(device)
-    case = f"mean_pool_heads of a ({H * D}, {C}) float64 projection, {H} heads of {D} rows into {G} K/V heads"
-    with exercise("mean_pool_heads", case=case):
-        got = mean_pool_heads(hW, H, G)
-    expect_close(got, answers.mean_pool_heads(hW, H, G), case)
+d = draw(256)
 # conversion_error again and again, with other weights and inputs each time (the first with the shapes of
 # the visible check): nothing may carry over from one call to the next.
 for B, T, H, G, D in [(2, 10, 8, 2, 4), (2, 10, 8, 2, 4)] + [(d.int(1, 3), d.int(3, 9), *d.choice(
