@@ -329,7 +329,7 @@ def test_the_unprivileged_fallback_prepares_a_kernel_without_the_answer_key(tmp_
 
     course, tmp = tmp_path / "course", tmp_path / "grading"
     course.mkdir(), tmp.mkdir()
-    config = unprivileged.prepare(tmp, course, "03_rope")
+    config = unprivileged.prepare(tmp, course, "04_mla")
     try:
         kdir = pathlib.Path(config.split("os.environ['JUPYTER_PATH'] = ", 1)[1].split("'")[1])
         assert not (kdir / "attnlab" / "answers" / "mha.py").exists() and (kdir / "attnlab" / "answers" / "mha.pyc").exists()

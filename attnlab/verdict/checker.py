@@ -61,8 +61,8 @@ class Checker:
         self.cells, self.student, self.secret, self.timeout = dict(cells), student, secret, timeout
         self.workbook = workbook  # whose building blocks the kernel's cells may ask for
         self.given_asked = 0
-        # Which cells test each exercise, and which cells the grader is done with: an earlier exercise is
-        # answered for a later one only once its own tests have run (a notebook whose test cells were moved
+        # Which cells test each exercise, and which cells the grader is done with: a cell whose exercises use
+        # an earlier one runs only once that one's tests have run (a notebook whose test cells were moved
         # could otherwise collect the answers of an exercise before that exercise is tested).
         self.tested_in = tested_in(self.cells)
         self.finished: set[str] = set()
@@ -132,14 +132,23 @@ class Checker:
         if self.path and os.path.exists(self.path):
             os.unlink(self.path)
 
-    def _untested(self, grade_id: str):
-        """For the run of ``grade_id``: of the exercises ``names``, those whose tests in other cells have not
-        run yet (within the cell, its blocks of an exercise come before the blocks of those that use it)."""
-        def untested(names) -> list[str]:
-            with self._lock:
-                return [n for n in names if any(g != grade_id and g not in self.finished
-                                                for g in self.tested_in.get(n, ()))]
-        return untested
+    def absent(self, grade_ids) -> None:
+        """Test cells the notebook does not have (``make check`` runs a notebook as it is): they never run."""
+        with self._lock:
+            self.finished.update(grade_ids)
+
+    def handed_in(self, grade_id: str) -> tuple[list[str], list[str]]:
+        """The earlier exercises the exercises of cell ``grade_id`` use (the tests hand in the course's), and
+        those of them whose test cells have not run yet. (Within a cell, every check of an exercise comes
+        before the checks of those that use it.)"""
+        from attnlab.checks import exercises
+
+        tested = [e for e, cells in self.tested_in.items() if grade_id in cells and e in exercises.EXERCISES]
+        uses = sorted({u for e in tested for u in exercises.lookup(e).uses} - set(tested))
+        with self._lock:
+            early = [u for u in uses if any(g != grade_id and g not in self.finished
+                                            for g in self.tested_in.get(u, ()))]
+        return uses, early
 
     # -- the kernel's side
     def _serve(self) -> None:
@@ -199,9 +208,16 @@ class Checker:
     def run_cell(self, grade_id: str, sock) -> Verdict:
         """Run test cell ``grade_id``'s code against the kernel on ``sock``; its verdict."""
         source = self.cells[grade_id]
-        conn = Connection(sock, self.answers, self.workbook, untested=self._untested(grade_id))
+        uses, early = self.handed_in(grade_id)
+        if early:
+            return Verdict("fail", f"this test hands your code the course's {', '.join(early)}, whose own test has "
+                                   "not run yet: the notebook's test cells were moved; restore their order")
+        conn = Connection(sock, self.answers, self.workbook)
         out = io.StringIO()
         scope = vocabulary(conn, out)
+        # The earlier exercises it hands in are the course's, here as in the kernel's exercise blocks (where
+        # a function of the test's that calls them runs when the learner's code calls it back).
+        scope.update({name: getattr(self.answers, name) for name in uses})
         tree = ast.parse(source)
         for name in sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}):
             if name not in scope and not hasattr(builtins, name):

@@ -121,6 +121,9 @@ class CheckedCells:
     async def async_execute_cell(self, cell, cell_index, execution_count=None, store_history=True):
         grade_id = cells.grade_id(cell)
         found = self.checker
+        if found is not None and not getattr(self, "_absent_noted", False):
+            self._absent_noted = True
+            found.absent(set(found.cells) - {cells.grade_id(c) for c in self.nb.cells})
         if found is None or not cells.is_test_cell(cell) or grade_id not in found.cells:
             return await super().async_execute_cell(cell, cell_index, execution_count, store_history)
         source = cell.source

@@ -67,9 +67,8 @@ class Connection:
     # Outside a test nothing bounds the inputs by what a test sent: these do (a building block's inputs).
     LARGEST_ELEMENTS, LARGEST_DIMENSION = 1 << 22, 1 << 14
 
-    def __init__(self, sock: socket.socket, answers, workbook: str = "", test: bool = True, untested=None):
+    def __init__(self, sock: socket.socket, answers, workbook: str = "", test: bool = True):
         self.sock, self.answers, self.workbook, self.test = sock, answers, workbook, test
-        self.untested = untested or (lambda names: [])  # of these exercises, those whose tests have not run
         self.exercise: dict | None = None  # the test's exercise block in force, if any
         self.watch: Watch | None = None  # the test's storage_watch block in force, if any
         self.last_case = ""  # the case of the latest exercise block: what a failed hidden check names
@@ -189,12 +188,6 @@ class Connection:
                                                                    lambda t: self._tag(t, grow=False))}, buffers)
 
     @staticmethod
-    def _uses(exercise) -> tuple[str, ...]:
-        from attnlab.checks import exercises
-
-        return exercises.lookup(*exercise["names"]).uses
-
-    @staticmethod
     def _by_hand(exercise) -> bool:
         from attnlab.checks import exercises
 
@@ -237,10 +230,6 @@ class Connection:
             wire.send(self.sock, {"op": "refused", "message": "no gradients of the course's while autograd is off"})
             raise CheckFailed(f"your code asked the checker for a gradient through the course's {owner} in an "
                               "exercise whose gradients are written by hand")
-        if exercise and owner in self._uses(exercise) and self.untested([owner]):
-            wire.send(self.sock, {"op": "refused", "message": f"{owner} is tested later in this notebook"})
-            raise CheckFailed(f"this test hands your code the course's {owner}, whose own test has not run yet: "
-                              "the notebook's test cells were moved or removed; restore their order")
         args = self.decode(header.get("value"), data)
         try:
             result = self._compute(kind, name, args)

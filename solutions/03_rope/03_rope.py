@@ -343,23 +343,23 @@ def is_relative(rope_fn, d):
 
 
 # %% nbgrader={"grade": true, "grade_id": "test_relative", "locked": true, "points": 2, "schema_version": 3, "solution": false, "task": false}
-# The encodings your check is handed are the test's own, with the course's RoPE (so that a mistake in
-# sections 1-2 costs points there, not here).
+# The encodings below run while your check does, with the course's rope_tables, rope_interleaved and
+# rope_half standing in for yours (so that a mistake in those costs points there, not here).
 def interleaved_rope(x, positions):  # float64 tables, so that RoPE is relative to float64 precision
-    return answers.rope_interleaved(x, *answers.rope_tables(positions, x.shape[-1], dtype=x.dtype))
+    return rope_interleaved(x, *rope_tables(positions, x.shape[-1], dtype=x.dtype))
 
 
 def half_rope(x, positions):
-    return answers.rope_half(x, *answers.rope_tables(positions, x.shape[-1], dtype=x.dtype))
+    return rope_half(x, *rope_tables(positions, x.shape[-1], dtype=x.dtype))
 
 
 def absolute_sinusoid(x, positions):  # the original Transformer's encoding, added instead of rotated
-    cos, sin = answers.rope_tables(positions, x.shape[-1])
+    cos, sin = rope_tables(positions, x.shape[-1])
     return x + torch.cat([sin, cos], dim=-1).to(x.dtype)
 
 
 def squared_angles(x, positions):  # rotations by m^2 * theta: position-dependent, not relative
-    return answers.rope_interleaved(x, *answers.rope_tables(positions**2, x.shape[-1]))
+    return rope_interleaved(x, *rope_tables(positions**2, x.shape[-1]))
 
 
 cases = {"interleaved RoPE": interleaved_rope, "rotate-half RoPE": half_rope,
@@ -388,11 +388,11 @@ def log_angles(x, positions):  # rotations by log(1 + m) * theta
 
 
 def rope_base_500k(x, positions):
-    return answers.rope_half(x, *answers.rope_tables(positions, x.shape[-1], 500000.0, dtype=x.dtype))
+    return rope_half(x, *rope_tables(positions, x.shape[-1], 500000.0, dtype=x.dtype))
 
 
 def rope_short_table(x, positions):  # a table built for 128 positions: later positions reuse its last row
-    return answers.rope_interleaved(x, *answers.rope_tables(positions.clamp(max=127), x.shape[-1], dtype=x.dtype))
+    return rope_interleaved(x, *rope_tables(positions.clamp(max=127), x.shape[-1], dtype=x.dtype))
 
 
 encodings = {"rotations by log(1 + m) * theta": log_angles, "rotate-half RoPE with base 500,000": rope_base_500k,
