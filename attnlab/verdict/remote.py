@@ -302,26 +302,41 @@ ANSWERS = ("answer", "answer_vjp", "describe", "method")  # what a stand-in in t
 
 class budget(TorchDispatchMode):
     """While the checker computes for the kernel (the answer key, a test's function on the kernel's
-    arguments), every operation is first run on meta tensors, which cost nothing: one whose result would
-    be larger than LARGEST bytes is refused before it allocates (a (1, 16, 4096, 0) query against 4,096
-    keys is small to send and 1 GiB of scores to answer)."""
+    arguments), an operation whose result would be larger than LARGEST bytes is refused before it allocates
+    (a (1, 16, 4096, 0) query against 4,096 keys is small to send and 1 GiB of scores to answer). A result
+    outgrows its inputs where it combines tensors of different shapes (broadcasting, matmul, cat), copies
+    a view (an expanded tensor made contiguous), or is built from sizes (repeat, a factory): those are run
+    on meta tensors first, which costs nothing; the others cannot outgrow what was already bounded."""
 
     LARGEST = 1 << 28
+    GROWING = frozenset({"repeat", "repeat_interleave", "new_empty", "new_empty_strided", "new_zeros", "new_ones",
+                         "new_full", "expand_copy", "index_select", "gather", "embedding", "take", "index"})
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if any(t.numel() * t.element_size() > self.LARGEST for t in tensors):  # a view as large as that
+            self._refuse(max(t.numel() * t.element_size() for t in tensors), func)
+        if not tensors or len({tuple(t.shape) for t in tensors}) > 1 or \
+                func.__name__.split(".")[0] in self.GROWING:
+            self._foresee(func, args, kwargs)
+        return func(*args, **kwargs)
+
+    def _foresee(self, func, args, kwargs):
         meta = lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")  # noqa: E731
         on_meta = {**tree_map_only(torch.Tensor, meta, kwargs), **({"device": torch.device("meta")}
                                                                     if "device" in kwargs else {})}
         try:
             shapes = func(*tree_map_only(torch.Tensor, meta, args), **on_meta)
         except Exception:  # noqa: BLE001  (an operation without a meta form: nothing to foresee)
-            shapes = None
+            return
         size = sum(t.numel() * t.element_size() for t in tree_flatten(shapes)[0] if isinstance(t, torch.Tensor))
         if size > self.LARGEST:
-            raise CheckFailed(f"your code asked the checker for a result of {size / 2**30:.1f} GiB "
-                              f"({func.__name__}); it answers up to {self.LARGEST / 2**30:.2f} GiB at a time")
-        return func(*args, **kwargs)
+            self._refuse(size, func)
+
+    def _refuse(self, size, func):
+        raise CheckFailed(f"your code asked the checker for a result of {size / 2**30:.1f} GiB "
+                          f"({func.__name__}); it answers up to {self.LARGEST / 2**30:.2f} GiB at a time")
 
 
 def _learner_error(reply: dict, exercise: dict | None) -> BaseException:
